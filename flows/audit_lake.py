@@ -1,0 +1,133 @@
+"""audit_lake: discover -> diff -> shard -> one Dask task per shard -> load DuckDB -> findings."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect_dask import DaskTaskRunner
+
+from tasks import discover, findings, infer, labels, settings, shard, write
+
+
+@task(name="audit-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+def audit_shard_task(objects: list[discover.ObjectRef], **kwargs: Any) -> dict[str, Any]:
+    return shard.audit_shard(objects, **kwargs)
+
+
+@flow(name="audit_shards", validate_parameters=False)
+def audit_shards(shards: list[list[discover.ObjectRef]], shard_kwargs: dict[str, Any], run_id: str) -> list[dict]:
+    """Submit one task per shard to the Dask cluster and gather their part paths."""
+    logger = get_run_logger()
+    futures = [
+        audit_shard_task.with_options(task_run_name=f"shard-{i:05d}").submit(
+            objs, shard_id=f"{i:05d}", run_id=run_id, **shard_kwargs
+        )
+        for i, objs in enumerate(shards)
+    ]
+    results = []
+    for i, fut in enumerate(futures):
+        try:
+            results.append(fut.result())
+        except Exception as exc:  # reported as a failed shard; a re-run audits its objects again
+            logger.error("shard %05d failed: %s", i, exc)
+            results.append({"shard_id": f"{i:05d}", "failed": True, "error": str(exc)[:300]})
+    return results
+
+
+def _task_runner(dask_address: str | None, workers: int | None) -> DaskTaskRunner:
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    n = workers or settings.default_workers()
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    )
+
+
+@flow(name="audit_lake", validate_parameters=False)
+def audit_lake(
+    lake: str,
+    db: str,
+    out: str | None = None,
+    labels_file: str | None = None,
+    dask_address: str | None = None,
+    workers: int | None = None,
+    batch_size: int = 32,
+    shard_size: int = 1000,
+    device: str = "auto",
+    max_pixels: int = 80_000_000,
+    registry: str | None = None,
+) -> dict[str, Any]:
+    """Audit every new object of ``lake`` into the DuckDB file ``db``; returns the run summary."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    out_dir = out or str(Path(db).with_suffix("")) + "_parts"
+    entry = infer.default_model(registry or infer.REGISTRY_PATH)
+    infer.verify(entry)
+    label_table = labels.read_label_file(labels_file) if labels_file else None
+
+    objects = discover.discover(lake)
+    run_id = write.new_run_id()
+    con = write.connect(db, wait_seconds=0)
+    try:
+        write.ensure_schema(con)
+        write.load_thresholds(con, entry.name, entry.sha256, entry.tasks)
+        if label_table is not None:
+            write.load_labels(con, label_table, os.path.abspath(labels_file))
+        todo = discover.diff(objects, write.done_keys(con, [entry.sha256]))
+        write.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
+    finally:
+        con.close()
+    logger.info("listed %d objects, %d to audit", len(objects), len(todo))
+
+    shards = list(discover.make_shards(todo, shard_size))
+    n_workers = workers or settings.default_workers()
+    shard_kwargs = {
+        "out_dir": out_dir,
+        "registry_path": str(entry.path.parent / "registry.yaml") if registry is None else registry,
+        "salt": settings.patient_salt(db),
+        "batch_size": batch_size,
+        "device": device,
+        "max_pixels": max_pixels,
+        "threads": max(1, (os.cpu_count() or 1) // n_workers),
+    }
+    results: list[dict] = []
+    if shards:
+        results = audit_shards.with_options(task_runner=_task_runner(dask_address, workers))(
+            shards, shard_kwargs, run_id
+        )
+    parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
+    failed = [r for r in results if r.get("failed")]
+
+    con = write.connect(db, wait_seconds=60)
+    try:
+        added = write.load_parts(con, parts)
+        write.create_views(con)
+        write.finish_run(
+            con,
+            run_id,
+            status="incomplete" if failed else "completed",
+            n_listed=len(objects),
+            n_new=len(todo),
+            n_images=added["images"],
+            n_skipped=added["skipped"],
+            n_predictions=added["predictions"],
+            n_shards=len(shards),
+            n_failed_shards=len(failed),
+            wall_seconds=time.perf_counter() - started,
+        )
+        summary = findings.run_summary(con, run_id)
+    finally:
+        con.close()
+    summary.update(db=str(db), out=out_dir, failed_shards=[r["shard_id"] for r in failed])
+    create_markdown_artifact(
+        key="radlint-audit-summary",
+        markdown=findings.summary_markdown(summary),
+        description=f"radlint audit of {lake}",
+    )
+    return summary

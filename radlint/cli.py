@@ -1,0 +1,232 @@
+"""The `radlint` command line (a stable contract: scripts and scheduled jobs call it)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_CANNOT_RUN = 2
+
+
+class CannotRun(Exception):
+    """A one-line reason the command could not run."""
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _add_audit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lake", help="lake URL: a folder, file:///path, s3://bucket/prefix or any fsspec URL")
+    p.add_argument("--db", required=True, help="DuckDB file to write (created if missing)")
+    p.add_argument("--out", help="folder for Parquet parts (default: <db>_parts beside the database)")
+    p.add_argument("--labels", help="CSV or Parquet label table keyed by sop_instance_uid or uri")
+    p.add_argument("--dask-address", help="attach to an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--workers", type=_positive, help="local Dask worker processes (default: CPU count, at most 4)")
+    p.add_argument("--batch-size", type=_positive, default=32, help="images per inference batch (default 32)")
+    p.add_argument("--shard-size", type=_positive, default=1000, help="objects per Dask task (default 1000)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime device")
+    p.add_argument("--max-pixels", type=_positive, default=80_000_000, help="refuse frames larger than this")
+    p.add_argument("--registry", help="model registry YAML (default: the packaged models/registry.yaml)")
+
+
+def _check_audit_inputs(args) -> None:
+    from tasks import discover, write
+    from tasks.labels import LabelFileError, read_label_file
+
+    if args.labels:
+        try:
+            read_label_file(args.labels)
+        except LabelFileError as exc:
+            raise CannotRun(str(exc)) from None
+    db = Path(args.db)
+    if db.exists() and db.is_dir():
+        raise CannotRun(f"--db {db} is a directory, expected a DuckDB file")
+    if not db.parent.exists():
+        raise CannotRun(f"folder of --db does not exist: {db.parent}")
+    try:
+        fs, root, _ = discover.open_lake(args.lake)
+        if not fs.exists(root):
+            raise CannotRun(f"lake not found: {args.lake}")
+    except CannotRun:
+        raise
+    except Exception as exc:
+        raise CannotRun(f"lake not reachable: {args.lake}: {type(exc).__name__}: {exc}") from None
+    try:
+        write.connect(db).close()
+    except write.DatabaseError as exc:
+        raise CannotRun(str(exc)) from None
+
+
+def run_audit(args, quiet: bool = False) -> dict:
+    """Validate, then run the audit_lake flow; returns its summary."""
+    from radlint.prefect_env import prefect_api
+
+    _check_audit_inputs(args)
+    with prefect_api():
+        from flows.audit_lake import audit_lake
+
+        return audit_lake(
+            lake=args.lake,
+            db=str(Path(args.db).resolve()),
+            out=args.out,
+            labels_file=args.labels,
+            dask_address=args.dask_address,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            device=args.device,
+            max_pixels=args.max_pixels,
+            registry=args.registry,
+        )
+
+
+def _print_summary(summary: dict) -> None:
+    from tasks.findings import summary_markdown
+
+    print(summary_markdown(summary))
+
+
+def cmd_audit(args) -> int:
+    summary = run_audit(args)
+    _print_summary(summary)
+    if summary.get("status") != "completed":
+        print(
+            f"radlint: audit incomplete: {summary.get('n_failed_shards')} shard(s) failed; re-run to finish",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def cmd_export_corrections(args) -> int:
+    from tasks import findings, write
+
+    if not Path(args.db).exists():
+        raise CannotRun(f"database not found: {args.db}")
+    con = write.connect(args.db, read_only=True)
+    try:
+        n = findings.export_corrections(con, args.out, args.min_severity)
+    finally:
+        con.close()
+    print(f"wrote {n} corrections to {args.out}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from radlint import report
+
+    if not Path(args.db).exists():
+        raise CannotRun(f"database not found: {args.db}")
+    path = report.write_report(args.db, args.out)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from radlint import demo
+
+    return demo.run(args)
+
+
+def cmd_evaluate_planted(args) -> int:
+    from radlint import demo
+
+    return demo.run_planted(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radlint", description=__doc__)
+    parser.add_argument("--version", action="version", version="radlint 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("audit", help="audit a lake into a DuckDB file")
+    _add_audit_args(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a database")
+    p.add_argument("--db", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export-corrections", help="CSV of suggested corrections for PACS/RIS administrators")
+    p.add_argument("--db", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--min-severity", type=float, default=0.0)
+    p.set_defaults(func=cmd_export_corrections)
+
+    p = sub.add_parser("demo", help="build a small lake with planted label errors and audit it")
+    p.add_argument("--dir", default="radlint-demo", help="working folder (default ./radlint-demo)")
+    p.add_argument("--n", type=_positive, default=160, help="images in the demo lake")
+    p.add_argument("--error-rate", type=float, default=0.1, help="planted error rate per field")
+    p.add_argument("--workers", type=_positive, default=2)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "evaluate-planted",
+        help="build a lake from a labeled image folder with planted errors, audit it, score the findings",
+    )
+    p.add_argument("--labels", required=True, help="labels.csv of a labeled image folder")
+    p.add_argument("--split-file", help="patient split CSV (patient_id,split)")
+    p.add_argument("--split", default="test", help="split to use with --split-file (default test)")
+    p.add_argument("--dir", required=True, help="working folder for the lake and database")
+    p.add_argument("--n", type=_positive, default=100000, help="at most this many images")
+    p.add_argument("--error-rate", type=float, default=0.1)
+    p.add_argument("--workers", type=_positive, default=2)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--plot", help="write a precision-recall plot (PNG) here")
+    p.set_defaults(func=cmd_evaluate_planted)
+
+    try:
+        from radlint import evaluate
+
+        p = sub.add_parser("evaluate", help="AUC per class of the models on a labeled image folder")
+        evaluate.add_arguments(p)
+        p.set_defaults(func=evaluate.run)
+    except ImportError:
+        pass
+    try:
+        from radlint import checkpoint
+
+        p = sub.add_parser("import-checkpoint", help="convert a published PyTorch checkpoint to ONNX")
+        checkpoint.add_arguments(p)
+        p.set_defaults(func=checkpoint.run)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from radlint.prefect_env import apply_quiet_defaults
+
+    apply_quiet_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from tasks.discover import LakeError
+    from tasks.infer import RegistryError
+    from tasks.labels import LabelFileError
+    from tasks.write import DatabaseError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CannotRun, LakeError, DatabaseError, RegistryError, LabelFileError) as exc:
+        print(f"radlint: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        print("radlint: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

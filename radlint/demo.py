@@ -1,0 +1,169 @@
+"""`radlint demo` and `radlint evaluate-planted`: a lake with planted label errors, audited end to end."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from radlint import lakegen, planted
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RADIOGRAPHS_ENV = "RADLINT_RADIOGRAPHS"
+SPLIT_FILE = PROJECT_ROOT / "models" / "splits" / "patient_split.csv"
+
+# (pydicom-data file, body part, fine label, view) for the fallback lake.
+PYDICOM_DATA_IMAGES = [
+    ("RG1_UNCR.dcm", "chest", "Chest", "PA"),
+    ("RG3_UNCR.dcm", "lower_limb", "Lower Leg", ""),
+]
+
+
+def radiographs_dir() -> Path | None:
+    """The shared radiograph folder, when present (env RADLINT_RADIOGRAPHS or ../shared beside the project)."""
+    env = os.environ.get(RADIOGRAPHS_ENV)
+    for cand in ([Path(env)] if env else []) + [PROJECT_ROOT.parent / "shared" / "data" / "radiographs"]:
+        if (cand / "labels.csv").exists():
+            return cand
+    return None
+
+
+def pydicom_data_sources(work: Path) -> list[lakegen.SourceImage]:
+    """Real CR radiographs shipped by pydicom-data, as display PNGs, plus copies of each.
+
+    The copies get their own image ids so that planted errors land on several of them.
+    """
+    from pydicom.data import get_testdata_file
+
+    from tasks import dicom_io
+    from tasks.preprocess import to_uint8
+
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, body_part, fine, view in PYDICOM_DATA_IMAGES:
+        path = get_testdata_file(name)
+        if path is None:
+            continue
+        image = dicom_io.read_dicom(Path(path).read_bytes())
+        u8 = to_uint8(image.pixels)
+        # Shrink once to the size of the shared set (longest side 384) so the demo stays quick.
+        pil = Image.fromarray(u8)
+        pil.thumbnail((384, 384), Image.Resampling.LANCZOS)
+        for copy in range(6):
+            arr = np.asarray(pil)
+            if copy % 2:
+                arr = np.ascontiguousarray(arr[:, ::-1])
+            png = work / f"{Path(name).stem}_{copy}.png"
+            Image.fromarray(arr).save(png)
+            out.append(
+                lakegen.SourceImage(
+                    image_id=f"pydicom_{Path(name).stem}_{copy}",
+                    path=png,
+                    body_part=body_part,
+                    body_part_fine=fine,
+                    view=view,
+                    patient_id=f"pydicom_{Path(name).stem}",
+                    institution="pydicom-data (NEMA WG04)",
+                )
+            )
+    return out
+
+
+def _audit_args(lake: Path, db: Path, workers: int) -> argparse.Namespace:
+    return argparse.Namespace(
+        lake=str(lake),
+        db=str(db),
+        out=None,
+        labels=None,
+        dask_address=None,
+        workers=workers,
+        batch_size=32,
+        shard_size=250,
+        device="auto",
+        max_pixels=80_000_000,
+        registry=None,
+    )
+
+
+def _fresh(work: Path) -> None:
+    for name in ("lake", "radlint.duckdb", "radlint.duckdb.wal", "radlint_parts", "sources", "planted_errors.csv"):
+        p = work / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+
+
+def _audit_and_score(work: Path, truth: Path, workers: int) -> tuple[dict, dict]:
+    from radlint.cli import run_audit
+    from tasks import write
+
+    db = work / "radlint.duckdb"
+    summary = run_audit(_audit_args(work / "lake", db, workers))
+    con = write.connect(db, read_only=True)
+    try:
+        scores = planted.score(con, truth)
+    finally:
+        con.close()
+    return summary, scores
+
+
+def run(args) -> int:
+    """Build the demo lake, audit it, print the top findings and where the database is."""
+    t0 = time.perf_counter()
+    work = Path(args.dir).resolve()
+    _fresh(work)
+    root = radiographs_dir()
+    if root is not None:
+        sources = lakegen.read_labeled_folder(root / "labels.csv", SPLIT_FILE, "test")
+        origin = f"{root} (test split)" if SPLIT_FILE.exists() else str(root)
+        sources = lakegen.stratified_sample(sources, args.n, args.seed)
+    else:
+        sources = pydicom_data_sources(work / "sources")
+        origin = "pydicom-data CR radiographs (shared radiographs not found)"
+    truth = work / "planted_errors.csv"
+    lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed)
+    print(f"demo lake: {len(sources)} DICOM objects from {origin}, planted error rate {args.error_rate}")
+    summary, scores = _audit_and_score(work, truth, args.workers)
+    from tasks.findings import summary_markdown
+
+    print(summary_markdown(summary))
+    print("Planted errors found (precision/recall against the planted truth):")
+    print(planted.format_table(scores))
+    db = work / "radlint.duckdb"
+    print(f"\nDatabase: {db}\nTry: duckdb {db} \"select * from findings where is_mismatch order by severity desc limit 10\"")
+    print(f"demo wall time: {time.perf_counter() - t0:.1f} s")
+    return 0 if summary.get("status") == "completed" else 1
+
+
+def run_planted(args) -> int:
+    """Planted-error evaluation on a labeled image folder (for example the held-out test split)."""
+    work = Path(args.dir).resolve()
+    _fresh(work)
+    sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file), args.split)
+    if not sources:
+        print("radlint: no images selected (check --labels/--split-file/--split)", file=sys.stderr)
+        return 2
+    sources = lakegen.stratified_sample(sources, args.n, args.seed)
+    truth = work / "planted_errors.csv"
+    lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed)
+    print(f"lake: {len(sources)} images, planted error rate {args.error_rate} per field")
+    summary, scores = _audit_and_score(work, truth, args.workers)
+    print(planted.format_table(scores))
+    if args.plot:
+        from tasks import write
+
+        con = write.connect(work / "radlint.duckdb", read_only=True)
+        try:
+            planted.plot_pr(con, truth, args.plot)
+        finally:
+            con.close()
+        print(f"precision-recall plot: {args.plot}")
+    return 0 if summary.get("status") == "completed" else 1

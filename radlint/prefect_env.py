@@ -1,0 +1,46 @@
+"""Where flows report to: the configured Prefect API, or a temporary local one.
+
+With no PREFECT_API_URL, a flow would start its own temporary server, and under the Dask task
+runner every worker process would start one more. We start one temporary server here and export
+its URL, so the flow process and all Dask workers it spawns report to the same API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+QUIET_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_UI_ENABLED": "false",
+}
+
+
+def apply_quiet_defaults() -> None:
+    """Nothing tries to leave the machine (analytics off); set before Prefect is imported."""
+    for k, v in QUIET_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+@contextlib.contextmanager
+def prefect_api(timeout: int = 90) -> Iterator[str]:
+    """Yield the API URL in use, starting a temporary local server when none is configured."""
+    apply_quiet_defaults()
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing:
+        yield existing
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=timeout)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

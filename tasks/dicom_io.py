@@ -1,0 +1,372 @@
+"""Read one DICOM object: promoted header columns, a PHI-free header JSON, display-ready pixels.
+
+Every failure becomes a :class:`Skip` with a reason code from DESIGN.md, never an exception
+that escapes to the shard: a bad file is a data row, not a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import UID
+
+from tasks import labels
+
+# Reason codes of the `skipped` table (DESIGN.md), plus a few more specific ones.
+NOT_DICOM = "not_dicom"
+TRUNCATED = "truncated"
+NO_PIXEL_DATA = "no_pixel_data"
+UNSUPPORTED_TS = "unsupported_transfer_syntax"
+UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
+TOO_LARGE = "too_large"
+READ_ERROR = "read_error"
+
+DEFAULT_MAX_PIXELS = 80_000_000  # about 9k x 9k; larger frames are refused before decoding
+
+# Direct identifiers never stored, after DICOM PS3.15 Annex E (basic profile). PatientID is
+# replaced by the salted `patient_key`; dates are reduced to the month (`study_month`).
+PHI_KEYWORDS = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "OtherPatientIDs",
+        "OtherPatientIDsSequence",
+        "OtherPatientNames",
+        "PatientBirthName",
+        "PatientMotherBirthName",
+        "PatientBirthDate",
+        "PatientBirthTime",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "PatientTelecomInformation",
+        "MedicalRecordLocator",
+        "MilitaryRank",
+        "BranchOfService",
+        "PatientComments",
+        "AdditionalPatientHistory",
+        "PatientInsurancePlanCodeSequence",
+        "ReferringPhysicianName",
+        "ReferringPhysicianAddress",
+        "ReferringPhysicianTelephoneNumbers",
+        "PerformingPhysicianName",
+        "NameOfPhysiciansReadingStudy",
+        "PhysiciansOfRecord",
+        "RequestingPhysician",
+        "OperatorsName",
+        "AccessionNumber",
+        "InstitutionAddress",
+        "InstitutionalDepartmentName",
+        "StationName",
+        "DeviceSerialNumber",
+        "RequestAttributesSequence",
+        "StudyID",
+        "StudyDate",
+        "SeriesDate",
+        "AcquisitionDate",
+        "ContentDate",
+        "StudyTime",
+        "SeriesTime",
+        "AcquisitionTime",
+        "ContentTime",
+        "AcquisitionDateTime",
+        "InstanceCreationDate",
+        "InstanceCreationTime",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+        "PatientSize",
+        "PatientWeight",
+        "Occupation",
+        "EthnicGroup",
+        "CountryOfResidence",
+        "RegionOfResidence",
+        "PatientState",
+        "ResponsiblePerson",
+        "ResponsibleOrganization",
+    }
+)
+
+# Bulk and binary VRs are left out of header_json: they are pixels, LUTs or private blobs.
+_BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+
+
+class Skip(Exception):
+    """An object that cannot be audited; becomes a `skipped` row."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail[:500]
+
+
+@dataclass
+class DicomImage:
+    """A decoded object: the `images` row (without lake/run columns) and display-ready pixels."""
+
+    header: dict[str, Any]
+    pixels: np.ndarray  # 2-D float32, MONOCHROME2 polarity (bone bright)
+
+
+def patient_key(patient_id: str | None, salt: str) -> str | None:
+    """Salted SHA-256 of PatientID, 24 hex chars; NULL when the header has no PatientID."""
+    if not patient_id:
+        return None
+    return hashlib.sha256((salt + "\x00" + patient_id).encode("utf-8")).hexdigest()[:24]
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # invalid VR values raise on access in pydicom 3
+        return None
+    if value is None or value == "":
+        return None
+    if isinstance(value, pydicom.multival.MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip() or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except Exception:
+        return None
+
+
+def header_json(ds: Dataset) -> str:
+    """Top-level public elements as ``{keyword: text}``, without PHI, private tags or bulk data."""
+    out: dict[str, Any] = {}
+    for elem in ds:
+        try:
+            if elem.tag.is_private or elem.tag.group == 0x7FE0 or elem.VR in _BULK_VRS:
+                continue
+            keyword = elem.keyword or str(elem.tag)
+            if keyword in PHI_KEYWORDS:
+                continue
+            if elem.VR == "SQ":
+                out[keyword] = f"<sequence of {len(elem.value)} items>"
+                continue
+            value = elem.value
+            if isinstance(value, (bytes, bytearray)):
+                continue
+            if isinstance(value, pydicom.multival.MultiValue):
+                text = "\\".join(str(v) for v in value)
+            else:
+                text = str(value)
+            out[keyword] = text[:256]
+        except Exception:  # an unreadable element is left out, not fatal
+            continue
+    return json.dumps(out, ensure_ascii=False, sort_keys=True)
+
+
+def _looks_like_dicom_without_preamble(head: bytes) -> bool:
+    # A dataset written without the 128-byte preamble starts with a group 0002 or 0008 tag.
+    return len(head) >= 4 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[3:4] == b"\x00"
+
+
+def parse(data: bytes) -> Dataset:
+    """Parse DICOM bytes (with or without preamble).
+
+    Raises:
+        Skip: ``not_dicom`` or ``truncated``.
+    """
+    if len(data) == 0:
+        raise Skip(NOT_DICOM, "zero bytes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pydicom.dcmread(io.BytesIO(data), force=False)
+        except InvalidDicomError as exc:
+            if not _looks_like_dicom_without_preamble(data[:8]):
+                raise Skip(NOT_DICOM, str(exc)) from exc
+        except (EOFError, OverflowError) as exc:
+            raise Skip(TRUNCATED, f"header ends early: {exc}") from exc
+        except Exception as exc:
+            raise Skip(TRUNCATED if len(data) < 1024 else READ_ERROR, f"{type(exc).__name__}: {exc}") from exc
+        try:
+            return pydicom.dcmread(io.BytesIO(data), force=True)
+        except Exception as exc:
+            raise Skip(NOT_DICOM, f"no preamble and unparseable: {exc}") from exc
+
+
+def header_row(ds: Dataset, salt: str) -> dict[str, Any]:
+    """The promoted columns of the `images` table for one dataset."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    study_date = _text(ds, "StudyDate") or _text(ds, "ContentDate") or _text(ds, "AcquisitionDate")
+    study_month = None
+    if study_date and len(study_date) >= 6 and study_date[:6].isdigit():
+        study_month = f"{study_date[:4]}-{study_date[4:6]}"
+    row = {
+        "sop_instance_uid": _text(ds, "SOPInstanceUID"),
+        "study_instance_uid": _text(ds, "StudyInstanceUID"),
+        "series_instance_uid": _text(ds, "SeriesInstanceUID"),
+        "patient_key": patient_key(_text(ds, "PatientID"), salt),
+        "modality": _text(ds, "Modality"),
+        "body_part_examined": _text(ds, "BodyPartExamined"),
+        "view_position": _text(ds, "ViewPosition"),
+        "patient_orientation": _text(ds, "PatientOrientation"),
+        "series_description": _text(ds, "SeriesDescription"),
+        "protocol_name": _text(ds, "ProtocolName"),
+        "study_description": _text(ds, "StudyDescription"),
+        "institution_name": _text(ds, "InstitutionName"),
+        "manufacturer": _text(ds, "Manufacturer"),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+        "transfer_syntax_uid": str(ts) if ts else None,
+        "bits_stored": _int(ds, "BitsStored"),
+        "number_of_frames": _int(ds, "NumberOfFrames") or 1,
+        "study_month": study_month,
+        "header_json": header_json(ds),
+    }
+    row.update(labels.header_labels(row))
+    return row
+
+
+def _to_gray(arr: np.ndarray, photometric: str) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3].astype(np.float32)
+        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if arr.ndim != 2:
+        raise Skip(READ_ERROR, f"unexpected pixel array shape {arr.shape} for {photometric}")
+    return arr
+
+
+def _decoder_available(ts) -> bool:
+    if ts is None:
+        return True
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(UID(str(ts))).is_available)
+    except NotImplementedError:
+        return False
+
+
+def _gdcm_decode(raw: bytes, ds: Dataset) -> np.ndarray | None:
+    """GDCM's own reader, for codestreams pydicom's plugins refuse (12-bit JPEG extended).
+
+    GDCM reads only from a file name, so the bytes go through a temporary file; this path is
+    taken only after the usual decoders failed.
+    """
+    try:
+        import tempfile
+
+        import gdcm
+    except ImportError:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:
+        tmp.write(raw)
+        tmp.flush()
+        reader = gdcm.ImageReader()
+        reader.SetFileName(tmp.name)
+        if not reader.Read():
+            return None
+        image = reader.GetImage()
+        buf = image.GetBuffer()
+    if not buf:
+        return None
+    fmt = image.GetPixelFormat()
+    bits = fmt.GetBitsAllocated()
+    signed = fmt.GetPixelRepresentation() == 1
+    dtype = {8: np.int8 if signed else np.uint8, 16: np.int16 if signed else np.uint16}.get(bits)
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    if dtype is None or fmt.GetSamplesPerPixel() != 1:
+        return None
+    raw_bytes = buf.encode("utf-8", "surrogateescape") if isinstance(buf, str) else bytes(buf)
+    arr = np.frombuffer(raw_bytes, dtype=dtype)
+    if arr.size < rows * cols:
+        return None
+    return arr[: rows * cols].reshape(rows, cols)
+
+
+def decode_pixels(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, raw: bytes | None = None) -> np.ndarray:
+    """First frame as float32, modality LUT + VOI applied, MONOCHROME1 inverted, colour to gray.
+
+    Raises:
+        Skip: ``no_pixel_data``, ``too_large``, ``unsupported_transfer_syntax``,
+            ``truncated``, ``unsupported_photometric`` or ``read_error``.
+    """
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise Skip(NO_PIXEL_DATA, "dataset has no Pixel Data element")
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    if rows <= 0 or cols <= 0:
+        raise Skip(READ_ERROR, f"invalid Rows/Columns {rows}x{cols}")
+    if rows * cols > max_pixels:
+        raise Skip(TOO_LARGE, f"{rows}x{cols} exceeds the limit of {max_pixels} pixels")
+    photometric = (_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            frames = _int(ds, "NumberOfFrames") or 1
+            arr = pixel_array(ds, index=0 if frames > 1 else None)
+        except NotImplementedError as exc:
+            raise Skip(UNSUPPORTED_TS, f"{ts}: {exc}") from exc
+        except (ValueError, EOFError) as exc:
+            msg = str(exc)
+            if "length" in msg or "expected" in msg or "end of" in msg.lower() or isinstance(exc, EOFError):
+                raise Skip(TRUNCATED, msg) from exc
+            raise Skip(READ_ERROR, f"{type(exc).__name__}: {msg}") from exc
+        except RuntimeError as exc:
+            msg = " ".join(str(exc).split())
+            try:
+                arr = _gdcm_decode(raw, ds) if raw is not None else None
+            except Exception:  # the fallback must never turn a skip into a crash
+                arr = None
+            if arr is not None:
+                pass
+            elif not _decoder_available(ts):
+                raise Skip(UNSUPPORTED_TS, f"{ts}: no installed decoder: {msg}") from exc
+            else:
+                # A decoder exists for the syntax but the codestream is corrupt.
+                raise Skip(READ_ERROR, f"pixel data could not be decoded ({ts}): {msg}") from exc
+        except Exception as exc:
+            raise Skip(READ_ERROR, f"{type(exc).__name__}: {exc}") from exc
+        if photometric.startswith("MONOCHROME"):
+            try:
+                arr = apply_modality_lut(arr, ds)
+                arr = apply_voi_lut(arr, ds, index=0)
+            except Exception:
+                # A broken LUT should not lose the image: min-max scaling follows anyway.
+                pass
+        elif photometric == "PALETTE COLOR":
+            try:
+                from pydicom.pixels import apply_color_lut
+
+                arr = apply_color_lut(arr, ds)
+            except Exception as exc:
+                raise Skip(UNSUPPORTED_PHOTOMETRIC, f"palette colour without usable LUT: {exc}") from exc
+    arr = _to_gray(np.asarray(arr), photometric).astype(np.float32, copy=False)
+    if photometric == "MONOCHROME1":
+        arr = float(np.max(arr)) + float(np.min(arr)) - arr
+    if not np.all(np.isfinite(arr)):
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    return arr
+
+
+def read_dicom(data: bytes, *, salt: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> DicomImage:
+    """Parse and decode one object's bytes.
+
+    Raises:
+        Skip: with a reason code when the object cannot be audited.
+    """
+    ds = parse(data)
+    if "SOPInstanceUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
+        if data[128:132] == b"DICM":
+            raise Skip(TRUNCATED, f"file meta present but the dataset ends after {len(data)} bytes")
+        raise Skip(NOT_DICOM, "parsed, but holds no image attributes")
+    header = header_row(ds, salt)
+    pixels = decode_pixels(ds, max_pixels=max_pixels, raw=data)
+    return DicomImage(header=header, pixels=pixels)

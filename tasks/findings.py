@@ -1,0 +1,105 @@
+"""Read the findings view: run summaries, top suspects, corrections for PACS/RIS administrators."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+TABLES = ("images", "predictions", "skipped", "runs", "labels")
+
+
+def table_counts(con) -> dict[str, int]:
+    return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in TABLES}
+
+
+def mismatch_counts(con) -> dict[str, dict[str, int]]:
+    rows = con.execute(
+        """
+        select field, count(*) as n_checked,
+               count(*) filter (where is_mismatch) as n_mismatch,
+               count(*) filter (where header_class is null) as n_unlabelled
+        from findings group by field order by field
+        """
+    ).fetchall()
+    return {f: {"checked": c, "mismatch": m, "unlabelled": u} for f, c, m, u in rows}
+
+
+def top_suspects(con, limit: int = 10, field: str | None = None) -> list[dict[str, Any]]:
+    """Mismatches ordered by severity, most certain first."""
+    sql = """
+        select uri, field, header_value, header_class, predicted_class,
+               round(predicted_prob, 3) as predicted_prob, round(severity, 3) as severity,
+               suggested_correction
+        from findings
+        where is_mismatch and (? is null or field = ?)
+        order by severity desc, predicted_prob desc, uri
+        limit ?
+    """
+    cur = con.execute(sql, [field, field, limit])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def run_summary(con, run_id: str) -> dict[str, Any]:
+    run = con.execute(
+        "select run_id, status, n_listed, n_new, n_images, n_skipped, n_predictions, n_shards, n_failed_shards "
+        "from runs where run_id = ?",
+        [run_id],
+    ).fetchone()
+    keys = ["run_id", "status", "n_listed", "n_new", "n_images", "n_skipped", "n_predictions", "n_shards", "n_failed_shards"]
+    summary: dict[str, Any] = dict(zip(keys, run)) if run else {"run_id": run_id}
+    summary["tables"] = table_counts(con)
+    summary["mismatches"] = mismatch_counts(con)
+    summary["skipped_reasons"] = dict(
+        con.execute("select reason, count(*) from skipped group by reason order by 2 desc").fetchall()
+    )
+    summary["top_suspects"] = top_suspects(con, 10)
+    return summary
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# radlint audit `{summary.get('run_id')}`", ""]
+    lines.append(f"Status: **{summary.get('status')}** — listed {summary.get('n_listed')}, "
+                 f"audited {summary.get('n_new')} new objects, {summary.get('n_skipped')} skipped.")
+    if summary.get("db"):
+        lines.append(f"Database: `{summary['db']}`")
+    lines += ["", "| field | checked | mismatches | unlabelled |", "|---|---:|---:|---:|"]
+    for f, c in summary.get("mismatches", {}).items():
+        lines.append(f"| {f} | {c['checked']} | {c['mismatch']} | {c['unlabelled']} |")
+    lines += ["", "| table | rows |", "|---|---:|"]
+    for t, n in summary.get("tables", {}).items():
+        lines.append(f"| {t} | {n} |")
+    top = summary.get("top_suspects") or []
+    if top:
+        lines += ["", "## Top suspects", "", "| severity | field | label | predicted | p | uri |", "|---:|---|---|---|---:|---|"]
+        for s in top:
+            lines.append(
+                f"| {s['severity']} | {s['field']} | {s['header_class']} | {s['predicted_class']} | "
+                f"{s['predicted_prob']} | {s['uri']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def export_corrections(con, out: str | Path, min_severity: float = 0.0) -> int:
+    """Write one CSV row per mismatch (the fields a PACS/RIS administrator needs); returns rows."""
+    cur = con.execute(
+        """
+        select f.uri, f.sop_instance_uid, i.study_instance_uid, i.series_instance_uid, f.field,
+               f.header_value as current_value, f.header_class as current_class,
+               f.suggested_correction, round(f.predicted_prob, 4) as confidence,
+               round(f.severity, 4) as severity, f.label_source, f.model, f.run_id
+        from findings as f
+        join images as i on i.uri = f.uri and i.run_id = f.run_id
+        where f.is_mismatch and f.severity >= ?
+        order by f.severity desc, f.uri, f.field
+        """,
+        [min_severity],
+    )
+    names = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(names)
+        w.writerows(rows)
+    return len(rows)

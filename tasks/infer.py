@@ -1,0 +1,166 @@
+"""Batched ONNX Runtime inference driven by the model registry (models/registry.yaml).
+
+The registry is data: file, sha256, input size, preprocessing, ordered classes and
+per-class thresholds. One InferenceSession per worker process is kept in a module cache,
+created on first use (never at import time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+REGISTRY_PATH = MODELS_DIR / "registry.yaml"
+
+
+class RegistryError(RuntimeError):
+    """The registry or a model file is missing or does not match its recorded sha256."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    output: str
+    classes: tuple[str, ...]
+    thresholds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    sha256: str
+    input_name: str
+    input_size: int
+    preprocessing: dict[str, Any]
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
+    """Parse the registry into entries. Paths are relative to the registry's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise RegistryError(f"model registry not found: {path}")
+    data = yaml.safe_load(path.read_text())
+    entries = []
+    for m in data.get("models", []):
+        tasks = {
+            t: TaskSpec(
+                name=t,
+                output=spec.get("output", t),
+                classes=tuple(spec["classes"]),
+                thresholds={k: float(v) for k, v in (spec.get("thresholds") or {}).items()},
+            )
+            for t, spec in m["tasks"].items()
+        }
+        entries.append(
+            ModelEntry(
+                name=m["name"],
+                path=(path.parent / m["file"]).resolve(),
+                sha256=m["sha256"],
+                input_name=m["input"]["name"],
+                input_size=int(m["input"]["size"]),
+                preprocessing=dict(m.get("preprocessing") or {}),
+                tasks=tasks,
+            )
+        )
+    return entries
+
+
+def default_model(path: Path | str = REGISTRY_PATH) -> ModelEntry:
+    """The first registry entry: the model an audit runs unless told otherwise."""
+    entries = load_registry(path)
+    if not entries:
+        raise RegistryError(f"no models in registry {path}")
+    return entries[0]
+
+
+def verify(entry: ModelEntry) -> None:
+    """Raise RegistryError unless the file exists and its sha256 matches the registry."""
+    if not entry.path.exists():
+        raise RegistryError(f"model file missing: {entry.path}")
+    actual = sha256_file(entry.path)
+    if actual != entry.sha256:
+        raise RegistryError(
+            f"sha256 mismatch for {entry.path.name}: registry {entry.sha256}, file {actual}"
+        )
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    """Execution providers in preference order: CUDA then CPU (``auto``)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise RuntimeError("--device cuda asked for, but onnxruntime has no CUDA provider")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+_SESSIONS: dict[tuple[str, str, int], Any] = {}
+_LOCK = threading.Lock()
+
+
+def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
+    """One InferenceSession per (model, device) per process, verified once."""
+    import onnxruntime as ort
+
+    key = (str(entry.path), device, threads)
+    with _LOCK:
+        sess = _SESSIONS.get(key)
+        if sess is None:
+            verify(entry)
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            sess = ort.InferenceSession(
+                os.fspath(entry.path), sess_options=opts, providers=providers_for(device)
+            )
+            _SESSIONS[key] = sess
+    return sess
+
+
+def predict(
+    entry: ModelEntry,
+    batch: np.ndarray,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    threads: int = 0,
+) -> dict[str, np.ndarray]:
+    """Run the model over ``batch`` [N, 1, S, S] float32 in chunks.
+
+    Returns task name -> probabilities [N, n_classes] in the registry's class order.
+    """
+    sess = session_for(entry, device, threads)
+    out_names = [t.output for t in entry.tasks.values()]
+    results: dict[str, list[np.ndarray]] = {t: [] for t in entry.tasks}
+    for start in range(0, len(batch), max(1, batch_size)):
+        chunk = np.ascontiguousarray(batch[start : start + batch_size], dtype=np.float32)
+        outs = sess.run(out_names, {entry.input_name: chunk})
+        for task, arr in zip(entry.tasks, outs):
+            results[task].append(np.asarray(arr, dtype=np.float32))
+    return {
+        t: (np.concatenate(v) if v else np.zeros((0, len(entry.tasks[t].classes)), np.float32))
+        for t, v in results.items()
+    }

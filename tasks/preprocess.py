@@ -1,0 +1,87 @@
+"""Pixel preprocessing shared by training and the audit: the same bytes give the same tensor.
+
+The models see one channel, letterboxed to a square, 8-bit min-max scaled, normalised with
+mean 0.5 / std 0.5 (Mitsuyama et al. 2025). Training (models/train.py) and inference
+(tasks/infer.py) both call these functions, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+MEAN = 0.5
+STD = 0.5
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Min-max scale a 2-D array of any numeric dtype to uint8.
+
+    A constant image maps to zeros rather than dividing by zero.
+    """
+    arr = np.asarray(pixels)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo == 0 and hi == 255:
+            return arr
+    lo = float(np.min(arr))
+    hi = float(np.max(arr))
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def letterbox(image_u8: np.ndarray, size: int) -> np.ndarray:
+    """Resize the longest side to ``size`` keeping the aspect ratio, pad the rest with black.
+
+    The image is centred; Pillow's bilinear resize is antialiased when it shrinks.
+    """
+    if image_u8.dtype != np.uint8 or image_u8.ndim != 2:
+        raise ValueError("letterbox expects a 2-D uint8 image")
+    h, w = image_u8.shape
+    scale = size / max(h, w)
+    nh = max(1, min(size, int(round(h * scale))))
+    nw = max(1, min(size, int(round(w * scale))))
+    resized = np.asarray(
+        Image.fromarray(image_u8).resize((nw, nh), resample=Image.Resampling.BILINEAR)
+    )
+    out = np.zeros((size, size), dtype=np.uint8)
+    top = (size - nh) // 2
+    left = (size - nw) // 2
+    out[top : top + nh, left : left + nw] = resized
+    return out
+
+
+def normalize(letterboxed_u8: np.ndarray) -> np.ndarray:
+    """uint8 [H, W] -> float32 [1, H, W] with the model's mean/std."""
+    x = letterboxed_u8.astype(np.float32) / 255.0
+    return ((x - MEAN) / STD)[None, :, :]
+
+
+def model_input(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Any 2-D display-ready image (MONOCHROME2 polarity) -> float32 [1, size, size]."""
+    return normalize(letterbox(to_uint8(pixels), size))
+
+
+def rotate_to_orientation(upright: np.ndarray, orientation: str) -> np.ndarray:
+    """Return how an upright image looks when stored with the given orientation label.
+
+    ``orientation`` is the rotation by which the stored image differs from upright
+    (DESIGN.md vocabulary): ``rot90cw`` means the stored image is the upright one
+    turned 90 degrees clockwise.
+    """
+    k = ORIENTATION_K[orientation]
+    return np.ascontiguousarray(np.rot90(upright, k=k))
+
+
+def correct_orientation(stored: np.ndarray, orientation: str) -> np.ndarray:
+    """Undo :func:`rotate_to_orientation`: bring a stored image upright."""
+    k = ORIENTATION_K[orientation]
+    return np.ascontiguousarray(np.rot90(stored, k=-k))
+
+
+# np.rot90 turns counter-clockwise for positive k.
+ORIENTATION_K = {"upright": 0, "rot90cw": -1, "rot180": 2, "rot90ccw": 1}

@@ -1,0 +1,285 @@
+"""Parquet parts (one per shard, written atomically) and the DuckDB database they load into.
+
+Workers only write Parquet. The flow process is the single DuckDB writer: it loads the parts
+with anti-joins on (uri, etag[, task, model_sha256]), so loading a part twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SCHEMA_VERSION = "1"
+KINDS = ("images", "predictions", "skipped")
+
+PROBABILITIES_TYPE = pa.map_(pa.string(), pa.float32())
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "images": pa.schema(
+        [
+            ("uri", pa.string()),
+            ("etag", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("sop_instance_uid", pa.string()),
+            ("study_instance_uid", pa.string()),
+            ("series_instance_uid", pa.string()),
+            ("patient_key", pa.string()),
+            ("modality", pa.string()),
+            ("body_part_examined", pa.string()),
+            ("view_position", pa.string()),
+            ("patient_orientation", pa.string()),
+            ("series_description", pa.string()),
+            ("protocol_name", pa.string()),
+            ("study_description", pa.string()),
+            ("institution_name", pa.string()),
+            ("manufacturer", pa.string()),
+            ("rows", pa.int32()),
+            ("columns", pa.int32()),
+            ("photometric_interpretation", pa.string()),
+            ("transfer_syntax_uid", pa.string()),
+            ("bits_stored", pa.int32()),
+            ("number_of_frames", pa.int32()),
+            ("study_month", pa.string()),
+            ("label_body_part", pa.string()),
+            ("label_body_part_source", pa.string()),
+            ("label_projection", pa.string()),
+            ("label_projection_source", pa.string()),
+            ("label_orientation", pa.string()),
+            ("label_orientation_source", pa.string()),
+            ("header_json", pa.string()),
+            ("audited_at", pa.timestamp("us", tz="UTC")),
+            ("run_id", pa.string()),
+        ]
+    ),
+    "predictions": pa.schema(
+        [
+            ("uri", pa.string()),
+            ("etag", pa.string()),
+            ("sop_instance_uid", pa.string()),
+            ("task", pa.string()),
+            ("predicted", pa.string()),
+            ("probability", pa.float32()),
+            ("probabilities", PROBABILITIES_TYPE),
+            ("model", pa.string()),
+            ("model_sha256", pa.string()),
+            ("predicted_at", pa.timestamp("us", tz="UTC")),
+            ("run_id", pa.string()),
+        ]
+    ),
+    "skipped": pa.schema(
+        [
+            ("uri", pa.string()),
+            ("etag", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("reason", pa.string()),
+            ("detail", pa.string()),
+            ("skipped_at", pa.timestamp("us", tz="UTC")),
+            ("run_id", pa.string()),
+        ]
+    ),
+}
+
+# Keys that make a load idempotent: a row whose key is already in the table is not added again.
+LOAD_KEYS = {
+    "images": ("uri", "etag"),
+    "predictions": ("uri", "etag", "task", "model_sha256"),
+    "skipped": ("uri", "etag"),
+}
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened (locked by another audit, unreadable, newer schema)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_run_id() -> str:
+    return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def part_path(out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Path:
+    """``OUT/<kind>/run_id=<run>/part-<shard>.parquet`` (hive-partitioned by run)."""
+    return Path(out_dir) / kind / f"run_id={run_id}" / f"part-{shard_id}.parquet"
+
+
+def write_part(rows: list[dict[str, Any]], out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Path:
+    """Write one shard's rows of one kind atomically: a temporary name, fsync, then rename.
+
+    A reader (or a crash) never sees a half-written part under the final name.
+    """
+    schema = SCHEMAS[kind]
+    table = pa.Table.from_pylist(rows, schema=schema)
+    final = part_path(out_dir, kind, run_id, shard_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------
+# DuckDB
+
+
+def sql_files(kind: str) -> list[Path]:
+    return sorted((SQL_DIR / kind).glob("*.sql"))
+
+
+def connect(db: str | Path, read_only: bool = False, wait_seconds: float = 0.0):
+    """Open the DuckDB file with extension autoloading off (no network at run time).
+
+    Raises:
+        DatabaseError: when another process holds the lock (after ``wait_seconds``) or the
+            file is not a DuckDB database.
+    """
+    import time
+
+    import duckdb
+
+    deadline = time.monotonic() + wait_seconds
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+    while True:
+        try:
+            return duckdb.connect(str(db), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            msg = str(exc)
+            if "lock" in msg.lower() and time.monotonic() < deadline:
+                time.sleep(0.5)
+                continue
+            if "lock" in msg.lower():
+                raise DatabaseError(
+                    f"database {db} is locked by another process (another audit running?)"
+                ) from exc
+            raise DatabaseError(f"cannot open database {db}: {msg.splitlines()[0]}") from exc
+        except duckdb.Error as exc:
+            raise DatabaseError(f"cannot open database {db}: {str(exc).splitlines()[0]}") from exc
+
+
+def ensure_schema(con) -> None:
+    """Create missing tables and record the schema version."""
+    for path in sql_files("tables"):
+        con.execute(path.read_text())
+    row = con.execute("select value from meta where key = 'schema_version'").fetchone()
+    if row is None:
+        con.execute("insert into meta values ('schema_version', ?)", [SCHEMA_VERSION])
+        con.execute("insert into meta values ('created_at', ?)", [utcnow().isoformat()])
+    elif int(row[0]) > int(SCHEMA_VERSION):
+        raise DatabaseError(
+            f"database schema version {row[0]} is newer than this radlint ({SCHEMA_VERSION}); upgrade radlint"
+        )
+
+
+def create_views(con) -> list[str]:
+    """(Re)create the views of sql/views in file-name order; returns their names."""
+    names = []
+    for path in sql_files("views"):
+        con.execute(path.read_text())
+        names.append(path.stem)
+    return names
+
+
+def done_keys(con, model_sha256s: Iterable[str]) -> set[tuple[str, str]]:
+    """(uri, etag) pairs that need no new read: predicted with every given model, or skipped
+    for a reason that a re-read would not change."""
+    shas = sorted(set(model_sha256s))
+    done = set(
+        con.execute(
+            """
+            select uri, etag from predictions
+            where model_sha256 in (select unnest(?::varchar[]))
+            group by uri, etag
+            having count(distinct model_sha256) = ?
+            """,
+            [shas, len(shas)],
+        ).fetchall()
+    )
+    done.update(con.execute("select uri, etag from skipped where reason <> 'fetch_error'").fetchall())
+    return done
+
+
+def load_parts(con, parts: dict[str, list[str]]) -> dict[str, int]:
+    """Insert the rows of Parquet parts that are not in the tables yet; returns rows added per kind."""
+    added = {}
+    for kind in KINDS:
+        files = [p for p in parts.get(kind, []) if p and Path(p).exists()]
+        if not files:
+            added[kind] = 0
+            continue
+        cols = SCHEMAS[kind].names
+        keys = LOAD_KEYS[kind]
+        col_list = ", ".join(f'"{c}"' for c in cols)
+        on = " and ".join(f"t.{k} = p.{k}" for k in keys)
+        before = con.execute(f"select count(*) from {kind}").fetchone()[0]
+        con.execute(
+            f"""
+            insert into {kind} ({col_list})
+            select {", ".join(f'p."{c}"' for c in cols)}
+            from (
+                select * from read_parquet(?, hive_partitioning = false)
+                qualify row_number() over (partition by {", ".join(keys)}) = 1
+            ) as p
+            where not exists (select 1 from {kind} as t where {on})
+            """,
+            [files],
+        )
+        added[kind] = con.execute(f"select count(*) from {kind}").fetchone()[0] - before
+    return added
+
+
+def load_thresholds(con, model_name: str, model_sha256: str, tasks: dict[str, Any]) -> None:
+    """Copy a model's per-class thresholds from the registry into the thresholds table."""
+    con.execute("delete from thresholds where model_sha256 = ?", [model_sha256])
+    rows = [
+        (model_name, model_sha256, task, cls, float(spec.thresholds.get(cls, 0.5)))
+        for task, spec in tasks.items()
+        for cls in spec.classes
+    ]
+    con.executemany("insert into thresholds values (?, ?, ?, ?, ?)", rows)
+
+
+def load_labels(con, table, source_file: str) -> int:
+    """Append an external label table (from tasks.labels.read_label_file)."""
+    con.register("_new_labels", table)
+    try:
+        con.execute(
+            """
+            insert into labels
+            select uri, sop_instance_uid, body_part, projection, orientation, ?, ?
+            from _new_labels
+            """,
+            [source_file, utcnow()],
+        )
+    finally:
+        con.unregister("_new_labels")
+    return table.num_rows
+
+
+def start_run(con, run_id: str, lake: str, models: list[dict[str, str]]) -> None:
+    con.execute(
+        "insert into runs (run_id, started_at, lake, status, models) values (?, ?, ?, 'running', ?)",
+        [run_id, utcnow(), lake, json.dumps(models)],
+    )
+
+
+def finish_run(con, run_id: str, **counts: Any) -> None:
+    sets = ", ".join(f"{k} = ?" for k in counts)
+    con.execute(
+        f"update runs set finished_at = ?, {sets} where run_id = ?",
+        [utcnow(), *counts.values(), run_id],
+    )

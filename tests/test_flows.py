@@ -1,0 +1,120 @@
+"""audit_lake end to end: Prefect (session API), a real Dask LocalCluster, real DuckDB files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+from tasks import write
+
+pytestmark = pytest.mark.slow
+
+SYNTAXES = [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless]
+
+
+def build_small_lake(folder: Path, make_dicom, n: int = 12) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sub = folder / ("chest" if i % 2 else "knee")
+        sub.mkdir(exist_ok=True)
+        (sub / f"img{i:03d}.dcm").write_bytes(
+            make_dicom(SYNTAXES[i % len(SYNTAXES)], seed=i, monochrome1=bool(i % 3 == 0), patient_id=f"P{i}")
+        )
+    (folder / "notes.txt").write_text("not a dicom file")
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "cut.dcm").write_bytes(make_dicom(seed=99)[:2000])
+
+
+def audit_args(lake: str, db: Path, registry: Path, **kw) -> argparse.Namespace:
+    base = dict(
+        lake=lake, db=str(db), out=None, labels=None, dask_address=None, workers=2, batch_size=4,
+        shard_size=5, device="cpu", max_pixels=80_000_000, registry=str(registry),
+    )
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def counts(db: Path) -> dict[str, int]:
+    con = write.connect(db, read_only=True)
+    try:
+        return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("images", "predictions", "skipped", "runs")}
+    finally:
+        con.close()
+
+
+def test_audit_local_lake_end_to_end_and_idempotent(tmp_path, make_dicom, tiny_registry, prefect_api):
+    from radlint.cli import run_audit
+
+    lake = tmp_path / "lake"
+    build_small_lake(lake, make_dicom)
+    db = tmp_path / "audit.duckdb"
+    summary = run_audit(audit_args(str(lake), db, tiny_registry))
+    assert summary["status"] == "completed"
+    assert summary["n_listed"] == 15 and summary["n_new"] == 15
+    c = counts(db)
+    assert c == {"images": 12, "predictions": 36, "skipped": 3, "runs": 1}
+
+    con = write.connect(db, read_only=True)
+    try:
+        reasons = dict(con.execute("select regexp_extract(uri, '[^/]+$'), reason from skipped").fetchall())
+        assert reasons == {"notes.txt": "not_dicom", "empty.dcm": "not_dicom", "cut.dcm": "truncated"}
+        n_findings = con.execute("select count(*) from findings").fetchone()[0]
+        # body_part + orientation for all 12; projection for the chest-labelled ones (all are CHEST here)
+        assert n_findings == 36
+        sums = con.execute(
+            "select min(s), max(s) from (select list_sum(map_values(probabilities)) as s from predictions)"
+        ).fetchone()
+        assert abs(sums[0] - 1) < 1e-4 and abs(sums[1] - 1) < 1e-4
+        parts = sorted(Path(p).name for p in (tmp_path / "audit_parts" / "images").rglob("*.parquet"))
+        assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    finally:
+        con.close()
+
+    # Re-run on the unchanged lake: nothing new is read, no rows are added.
+    again = run_audit(audit_args(str(lake), db, tiny_registry))
+    assert again["n_new"] == 0 and again["n_shards"] == 0
+    assert counts(db) == {**c, "runs": 2}
+
+    # New objects arrive: only they are audited.
+    (lake / "new").mkdir()
+    for i in range(3):
+        (lake / "new" / f"n{i}.dcm").write_bytes(make_dicom(seed=100 + i))
+    third = run_audit(audit_args(str(lake), db, tiny_registry))
+    assert third["n_new"] == 3
+    c3 = counts(db)
+    assert c3["images"] == 15 and c3["predictions"] == 45 and c3["skipped"] == 3
+
+
+def test_cli_exit_codes(tmp_path, tiny_registry):
+    from radlint.cli import main
+
+    assert main(["audit", str(tmp_path / "missing"), "--db", str(tmp_path / "x.duckdb")]) == 2
+    with pytest.raises(SystemExit) as err:
+        main(["audit", str(tmp_path), "--db", str(tmp_path / "x.duckdb"), "--workers", "0"])
+    assert err.value.code == 2
+    assert main(["audit", str(tmp_path), "--db", str(tmp_path / "nodir" / "x.duckdb")]) == 2
+
+
+def test_locked_database_gives_clear_error(tmp_path, tiny_registry, capsys):
+    from radlint.cli import main
+
+    db = tmp_path / "locked.duckdb"
+    holder = write.connect(db)
+    try:
+        import subprocess
+        import sys
+
+        proc = subprocess.run(
+            [sys.executable, "-m", "radlint.cli", "audit", str(tmp_path), "--db", str(db), "--registry", str(tiny_registry)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.close()
+    assert proc.returncode == 2
+    assert "locked" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert main is not None

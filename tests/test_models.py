@@ -1,0 +1,99 @@
+"""Registry integrity, preprocessing determinism and a smoke run of the shipped ONNX model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tasks.infer import REGISTRY_PATH, default_model, load_registry, sha256_file
+from tasks.preprocess import model_input, rotate_to_orientation
+from tasks.vocabulary import TASKS
+
+
+def _raw_registry():
+    return yaml.safe_load(REGISTRY_PATH.read_text())
+
+
+def test_registry_parses_and_files_match_sha256():
+    entries = load_registry()
+    assert entries, "registry has no models"
+    names = [e.name for e in entries]
+    assert len(names) == len(set(names))
+    for e in entries:
+        assert e.path.exists(), f"{e.path} missing"
+        assert e.path.stat().st_size < 10 * 1024 * 1024
+        assert sha256_file(e.path) == e.sha256
+        assert e.input_name == "image"
+        assert e.input_size > 0
+
+
+def test_default_model_tasks_use_the_vocabularies():
+    entry = default_model()
+    assert set(entry.tasks) == {"body_part", "projection", "orientation"}
+    for name, spec in entry.tasks.items():
+        assert spec.classes == TASKS[name]
+        assert set(spec.thresholds) == set(spec.classes)
+        assert all(0.5 <= t <= 1.0 for t in spec.thresholds.values())
+    raw = _raw_registry()["models"][0]
+    assert raw["preprocessing"]["letterbox"] is True
+    assert raw["preprocessing"]["mean"] == 0.5 and raw["preprocessing"]["std"] == 0.5
+    assert (REGISTRY_PATH.parent / raw["card"]).exists()
+    assert (REGISTRY_PATH.parent / raw["training"]["split_file"]).exists()
+
+
+def test_onnx_graph_outputs_match_class_lists():
+    onnx = pytest.importorskip("onnx")
+    for entry in load_registry():
+        model = onnx.load(str(entry.path))
+        onnx.checker.check_model(model)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        (inp,) = [i for i in model.graph.input if i.name == entry.input_name]
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[0].dim_param  # dynamic batch axis
+        assert [d.dim_value for d in dims[1:]] == [1, entry.input_size, entry.input_size]
+        outs = {o.name: o for o in model.graph.output}
+        for spec in entry.tasks.values():
+            d = outs[spec.output].type.tensor_type.shape.dim
+            assert d[-1].dim_value == len(spec.classes)
+
+
+def test_preprocessing_is_deterministic_from_bytes():
+    rng = np.random.default_rng(0)
+    img = (rng.random((300, 220)) * 4095).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(img.astype(np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+
+    def tensor(b):
+        arr = np.asarray(Image.open(io.BytesIO(b)).convert("L"))
+        return model_input(arr, 192)
+
+    a, b = tensor(data), tensor(bytes(data))
+    assert a.dtype == np.float32 and a.shape == (1, 192, 192)
+    assert np.array_equal(a, b)
+    assert np.array_equal(model_input(img, 160), model_input(img.copy(), 160))
+    assert -1.0 <= a.min() and a.max() <= 1.0
+
+
+def test_onnx_model_runs_on_synthetic_batch():
+    pytest.importorskip("onnxruntime")
+    from tasks.infer import predict
+
+    entry = default_model()
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 255, (200 + 10 * i, 180), dtype=np.uint8) for i in range(3)]
+    x = np.stack([model_input(rotate_to_orientation(im, "rot90cw"), entry.input_size)
+                  for im in imgs])
+    out = predict(entry, x, device="cpu", batch_size=2)
+    for name, spec in entry.tasks.items():
+        p = out[name]
+        assert p.shape == (3, len(spec.classes))
+        assert np.all(p >= 0)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    # batching does not change the result
+    single = predict(entry, x[:1], device="cpu", batch_size=1)
+    np.testing.assert_allclose(single["body_part"], out["body_part"][:1], atol=1e-5)
