@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE)
     ap.add_argument("--registry", type=Path, default=REGISTRY)
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="default <run>/model.pt; <run>/last_ema.pt exports an unfinished run")
     ap.add_argument("--parity-images", type=int, default=64)
     args = ap.parse_args(argv)
 
@@ -126,13 +128,14 @@ def main(argv=None) -> int:
     from radlint.evaluate import choose_thresholds, predict_folder
 
     torch.set_num_threads(2)
-    ck = torch.load(args.run / "model.pt", map_location="cpu", weights_only=False)
+    ck_path = args.checkpoint or args.run / "model.pt"
+    ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     size = int(ck["size"])
     net = build(ck["arch"])
     net.load_state_dict(ck["state_dict"])
     net.eval()
     module = SoftmaxExport(net).eval()
-    onnx_path = MODELS / f"{args.name}.onnx"
+    onnx_path = args.registry.parent / f"{args.name}.onnx"
     export_onnx(module, size, onnx_path)
 
     rows = read_labels(args.data)
@@ -153,8 +156,12 @@ def main(argv=None) -> int:
     print(f"throughput: {ips:.0f} img/s (batch 64, 2 threads)", flush=True)
 
     digest = sha256_file(onnx_path)
-    summary = json.loads((args.run / "summary.json").read_text())
-    targs = summary["args"]
+    summary_path = args.run / "summary.json"
+    if summary_path.exists() and args.checkpoint is None:
+        targs = json.loads(summary_path.read_text())["args"]
+    else:  # a rolling checkpoint of an unfinished run
+        targs = dict(ck["args"])
+        targs["epochs"] = ck.get("epoch", targs["epochs"])
     entry = {
         "name": args.name,
         "file": onnx_path.name,

@@ -243,8 +243,8 @@ def parse_args(argv=None):
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE)
     ap.add_argument("--tag", default="main")
     ap.add_argument("--size", type=int, default=192)
-    ap.add_argument("--epochs", type=int, default=45)
-    ap.add_argument("--samples-per-epoch", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=38)
+    ap.add_argument("--samples-per-epoch", type=int, default=2800)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=5e-4)
@@ -262,7 +262,7 @@ def parse_args(argv=None):
                     help="leave-one-source-out: drop this source from train/val, test on it")
     ap.add_argument("--chest-only", action="store_true",
                     help="train on chest images only (projection + orientation)")
-    ap.add_argument("--eval-every", type=int, default=5)
+    ap.add_argument("--eval-every", type=int, default=8)
     return ap.parse_args(argv)
 
 
@@ -387,6 +387,10 @@ def main(argv=None) -> int:
                 predict_arrays(ema, va_img, args.size, (0, 1, 2, 3)),
                 [t[0] for t in va_t], [t[1] for t in va_t]).items()})
         dt = time.time() - te0
+        # rolling checkpoint (EMA weights) so that an interrupted run can still be exported
+        torch.save({"state_dict": ema.state_dict(), "arch": arch, "size": args.size,
+                    "args": {k: str(v) for k, v in vars(args).items()}, "weights": "ema",
+                    "epoch": epoch + 1}, out / "last_ema.pt")
         with open(log_path, "a", newline="") as f:
             csv.writer(f).writerow([epoch + 1, round(dt, 1), f"{sched.get_last_lr()[0]:.2e}",
                                     *[round(float(s), 4) for s in sums], vm])

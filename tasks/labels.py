@@ -76,7 +76,7 @@ _TEXT_BODY_PART: list[tuple[str, str]] = [
     (r"PELVIS|\bHIPS?\b|骨盤|股関節", "pelvis"),
     (r"SHOULDER|HUMERUS|ELBOW|FOREARM|WRIST|\bHANDS?\b|FINGERS?|THUMB|UPPER\s*(ARM|EXTREMITY|LIMB)|"
      r"肩関節|肩|上腕|肘|前腕|手関節|手指|手|指", "upper_limb"),
-    (r"FEMUR|THIGH|KNEES?|PATELLA|TIBIA|FIBULA|ANKLES?|\bFOOT\b|\bFEET\b|HEEL|CALCANEUS|TOES?|"
+    (r"FEMUR|THIGH|KNEES?|PATELLA|TIBIA|FIBULA|\bTIB\b|\bFIB\b|ANKLES?|\bFOOT\b|\bFEET\b|HEEL|CALCANEUS|TOES?|"
      r"LOWER\s*(LEG|EXTREMITY|LIMB)|\bLEG\b|大腿|膝関節|膝|下腿|足関節|足趾|踵|足", "lower_limb"),
 ]
 _TEXT_BODY_PART_RE = [(re.compile(p, re.IGNORECASE), c) for p, c in _TEXT_BODY_PART]
@@ -92,7 +92,7 @@ VIEW_POSITION: dict[str, str] = {
 _TEXT_PROJECTION: list[tuple[str, str]] = [
     (r"\bPA\b|POSTERO\s*-?\s*ANTERIOR|P\s*/\s*A|後前", "PA"),
     (r"\bAP\b|ANTERO\s*-?\s*POSTERIOR|A\s*/\s*P|前後|SUPINE|PORTABLE|臥位", "AP"),
-    (r"\bLAT\b|LATERAL|\bLL\b|\bRL\b|側面|側位", "LATERAL"),
+    (r"\bLAT\b|\bLATERAL\b|\bLL\b|\bRL\b|側面|側位", "LATERAL"),
     (r"正面|FRONTAL", "PA|AP"),
 ]
 _TEXT_PROJECTION_RE = [(re.compile(p, re.IGNORECASE), c) for p, c in _TEXT_PROJECTION]

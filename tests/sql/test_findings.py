@@ -1,0 +1,149 @@
+"""The findings view, given tiny inline tables on in-memory DuckDB, returns the expected rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import duckdb
+import pytest
+
+from tasks import write
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T1 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+SHA = "sha-model"
+
+
+def image(uri, *, body=None, body_src=None, bpe=None, proj=None, proj_src=None, vp=None, orient=None, po=None,
+          etag="e1", at=T0, sop=None, institution="H1"):
+    return dict(
+        uri=uri, etag=etag, sop_instance_uid=sop or uri.rsplit("/", 1)[-1], body_part_examined=bpe,
+        view_position=vp, patient_orientation=po, label_body_part=body, label_body_part_source=body_src,
+        label_projection=proj, label_projection_source=proj_src, label_orientation=orient,
+        label_orientation_source="PatientOrientation" if orient else None, institution_name=institution,
+        audited_at=at, run_id="r1",
+    )
+
+
+def pred(uri, task, probs: dict, etag="e1", at=T0):
+    best = max(probs, key=probs.get)
+    return dict(uri=uri, etag=etag, task=task, predicted=best, probability=probs[best], probabilities=probs,
+                model="m", model_sha256=SHA, predicted_at=at, run_id="r1")
+
+
+@pytest.fixture
+def con():
+    c = duckdb.connect()
+    write.ensure_schema(c)
+    write.create_views(c)
+    thresholds = [("body_part", c_, 0.6) for c_ in ("chest", "head", "lower_limb", "abdomen", "pelvis")]
+    thresholds += [("projection", c_, 0.7) for c_ in ("PA", "AP", "LATERAL")]
+    thresholds += [("orientation", c_, 0.8) for c_ in ("upright", "rot90cw", "rot180", "rot90ccw")]
+    c.executemany("insert into thresholds values ('m', ?, ?, ?, ?)", [(SHA, t, k, v) for t, k, v in thresholds])
+    yield c
+    c.close()
+
+
+def given(con, images, predictions, labels=()):
+    for row in images:
+        cols = ", ".join(f'"{k}"' for k in row)
+        con.execute(f"insert into images ({cols}) values ({', '.join('?' for _ in row)})", list(row.values()))
+    for row in predictions:
+        cols = ", ".join(row)
+        vals = list(row.values())
+        con.execute(f"insert into predictions ({cols}) values ({', '.join('?' for _ in row)})", vals)
+    for row in labels:
+        con.execute("insert into labels values (?, ?, ?, ?, ?, 'file.csv', ?)", row)
+
+
+def findings(con):
+    rows = con.execute(
+        "select uri, field, header_class, label_source, predicted_class, is_mismatch, round(severity, 3), suggested_correction "
+        "from findings order by uri, field"
+    ).fetchall()
+    return {(r[0], r[1]): r[2:] for r in rows}
+
+
+def test_agree_mismatch_unconfident_and_null_label(con):
+    given(
+        con,
+        [
+            image("s3://b/agree", body="chest", body_src="BodyPartExamined", bpe="CHEST", proj="PA", proj_src="ViewPosition", vp="PA"),
+            image("s3://b/wrong", body="head", body_src="BodyPartExamined", bpe="SKULL"),
+            image("s3://b/unsure", body="abdomen", body_src="BodyPartExamined", bpe="ABDOMEN"),
+            image("s3://b/nolabel"),
+        ],
+        [
+            pred("s3://b/agree", "body_part", {"chest": 0.95, "head": 0.05}),
+            pred("s3://b/agree", "projection", {"PA": 0.1, "AP": 0.85, "LATERAL": 0.05}),
+            pred("s3://b/agree", "orientation", {"upright": 0.99, "rot180": 0.01}),
+            pred("s3://b/wrong", "body_part", {"lower_limb": 0.9, "head": 0.1}),
+            pred("s3://b/wrong", "orientation", {"upright": 0.1, "rot90cw": 0.9}),
+            pred("s3://b/unsure", "body_part", {"pelvis": 0.55, "abdomen": 0.45}),
+            pred("s3://b/unsure", "orientation", {"upright": 0.7, "rot180": 0.3}),
+            pred("s3://b/nolabel", "body_part", {"head": 0.99, "chest": 0.01}),
+            pred("s3://b/nolabel", "orientation", {"upright": 0.9, "rot180": 0.1}),
+        ],
+    )
+    f = findings(con)
+    assert f[("s3://b/agree", "body_part")] == ("chest", "BodyPartExamined", "chest", False, 0.05, None)
+    # labelled PA, predicted AP above the 0.7 threshold: a mismatch with AP as the correction
+    assert f[("s3://b/agree", "projection")] == ("PA", "ViewPosition", "AP", True, 0.9, "AP")
+    assert f[("s3://b/agree", "orientation")] == ("upright", "assumed", "upright", False, 0.01, None)
+    assert f[("s3://b/wrong", "body_part")] == ("head", "BodyPartExamined", "lower_limb", True, 0.9, "lower_limb")
+    # stored turned 90 cw: the correction is to turn it 90 ccw
+    assert f[("s3://b/wrong", "orientation")] == ("upright", "assumed", "rot90cw", True, 0.9, "rot90ccw")
+    # disagreement below the class threshold (0.55 < 0.6) is not a mismatch, but still ranked
+    assert f[("s3://b/unsure", "body_part")] == ("abdomen", "BodyPartExamined", "pelvis", False, 0.55, None)
+    # unknown label stays NULL: no verdict, no severity
+    assert f[("s3://b/nolabel", "body_part")] == (None, None, "head", None, None, None)
+    # projection rows only for chest images (by label or confident prediction)
+    assert ("s3://b/wrong", "projection") not in f and ("s3://b/nolabel", "projection") not in f
+
+
+def test_multi_region_label_accepts_any_region(con):
+    given(
+        con,
+        [image("s3://b/ap", body="abdomen|pelvis", body_src="BodyPartExamined", bpe="ABDOMENPELVIS")],
+        [pred("s3://b/ap", "body_part", {"pelvis": 0.7, "abdomen": 0.2, "chest": 0.1})],
+    )
+    f = findings(con)
+    assert f[("s3://b/ap", "body_part")] == ("abdomen|pelvis", "BodyPartExamined", "pelvis", False, 0.1, None)
+
+
+def test_external_labels_override_header_and_latest_version_wins(con):
+    given(
+        con,
+        [
+            image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST", etag="old", at=T0),
+            image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST", etag="new", at=T1, sop="1.2.3"),
+        ],
+        [
+            pred("s3://b/x", "body_part", {"chest": 0.9, "head": 0.1}, etag="old", at=T0),
+            pred("s3://b/x", "body_part", {"head": 0.95, "chest": 0.05}, etag="new", at=T1),
+        ],
+        labels=[(None, "1.2.3", "head", None, None, T1)],
+    )
+    f = findings(con)
+    # the RIS says head, the pixels (of the newest version) say head: agreement
+    assert f[("s3://b/x", "body_part")] == ("head", "labels_file", "head", False, 0.05, None)
+    assert con.execute("select count(*) from findings where field = 'body_part'").fetchone()[0] == 1
+
+
+def test_missing_prediction_gives_null_verdict(con):
+    given(con, [image("s3://b/nopred", body="chest", body_src="BodyPartExamined", bpe="CHEST")], [])
+    f = findings(con)
+    assert f[("s3://b/nopred", "body_part")] == ("chest", "BodyPartExamined", None, None, None, None)
+
+
+def test_unlabelled_confident_chest_gets_projection_row(con):
+    given(
+        con,
+        [image("s3://b/c")],
+        [
+            pred("s3://b/c", "body_part", {"chest": 0.9, "head": 0.1}),
+            pred("s3://b/c", "projection", {"PA": 0.8, "AP": 0.2}),
+        ],
+    )
+    f = findings(con)
+    assert f[("s3://b/c", "projection")] == (None, None, "PA", None, None, None)
