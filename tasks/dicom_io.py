@@ -291,7 +291,96 @@ def _gdcm_decode(raw: bytes, ds: Dataset) -> np.ndarray | None:
     return arr[: rows * cols].reshape(rows, cols)
 
 
-def decode_pixels(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, raw: bytes | None = None) -> np.ndarray:
+J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
+JPEG_8BIT_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50"})
+
+
+def reduction_factor(rows: int, cols: int, target_size: int | None) -> int:
+    """Largest power-of-two reduction that keeps the longest side at least twice the model input.
+
+    Twice, so the final antialiased resize still has real detail to average.
+    """
+    if not target_size:
+        return 0
+    longest = max(rows, cols)
+    r = 0
+    while longest / (2 ** (r + 1)) >= 2 * target_size:
+        r += 1
+    return r
+
+
+def _single_frame_codestream(ds: Dataset) -> bytes:
+    from pydicom.encaps import generate_fragments
+
+    return b"".join(f for f in generate_fragments(ds.PixelData) if f)
+
+
+def _j2k_levels(codestream: bytes) -> int:
+    """Decomposition levels from the COD marker segment of a J2K codestream (0 when unknown)."""
+    pos = codestream.find(b"\xff\x52", 0, 4096)
+    if pos < 0 or pos + 10 > len(codestream):
+        return 0
+    return codestream[pos + 9]
+
+
+def _reduced_decode(ds: Dataset, ts: str, target_size: int | None) -> np.ndarray | None:
+    """Decode only the resolution the model needs, or None to fall back to a full decode.
+
+    JPEG 2000: Pillow/OpenJPEG ``reduce`` skips the finest wavelet levels. 8-bit JPEG: Pillow's
+    ``draft`` uses DCT scaling. Uncompressed: a strided view before any float conversion.
+    """
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    r = reduction_factor(rows, cols, target_size)
+    if r == 0 or (_int(ds, "NumberOfFrames") or 1) != 1 or (_int(ds, "SamplesPerPixel") or 1) != 1:
+        return None
+    if ts in J2K_SYNTAXES:
+        from PIL import Image
+
+        codestream = _single_frame_codestream(ds)
+        r = min(r, _j2k_levels(codestream))
+        if r == 0:
+            return None
+        arr = None
+        # Some encoders' codestreams (precinct layouts) fail at deep reductions in OpenJPEG;
+        # step back one level at a time before giving up on the fast path.
+        for level in range(r, 0, -1):
+            im = Image.open(io.BytesIO(codestream))
+            im.reduce = level
+            try:
+                im.load()
+            except OSError:
+                continue
+            arr = np.asarray(im)
+            break
+        if arr is None:
+            return None
+        bits = _int(ds, "BitsStored") or 16
+        if im.mode.startswith("I;16") and bits < 16:
+            # Pillow scales J2K samples to 16 bits; undo it so rescale/VOI values still apply.
+            arr = arr >> (16 - bits)
+        if (_int(ds, "PixelRepresentation") or 0) == 1 and arr.dtype == np.uint16:
+            return None  # signed data through Pillow is ambiguous: decode fully instead
+        return arr
+    if ts in JPEG_8BIT_SYNTAXES and (_int(ds, "BitsAllocated") or 8) == 8:
+        from PIL import Image
+
+        im = Image.open(io.BytesIO(_single_frame_codestream(ds)))
+        scale = 2 ** min(r, 3)
+        im.draft("L", (max(1, cols // scale), max(1, rows // scale)))
+        return np.asarray(im.convert("L") if im.mode != "L" else im)
+    if not UID(ts).is_compressed:
+        full = pixel_array(ds)  # native data: an integer array, no float copy of the full image
+        stride = 2**r
+        return np.ascontiguousarray(full[::stride, ::stride])
+    return None
+
+
+def decode_pixels(
+    ds: Dataset,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    raw: bytes | None = None,
+    target_size: int | None = None,
+) -> np.ndarray:
     """First frame as float32, modality LUT + VOI applied, MONOCHROME1 inverted, colour to gray.
 
     Raises:
@@ -311,7 +400,14 @@ def decode_pixels(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, raw: bytes 
         warnings.simplefilter("ignore")
         try:
             frames = _int(ds, "NumberOfFrames") or 1
-            arr = pixel_array(ds, index=0 if frames > 1 else None)
+            arr = None
+            if target_size:
+                try:
+                    arr = _reduced_decode(ds, str(ts), target_size)
+                except Exception:  # any surprise in the fast path: the full decoder decides
+                    arr = None
+            if arr is None:
+                arr = pixel_array(ds, index=0 if frames > 1 else None)
         except NotImplementedError as exc:
             raise Skip(UNSUPPORTED_TS, f"{ts}: {exc}") from exc
         except (ValueError, EOFError) as exc:
@@ -356,8 +452,13 @@ def decode_pixels(ds: Dataset, max_pixels: int = DEFAULT_MAX_PIXELS, raw: bytes 
     return arr
 
 
-def read_dicom(data: bytes, *, salt: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> DicomImage:
+def read_dicom(
+    data: bytes, *, salt: str = "", max_pixels: int = DEFAULT_MAX_PIXELS, target_size: int | None = None
+) -> DicomImage:
     """Parse and decode one object's bytes.
+
+    With ``target_size`` (the model input side), pixels may be decoded at a reduced resolution
+    whose longest side is still at least twice ``target_size``.
 
     Raises:
         Skip: with a reason code when the object cannot be audited.
@@ -368,5 +469,5 @@ def read_dicom(data: bytes, *, salt: str = "", max_pixels: int = DEFAULT_MAX_PIX
             raise Skip(TRUNCATED, f"file meta present but the dataset ends after {len(data)} bytes")
         raise Skip(NOT_DICOM, "parsed, but holds no image attributes")
     header = header_row(ds, salt)
-    pixels = decode_pixels(ds, max_pixels=max_pixels, raw=data)
+    pixels = decode_pixels(ds, max_pixels=max_pixels, raw=data, target_size=target_size)
     return DicomImage(header=header, pixels=pixels)

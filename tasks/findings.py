@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-TABLES = ("images", "predictions", "skipped", "runs", "labels")
+TABLES = ("images", "predictions", "skipped", "runs", "labels", "thumbnails")
 
 
 def table_counts(con) -> dict[str, int]:

@@ -66,6 +66,17 @@ def model_input(pixels: np.ndarray, size: int) -> np.ndarray:
     return normalize(letterbox(to_uint8(pixels), size))
 
 
+def thumbnail_jpeg(display_u8: np.ndarray, max_side: int = 192, quality: int = 80) -> dict:
+    """A small grayscale JPEG of the image as stored, for the review report."""
+    import io
+
+    img = Image.fromarray(display_u8)
+    img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return {"width": img.width, "height": img.height, "jpeg": buf.getvalue()}
+
+
 def rotate_to_orientation(upright: np.ndarray, orientation: str) -> np.ndarray:
     """Return how an upright image looks when stored with the given orientation label.
 

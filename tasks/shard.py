@@ -124,12 +124,17 @@ def audit_shard(
     max_pixels: int = dicom_io.DEFAULT_MAX_PIXELS,
     storage_options: dict | None = None,
     threads: int = 0,
+    full_decode: bool = False,
 ) -> dict[str, Any]:
-    """Audit ``objects`` and write their parts under ``out_dir``; returns a ShardResult dict."""
+    """Audit ``objects`` and write their parts under ``out_dir``; returns a ShardResult dict.
+
+    Pixels are decoded at the lowest resolution the model input allows unless ``full_decode``.
+    """
     started = time.perf_counter()
     entry = infer.default_model(registry_path or infer.REGISTRY_PATH)
     result = ShardResult(shard_id=shard_id, n_objects=len(objects))
     images: list[dict] = []
+    thumbnails: list[dict] = []
     skipped: list[dict] = []
     predictions: list[dict] = []
     pending_inputs: list[np.ndarray] = []
@@ -152,8 +157,12 @@ def audit_shard(
                 skipped.append(_skip_row(obj, "fetch_error", f"{type(payload).__name__}: {payload}", run_id, now))
                 continue
             try:
-                image = dicom_io.read_dicom(payload, salt=salt, max_pixels=max_pixels)
-                x = preprocess.model_input(image.pixels, entry.input_size)
+                image = dicom_io.read_dicom(
+                    payload, salt=salt, max_pixels=max_pixels, target_size=None if full_decode else entry.input_size
+                )
+                display = preprocess.to_uint8(image.pixels)
+                x = preprocess.normalize(preprocess.letterbox(display, entry.input_size))
+                thumb = preprocess.thumbnail_jpeg(display)
             except dicom_io.Skip as skip:
                 skipped.append(_skip_row(obj, skip.reason, skip.detail, run_id, now))
                 continue
@@ -164,6 +173,7 @@ def audit_shard(
             row = {"uri": obj.uri, "etag": obj.etag, "size_bytes": obj.size_bytes, **image.header}
             row.update(audited_at=now, run_id=run_id)
             images.append(row)
+            thumbnails.append({"uri": obj.uri, "etag": obj.etag, **thumb})
             pending_inputs.append(x)
             pending_meta.append(row)
             if len(pending_inputs) >= batch_size:
@@ -171,7 +181,8 @@ def audit_shard(
     flush()
 
     # Images first, predictions next: a loader that sees predictions always has their image.
-    for kind, rows in (("images", images), ("predictions", predictions), ("skipped", skipped)):
+    kinds = (("images", images), ("predictions", predictions), ("thumbnails", thumbnails), ("skipped", skipped))
+    for kind, rows in kinds:
         if rows:
             result.parts[kind] = str(write.write_part(rows, out_dir, kind, run_id, shard_id))
     result.n_images = len(images)

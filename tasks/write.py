@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA_VERSION = "1"
-KINDS = ("images", "predictions", "skipped")
+KINDS = ("images", "predictions", "skipped", "thumbnails")
 
 PROBABILITIES_TYPE = pa.map_(pa.string(), pa.float32())
 
@@ -74,6 +74,15 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("run_id", pa.string()),
         ]
     ),
+    "thumbnails": pa.schema(
+        [
+            ("uri", pa.string()),
+            ("etag", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("jpeg", pa.binary()),
+        ]
+    ),
     "skipped": pa.schema(
         [
             ("uri", pa.string()),
@@ -92,6 +101,7 @@ LOAD_KEYS = {
     "images": ("uri", "etag"),
     "predictions": ("uri", "etag", "task", "model_sha256"),
     "skipped": ("uri", "etag"),
+    "thumbnails": ("uri", "etag"),
 }
 
 

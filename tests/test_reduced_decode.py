@@ -1,0 +1,54 @@
+"""Reduced-resolution decoding gives the same predictions as the full decode on real CR files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import dicom_io, infer, preprocess
+from tests.conftest import SHARED
+
+PROB_TOLERANCE = 0.05  # largest allowed change of any class probability
+
+
+def real_cr_files() -> list[Path]:
+    from pydicom.data import get_testdata_file
+
+    files = [Path(get_testdata_file(n)) for n in ("RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_UNCR.dcm", "RG3_J2KR.dcm", "RG3_UNCR.dcm")]
+    shared = SHARED / "data" / "dicom"
+    if shared.exists():
+        files += sorted(p for p in shared.glob("wg04_*.dcm"))
+        files += [shared / "txv_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"]
+    return [f for f in files if f.exists()]
+
+
+@pytest.mark.parametrize("size", [224, 256])
+def test_reduction_factor_keeps_twice_the_input(size):
+    for rows, cols in [(2500, 2048), (1024, 1024), (300, 200), (4000, 100)]:
+        r = dicom_io.reduction_factor(rows, cols, size)
+        assert max(rows, cols) / 2**r >= min(2 * size, max(rows, cols))
+
+
+def test_reduced_decode_matches_full_decode_predictions():
+    entry = infer.default_model()
+    files = real_cr_files()
+    assert len(files) >= 5
+    reduced_any = False
+    for path in files:
+        data = path.read_bytes()
+        try:
+            full = dicom_io.read_dicom(data)
+        except dicom_io.Skip:
+            continue
+        reduced = dicom_io.read_dicom(data, target_size=entry.input_size)
+        reduced_any |= reduced.pixels.shape != full.pixels.shape
+        batch = np.stack(
+            [preprocess.model_input(full.pixels, entry.input_size), preprocess.model_input(reduced.pixels, entry.input_size)]
+        )
+        probs = infer.predict(entry, batch, device="cpu")
+        for task, p in probs.items():
+            assert p[0].argmax() == p[1].argmax(), (path.name, task, p)
+            assert np.abs(p[0] - p[1]).max() < PROB_TOLERANCE, (path.name, task, np.abs(p[0] - p[1]).max())
+    assert reduced_any, "no file was decoded at reduced resolution"
