@@ -464,10 +464,19 @@ def read_dicom(
         Skip: with a reason code when the object cannot be audited.
     """
     ds = parse(data)
-    if "SOPInstanceUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
-        if data[128:132] == b"DICM":
-            raise Skip(TRUNCATED, f"file meta present but the dataset ends after {len(data)} bytes")
-        raise Skip(NOT_DICOM, "parsed, but holds no image attributes")
-    header = header_row(ds, salt)
-    pixels = decode_pixels(ds, max_pixels=max_pixels, raw=data, target_size=target_size)
+    try:
+        if "SOPInstanceUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
+            if data[128:132] == b"DICM":
+                raise Skip(TRUNCATED, f"file meta present but the dataset ends after {len(data)} bytes")
+            raise Skip(NOT_DICOM, "parsed, but holds no image attributes")
+        header = header_row(ds, salt)
+        pixels = decode_pixels(ds, max_pixels=max_pixels, raw=data, target_size=target_size)
+    except Skip:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as exc:  # includes pyo3 PanicException from Rust decoders (not an Exception)
+        # pydicom parses elements lazily: a corrupt element (unknown VR, wrong length) surfaces
+        # only when touched. That is a malformed file, not a crash.
+        raise Skip(READ_ERROR, f"malformed dataset: {type(exc).__name__}: {exc}") from exc
     return DicomImage(header=header, pixels=pixels)

@@ -166,7 +166,9 @@ def audit_shard(
             except dicom_io.Skip as skip:
                 skipped.append(_skip_row(obj, skip.reason, skip.detail, run_id, now))
                 continue
-            except Exception as exc:  # an unforeseen decoder failure is data too, never a crash
+            except (KeyboardInterrupt, SystemExit, MemoryError):
+                raise
+            except BaseException as exc:  # an unforeseen decoder failure is data too, never a crash
                 log.warning("unexpected error reading %s: %r", obj.uri, exc)
                 skipped.append(_skip_row(obj, dicom_io.READ_ERROR, f"{type(exc).__name__}: {exc}", run_id, now))
                 continue

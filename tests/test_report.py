@@ -1,0 +1,385 @@
+"""The HTML review report: built from a small hand-made database (no pipeline run), checked as text
+and in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radlint.report import corrected_jpeg, write_report
+from tasks import write
+from tasks.preprocess import rotate_to_orientation, thumbnail_jpeg
+
+T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
+SHA = "sha-test-model"
+EVIL = '<script>alert("x")</script>'
+EVIL_INSTITUTION = 'St. "Mary" & <b>Sons</b>'
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+TASK_CLASSES = {
+    "body_part": ["head", "neck", "chest", "abdomen", "pelvis", "spine", "upper_limb", "lower_limb", "other"],
+    "projection": ["PA", "AP", "LATERAL"],
+    "orientation": ["upright", "rot90cw", "rot180", "rot90ccw"],
+}
+BPE = {"chest": "CHEST", "head": "SKULL", "abdomen": "ABDOMEN", "lower_limb": "KNEE", "pelvis": "PELVIS"}
+
+
+# ---------------------------------------------------------------- a small synthetic audit database
+
+
+def _ellipse(h, w, cy, cx, ry, rx):
+    y, x = np.ogrid[:h, :w]
+    return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
+
+
+def synthetic_radiograph(body_part: str, rng: np.random.Generator, h: int = 320, w: int = 256) -> np.ndarray:
+    """An upright, radiograph-like uint8 picture: dark background, bright anatomy and a side marker
+    in the top-left corner (so that a rotation is visible)."""
+    img = np.full((h, w), 18.0)
+    if body_part == "chest":
+        img[_ellipse(h, w, h * 0.55, w / 2, h * 0.45, w * 0.46)] = 150
+        for cx in (w * 0.3, w * 0.7):
+            img[_ellipse(h, w, h * 0.5, cx, h * 0.3, w * 0.15)] = 70
+        img[int(h * 0.12):, int(w * 0.47):int(w * 0.53)] = 205
+        img[_ellipse(h, w, h * 0.62, w * 0.56, h * 0.12, w * 0.13)] = 175  # heart
+    elif body_part == "head":
+        img[_ellipse(h, w, h / 2, w / 2, h * 0.4, w * 0.42)] = 210
+        img[_ellipse(h, w, h / 2, w / 2, h * 0.36, w * 0.38)] = 110
+        img[_ellipse(h, w, h * 0.62, w * 0.5, h * 0.08, w * 0.22)] = 60
+    elif body_part == "lower_limb":
+        img[_ellipse(h, w, h / 2, w / 2, h * 0.48, w * 0.2)] = 120
+        img[int(h * 0.05):int(h * 0.47), int(w * 0.43):int(w * 0.57)] = 220
+        img[int(h * 0.53):int(h * 0.95), int(w * 0.44):int(w * 0.56)] = 215
+    else:  # abdomen / pelvis
+        img[_ellipse(h, w, h / 2, w / 2, h * 0.48, w * 0.46)] = 130
+        img[:, int(w * 0.46):int(w * 0.54)] = 200
+        img[_ellipse(h, w, h * 0.75, w * 0.3, h * 0.12, w * 0.16)] = 185
+        img[_ellipse(h, w, h * 0.75, w * 0.7, h * 0.12, w * 0.16)] = 185
+    img[10:34, 10:18] = 250  # an "L"-shaped side marker, top left
+    img[26:34, 10:30] = 250
+    img += rng.normal(0, 9, size=img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _probs(task: str, top: str, p: float, rng: np.random.Generator) -> dict[str, float]:
+    classes = TASK_CLASSES[task]
+    rest = rng.dirichlet(np.ones(len(classes) - 1)) * (1.0 - p)
+    out, k = {}, 0
+    for c in classes:
+        if c == top:
+            out[c] = float(p)
+        else:
+            out[c] = float(rest[k])
+            k += 1
+    return out
+
+
+def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
+    """A small audit database written by hand: images (with some planted label errors), predictions,
+    thumbnails, thresholds, one run and a few skipped objects."""
+    rng = np.random.default_rng(seed)
+    con = duckdb_connect(path)
+    write.ensure_schema(con)
+    write.create_views(con)
+    run_id = "20261101T080000Z-abcd"
+    th = [(t, c, 0.6) for t, cs in TASK_CLASSES.items() for c in cs]
+    con.executemany("insert into thresholds values ('m', ?, ?, ?, ?)", [(SHA, t, c, v) for t, c, v in th])
+    institutions = ["Kita General Hospital", "Minami Clinic", "Higashi University Hospital", EVIL_INSTITUTION if evil else "Nishi Clinic"]
+    manufacturers = ["FUJIFILM", "Konica Minolta", "CANON"]
+    parts = ["chest", "chest", "chest", "head", "lower_limb", "abdomen", "pelvis"]
+    for k in range(n):
+        uri = f"s3://radiology-lake/cr/2026/img{k:04d}.dcm"
+        etag = f"etag{k}"
+        truth = parts[k % len(parts)]
+        orientation = "upright"
+        label_body, bpe = truth, BPE[truth]
+        vp, proj_label, proj_pred = None, None, None
+        kind = k % 6
+        if kind == 1:  # stored rotated, header silent: orientation mismatch
+            orientation = ["rot90cw", "rot180", "rot90ccw"][k % 3]
+        elif kind == 2:  # wrong BodyPartExamined
+            label_body = "head" if truth != "head" else "chest"
+            bpe = BPE[label_body]
+        if truth == "chest":
+            vp = "PA" if k % 4 else "AP"
+            proj_label = vp
+            proj_pred = "AP" if kind == 3 else vp  # kind 3: labelled PA/AP, pixels say otherwise
+            if proj_pred == proj_label and kind == 3:
+                proj_pred = "PA"
+        if evil and k == 2:
+            bpe = EVIL
+        stored = rotate_to_orientation(synthetic_radiograph(truth, rng), orientation)
+        thumb = thumbnail_jpeg(stored)
+        inst = institutions[k % len(institutions)]
+        con.execute(
+            'insert into images (uri, etag, size_bytes, sop_instance_uid, modality, body_part_examined, view_position, '
+            "institution_name, manufacturer, \"rows\", \"columns\", study_month, label_body_part, label_body_part_source, "
+            "label_projection, label_projection_source, audited_at, run_id) "
+            "values (?, ?, ?, ?, 'CR', ?, ?, ?, ?, ?, ?, ?, ?, 'BodyPartExamined', ?, ?, ?, ?)",
+            [uri, etag, 1000 + k, f"1.2.3.{k}", bpe, vp, inst, manufacturers[k % 3], stored.shape[0], stored.shape[1],
+             f"2026-{1 + k % 6:02d}", label_body, proj_label, "ViewPosition" if proj_label else None,
+             T0 + timedelta(seconds=k), run_id],
+        )
+        preds = [
+            ("body_part", truth, float(rng.uniform(0.75, 0.99))),
+            ("orientation", orientation, float(rng.uniform(0.7, 0.99))),
+        ]
+        if proj_pred:
+            preds.append(("projection", proj_pred, float(rng.uniform(0.7, 0.97))))
+        for task, top, p in preds:
+            con.execute(
+                "insert into predictions values (?, ?, ?, ?, ?, ?, ?, 'm', ?, ?, ?)",
+                [uri, etag, f"1.2.3.{k}", task, top, p, _probs(task, top, p, rng), SHA, T0, run_id],
+            )
+        con.execute(
+            "insert into thumbnails values (?, ?, ?, ?, ?)", [uri, etag, thumb["width"], thumb["height"], thumb["jpeg"]]
+        )
+    con.execute(
+        "insert into runs values (?, ?, ?, 's3://radiology-lake/cr/2026/', 'completed', ?, ?, ?, 3, ?, 1, 0, ?, 42.5)",
+        [run_id, T0, T0 + timedelta(seconds=42), n + 3, n + 3, n, 0, '[{"name": "m", "sha256": "' + SHA + '"}]'],
+    )
+    for j, reason in enumerate(["not_dicom", "not_dicom", "truncated"]):
+        con.execute(
+            "insert into skipped values (?, ?, 10, ?, 'detail', ?, ?)",
+            [f"s3://radiology-lake/cr/2026/junk{j}.bin", f"e{j}", reason, T0, run_id],
+        )
+    con.close()
+    return path
+
+
+def duckdb_connect(path: Path):
+    import duckdb
+
+    return duckdb.connect(str(path))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    d = tmp_path_factory.mktemp("report")
+    db = build_db(d / "audit.duckdb")
+    out = write_report(db, d / "report.html")
+    return db, out
+
+
+def _mismatches(db: Path) -> dict[str, int]:
+    con = write.connect(db, read_only=True)
+    try:
+        return dict(con.execute("select field, count(*) from findings where is_mismatch group by field").fetchall())
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------- content
+
+
+def test_report_content_counts_and_self_contained(report):
+    db, out = report
+    page = out.read_text(encoding="utf-8")
+    per_field = _mismatches(db)
+    assert set(per_field) == {"body_part", "projection", "orientation"}
+    # one gallery card per mismatch (fewer than the cap), each with its field
+    assert page.count('<article class="card"') == sum(per_field.values())
+    for field, n in per_field.items():
+        assert page.count(f'<article class="card" data-field="{field}"') == n
+    # the summary: images, skipped by reason, latest run
+    assert "not_dicom" in page and "truncated" in page and "20261101T080000Z-abcd" in page
+    assert re.search(r'<div class="num">24</div><div class="lbl">images audited</div>', page)
+    # plots are inline SVG, thumbnails are data URIs, nothing is fetched from anywhere
+    assert page.count("<svg") >= 4
+    n_stored = page.count('class="thumb stored" src="data:image/jpeg;base64,')
+    assert n_stored == sum(per_field.values())
+    assert page.count('class="thumb corrected" src="data:image/jpeg;base64,') == per_field["orientation"]
+    assert not re.search(r"https?://", page)
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)
+    assert "Not for clinical use" in page and "burned-in patient text" in page
+    # confusion matrices, one per field
+    assert page.count('<table class="confusion">') == 3
+
+
+def test_report_escapes_untrusted_header_text(report):
+    _, out = report
+    page = out.read_text(encoding="utf-8")
+    assert EVIL not in page
+    assert html_escaped(EVIL) in page
+    assert page.count("<script") == 1  # only the page's own script
+    assert "<b>Sons</b>" not in page
+    assert html_escaped(EVIL_INSTITUTION) in page
+
+
+def html_escaped(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)
+
+
+def test_gallery_is_capped_and_sorted_by_severity(tmp_path, report):
+    db, _ = report
+    out = write_report(db, tmp_path / "r.html", limit=5)
+    page = out.read_text(encoding="utf-8")
+    assert page.count('<article class="card"') == 5
+    sev = [float(x) for x in re.findall(r'data-severity="([0-9.]+)"', page)]
+    assert sev == sorted(sev, reverse=True)
+    assert "most severe of" in page
+
+
+def test_empty_database(tmp_path):
+    db = tmp_path / "empty.duckdb"
+    con = duckdb_connect(db)
+    write.ensure_schema(con)
+    write.create_views(con)
+    con.close()
+    page = write_report(db, tmp_path / "out" / "empty.html").read_text(encoding="utf-8")
+    assert "No mismatches found" in page and "No findings yet" in page and "No audit run recorded" in page
+    assert "Not for clinical use" in page
+    assert not re.search(r"https?://", page)
+
+
+def test_corrected_thumbnail_is_upright():
+    rng = np.random.default_rng(0)
+    upright = synthetic_radiograph("chest", rng)
+    for stored_as, correction in (("rot90cw", "rot90ccw"), ("rot90ccw", "rot90cw"), ("rot180", "rot180")):
+        stored = thumbnail_jpeg(rotate_to_orientation(upright, stored_as))["jpeg"]
+        fixed = _decode(corrected_jpeg(stored, correction))
+        want = _decode(thumbnail_jpeg(upright)["jpeg"])
+        assert fixed.shape == want.shape
+        assert np.abs(fixed.astype(int) - want.astype(int)).mean() < 6
+    assert corrected_jpeg(stored, "upright") is None
+
+
+def _decode(jpeg: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"))
+
+
+# ---------------------------------------------------------------- real browser
+
+
+def _browser_or_skip():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not importable (pip install playwright; no browser download needed)")
+    return sync_playwright
+
+
+def open_report(pw, html_path: Path, width: int = 1280, height: int = 900):
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    page = browser.new_page(viewport={"width": width, "height": height})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+    page.goto(html_path.resolve().as_uri(), wait_until="load")
+    return browser, page, errors
+
+
+def _visible_cards(page) -> int:
+    return page.evaluate("Array.from(document.querySelectorAll('#gallery .card')).filter(c => !c.hidden && c.offsetParent !== null).length")
+
+
+def test_report_in_headless_chromium(report, tmp_path):
+    sync_playwright = _browser_or_skip()
+    db, out = report
+    with sync_playwright() as pw:
+        browser, page, errors = open_report(pw, out)
+        try:
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=15000)
+            widths = page.evaluate("Array.from(document.querySelectorAll('#gallery img')).map(i => i.naturalWidth)")
+            total = _visible_cards(page)
+            assert total == sum(_mismatches(db).values()) > 0
+            assert len(widths) == 2 * total and all(w > 0 for w in widths), widths
+
+            page.select_option("#f-field", "orientation")
+            n_field = _visible_cards(page)
+            assert 0 < n_field < total
+            assert page.text_content("#shown") == f"{n_field} of {total} shown"
+            page.select_option("#f-inst", label="Minami Clinic")
+            n_both = _visible_cards(page)
+            assert 0 < n_both < n_field
+            page.select_option("#f-field", "")
+            page.select_option("#f-inst", "")
+            page.select_option("#f-inst", EVIL_INSTITUTION)  # escaped in HTML, matched as text
+            assert 0 < _visible_cards(page) < total
+            page.select_option("#f-inst", "")
+            assert _visible_cards(page) == total
+
+            sev = "Array.from(document.querySelectorAll('#gallery .card')).map(c => parseFloat(c.dataset.severity))"
+            before = page.evaluate(sev)
+            assert before == sorted(before, reverse=True)
+            page.click("#sort")
+            after = page.evaluate(sev)
+            assert after == sorted(after) and after != before
+            assert "lowest first" in page.text_content("#sort")
+
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+            assert (tmp_path / "report.png").stat().st_size > 0
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_empty_report_in_headless_chromium(tmp_path):
+    sync_playwright = _browser_or_skip()
+    db = tmp_path / "empty.duckdb"
+    con = duckdb_connect(db)
+    write.ensure_schema(con)
+    write.create_views(con)
+    con.close()
+    out = write_report(db, tmp_path / "empty.html")
+    with sync_playwright() as pw:
+        browser, page, errors = open_report(pw, out)
+        try:
+            assert page.locator("text=No mismatches found").count() == 1
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def make_readme_screenshot(png: Path, work: Path) -> Path:  # pragma: no cover - run by hand for docs/report.png
+    """Render the report of a small realistic database and save a screenshot (docs/report.png)."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "audit.duckdb"
+    if db.exists():
+        db.unlink()
+    build_db(db, n=60, seed=11, evil=False)
+    out = write_report(db, work / "report.html")
+    with sync_playwright() as pw:
+        browser, page, errors = open_report(pw, out, width=1280, height=900)
+        try:
+            page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=15000)
+            page.screenshot(path=str(work / "full.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors
+    img = Image.open(work / "full.png").convert("RGB")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(png, optimize=True)
+    return png
+
+
+if __name__ == "__main__":  # python tests/test_report.py docs/report.png
+    import sys
+    import tempfile
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/report.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(make_readme_screenshot(target, Path(tmp)), target.stat().st_size)
