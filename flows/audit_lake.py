@@ -10,7 +10,10 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
+
+from radlint.progress import Progress
 
 from tasks import discover, findings, infer, labels, settings, shard, write
 
@@ -21,7 +24,9 @@ def audit_shard_task(objects: list[discover.ObjectRef], **kwargs: Any) -> dict[s
 
 
 @flow(name="audit_shards", validate_parameters=False)
-def audit_shards(shards: list[list[discover.ObjectRef]], shard_kwargs: dict[str, Any], run_id: str) -> list[dict]:
+def audit_shards(
+    shards: list[list[discover.ObjectRef]], shard_kwargs: dict[str, Any], run_id: str, n_listed: int = 0
+) -> list[dict]:
     """Submit one task per shard to the Dask cluster and gather their part paths."""
     logger = get_run_logger()
     futures = [
@@ -30,13 +35,17 @@ def audit_shards(shards: list[list[discover.ObjectRef]], shard_kwargs: dict[str,
         )
         for i, objs in enumerate(shards)
     ]
-    results = []
-    for i, fut in enumerate(futures):
+    progress = Progress(n_listed, sum(len(s) for s in shards), len(shards))
+    index = {id(f): i for i, f in enumerate(futures)}
+    results: list[dict] = [{} for _ in futures]
+    for fut in as_completed(futures):
+        i = index[id(fut)]
         try:
-            results.append(fut.result())
+            results[i] = fut.result()
         except Exception as exc:  # reported as a failed shard; a re-run audits its objects again
             logger.error("shard %05d failed: %s", i, exc)
-            results.append({"shard_id": f"{i:05d}", "failed": True, "error": str(exc)[:300]})
+            results[i] = {"shard_id": f"{i:05d}", "failed": True, "error": str(exc)[:300]}
+        progress.update(len(shards[i]), results[i].get("n_images", 0))
     return results
 
 
@@ -99,7 +108,7 @@ def audit_lake(
     results: list[dict] = []
     if shards:
         results = audit_shards.with_options(task_runner=_task_runner(dask_address, workers))(
-            shards, shard_kwargs, run_id
+            shards, shard_kwargs, run_id, len(objects)
         )
     parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
     failed = [r for r in results if r.get("failed")]
