@@ -71,6 +71,7 @@ def audit_lake(
     device: str = "auto",
     max_pixels: int = 80_000_000,
     registry: str | None = None,
+    lock_wait_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Audit every new object of ``lake`` into the DuckDB file ``db``; returns the run summary."""
     logger = get_run_logger()
@@ -80,63 +81,69 @@ def audit_lake(
     infer.verify(entry)
     label_table = labels.read_label_file(labels_file) if labels_file else None
 
-    objects = discover.discover(lake)
-    run_id = write.new_run_id()
-    con = write.connect(db, wait_seconds=0)
-    try:
-        write.ensure_schema(con)
-        write.load_thresholds(con, entry.name, entry.sha256, entry.tasks)
-        if label_table is not None:
-            write.load_labels(con, label_table, os.path.abspath(labels_file))
-        todo = discover.diff(objects, write.done_keys(con, [entry.sha256]))
-        write.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
-    finally:
-        con.close()
-    logger.info("listed %d objects, %d to audit", len(objects), len(todo))
+    with write.audit_lock(db, wait_seconds=lock_wait_seconds):
+        objects = discover.discover(lake)
+        run_id = write.new_run_id()
+        con = write.connect(db, wait_seconds=0)
+        try:
+            write.ensure_schema(con)
+            write.mark_interrupted_runs(con)
+            write.load_thresholds(con, entry.name, entry.sha256, entry.tasks)
+            if label_table is not None:
+                write.load_labels(con, label_table, os.path.abspath(labels_file))
+            orphans = write.unloaded_parts(con, out_dir)
+            if orphans:
+                recovered = write.load_and_record(con, orphans)
+                logger.info("loaded parts left by an interrupted run: %s", recovered)
+            todo = discover.diff(objects, write.done_keys(con, [entry.sha256]))
+            write.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
+        finally:
+            con.close()
+        logger.info("listed %d objects, %d to audit", len(objects), len(todo))
 
-    shards = list(discover.make_shards(todo, shard_size))
-    n_workers = workers or settings.default_workers()
-    shard_kwargs = {
-        "out_dir": out_dir,
-        "registry_path": str(entry.path.parent / "registry.yaml") if registry is None else registry,
-        "salt": settings.patient_salt(db),
-        "batch_size": batch_size,
-        "device": device,
-        "max_pixels": max_pixels,
-        "threads": max(1, (os.cpu_count() or 1) // n_workers),
-    }
-    results: list[dict] = []
-    if shards:
-        results = audit_shards.with_options(task_runner=_task_runner(dask_address, workers))(
-            shards, shard_kwargs, run_id, len(objects)
-        )
-    parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
-    failed = [r for r in results if r.get("failed")]
+        shards = list(discover.make_shards(todo, shard_size))
+        n_workers = workers or settings.default_workers()
+        shard_kwargs = {
+            "out_dir": out_dir,
+            "registry_path": str(entry.path.parent / "registry.yaml") if registry is None else registry,
+            "salt": settings.patient_salt(db),
+            "batch_size": batch_size,
+            "device": device,
+            "max_pixels": max_pixels,
+            "threads": max(1, (os.cpu_count() or 1) // n_workers),
+        }
+        results: list[dict] = []
+        if shards:
+            results = audit_shards.with_options(task_runner=_task_runner(dask_address, workers))(
+                shards, shard_kwargs, run_id, len(objects)
+            )
+        parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
+        failed = [r for r in results if r.get("failed")]
 
-    con = write.connect(db, wait_seconds=60)
-    try:
-        added = write.load_parts(con, parts)
-        write.create_views(con)
-        write.finish_run(
-            con,
-            run_id,
-            status="incomplete" if failed else "completed",
-            n_listed=len(objects),
-            n_new=len(todo),
-            n_images=added["images"],
-            n_skipped=added["skipped"],
-            n_predictions=added["predictions"],
-            n_shards=len(shards),
-            n_failed_shards=len(failed),
-            wall_seconds=time.perf_counter() - started,
+        con = write.connect(db, wait_seconds=60)
+        try:
+            added = write.load_and_record(con, parts)
+            write.create_views(con)
+            write.finish_run(
+                con,
+                run_id,
+                status="incomplete" if failed else "completed",
+                n_listed=len(objects),
+                n_new=len(todo),
+                n_images=added["images"],
+                n_skipped=added["skipped"],
+                n_predictions=added["predictions"],
+                n_shards=len(shards),
+                n_failed_shards=len(failed),
+                wall_seconds=time.perf_counter() - started,
+            )
+            summary = findings.run_summary(con, run_id)
+        finally:
+            con.close()
+        summary.update(db=str(db), out=out_dir, failed_shards=[r["shard_id"] for r in failed])
+        create_markdown_artifact(
+            key="radlint-audit-summary",
+            markdown=findings.summary_markdown(summary),
+            description=f"radlint audit of {lake}",
         )
-        summary = findings.run_summary(con, run_id)
-    finally:
-        con.close()
-    summary.update(db=str(db), out=out_dir, failed_shards=[r["shard_id"] for r in failed])
-    create_markdown_artifact(
-        key="radlint-audit-summary",
-        markdown=findings.summary_markdown(summary),
-        description=f"radlint audit of {lake}",
-    )
     return summary

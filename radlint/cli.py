@@ -38,6 +38,10 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime device")
     p.add_argument("--max-pixels", type=_positive, default=80_000_000, help="refuse frames larger than this")
     p.add_argument("--registry", help="model registry YAML (default: the packaged models/registry.yaml)")
+    p.add_argument(
+        "--wait-lock", type=float, default=0.0, metavar="SECONDS",
+        help="when another audit holds the database, wait up to this long instead of stopping",
+    )
 
 
 def _check_audit_inputs(args) -> None:
@@ -63,7 +67,8 @@ def _check_audit_inputs(args) -> None:
     except Exception as exc:
         raise CannotRun(f"lake not reachable: {args.lake}: {type(exc).__name__}: {exc}") from None
     try:
-        write.connect(db).close()
+        with write.audit_lock(db, wait_seconds=getattr(args, "wait_lock", 0.0)):
+            write.connect(db).close()
     except write.DatabaseError as exc:
         raise CannotRun(str(exc)) from None
 
@@ -88,6 +93,7 @@ def run_audit(args, quiet: bool = False) -> dict:
             device=args.device,
             max_pixels=args.max_pixels,
             registry=args.registry,
+            lock_wait_seconds=getattr(args, "wait_lock", 0.0),
         )
 
 

@@ -104,11 +104,13 @@ def _collect(con, limit: int) -> dict[str, Any]:
         totals["skipped"] = sum(r["n"] for r in data["skipped"])
     if "findings" not in rel:
         return data
+    # the view is evaluated once (window functions over every table) and then queried many times
+    con.execute("create or replace temp table _report_findings as select * from findings")
 
-    totals["findings"] = con.execute("select count(*) from findings").fetchone()[0]
-    totals["mismatches"] = con.execute("select count(*) from findings where is_mismatch").fetchone()[0]
+    totals["findings"] = con.execute("select count(*) from _report_findings").fetchone()[0]
+    totals["mismatches"] = con.execute("select count(*) from _report_findings where is_mismatch").fetchone()[0]
     totals["images_with_mismatch"] = con.execute(
-        "select count(distinct uri) from findings where is_mismatch"
+        "select count(distinct uri) from _report_findings where is_mismatch"
     ).fetchone()[0]
 
     data["per_field"] = _dicts(
@@ -120,7 +122,7 @@ def _collect(con, limit: int) -> dict[str, Any]:
                count(*) filter (where is_mismatch) as mismatches,
                count(*) filter (where header_class is null) as unknown_label,
                count(*) filter (where predicted_class is null) as no_prediction
-        from findings group by field
+        from _report_findings group by field
         """,
     )
     order = {f: i for i, f in enumerate(FIELDS)}
@@ -129,13 +131,13 @@ def _collect(con, limit: int) -> dict[str, Any]:
     for column, title in (("institution_name", "institution"), ("manufacturer", "manufacturer"), ("study_month", "study month")):
         if column == "study_month":
             keep = (
-                f"select g from (select distinct coalesce({column}, '{UNKNOWN}') as g from findings "
+                f"select g from (select distinct coalesce({column}, '{UNKNOWN}') as g from _report_findings "
                 f"where is_mismatch is not null) order by g desc limit {MONTH_LIMIT}"
             )
             order_by = "g"
         else:
             keep = (
-                f"select coalesce({column}, '{UNKNOWN}') as g from findings where is_mismatch is not null "
+                f"select coalesce({column}, '{UNKNOWN}') as g from _report_findings where is_mismatch is not null "
                 f"group by g order by count(*) desc, g limit {GROUP_LIMIT}"
             )
             order_by = "total desc, g"
@@ -144,7 +146,7 @@ def _collect(con, limit: int) -> dict[str, Any]:
             f"""
             with base as (
                 select coalesce({column}, '{UNKNOWN}') as g, field, is_mismatch
-                from findings where is_mismatch is not null
+                from _report_findings where is_mismatch is not null
             ),
             kept as ({keep}),
             per as (
@@ -156,7 +158,7 @@ def _collect(con, limit: int) -> dict[str, Any]:
             """,
         )
         n_groups = con.execute(
-            f"select count(distinct coalesce({column}, '{UNKNOWN}')) from findings where is_mismatch is not null"
+            f"select count(distinct coalesce({column}, '{UNKNOWN}')) from _report_findings where is_mismatch is not null"
         ).fetchone()[0]
         data["rates"][column] = {"title": title, "rows": rows, "n_groups": n_groups}
 
@@ -164,7 +166,7 @@ def _collect(con, limit: int) -> dict[str, Any]:
         con,
         """
         select field, header_class, predicted_class, count(*) as n
-        from findings
+        from _report_findings
         where header_class is not null and predicted_class is not null
         group by all
         """,
@@ -186,7 +188,7 @@ def _collect(con, limit: int) -> dict[str, Any]:
         con,
         f"""
         with s as (
-            select * from findings where is_mismatch
+            select * from _report_findings where is_mismatch
             order by severity desc nulls last, predicted_prob desc, uri, field
             limit {int(limit)}
         )
@@ -263,7 +265,7 @@ def hbar_svg(groups: list[str], series: dict[str, dict[str, tuple[int, int]]], *
     ``series[field][group] = (mismatches, checked)``.
     """
     fields = [f for f in FIELDS if f in series] + sorted(f for f in series if f not in FIELDS)
-    bar_h, gap, label_w, plot_w, right_w = 9, 8, 190, 330, 110
+    bar_h, gap, label_w, plot_w, right_w = 13, 8, 190, 330, 120
     rates = [m / n for f in fields for (m, n) in series[f].values() if n]
     top = max(rates + [0.0])
     scale_max = 0.05
@@ -310,7 +312,7 @@ def hbar_svg(groups: list[str], series: dict[str, dict[str, tuple[int, int]]], *
                 f"<title>{esc(tip)}</title></rect>"
             )
             parts.append(
-                f'<text x="{label_w + plot_w + 4}" y="{by + bar_h - 1.5}" class="val">{_fmt_pct(rate)} ({m}/{n})</text>'
+                f'<text x="{label_w + plot_w + 4}" y="{by + bar_h - 3}" class="val">{_fmt_pct(rate)} ({m}/{n})</text>'
             )
     parts.append("</svg>")
     return "".join(parts)
@@ -493,13 +495,14 @@ def _card(i: int, r: dict[str, Any]) -> str:
     else:
         fixed_caption = f"corrected label: <b>{esc(corr)}</b>"
     conf = r["predicted_prob"]
+    hv = f'<code class="hv">{esc(r["header_value"])}</code>' if r["header_value"] is not None else '<span class="src">(no header value)</span>'
     return (
         f'<article class="card" data-field="{esc(field)}" data-inst="{esc(inst)}" data-severity="{sev_attr}" data-rank="{i}">'
         f'<div class="thumbs"><figure>{stored}<figcaption>as stored: <b>{esc(r["header_class"])}</b></figcaption></figure>'
         f"<figure>{fixed}<figcaption>{fixed_caption}</figcaption></figure></div>"
         '<dl class="facts">'
         f'<dt>field</dt><dd><span class="tag f-{esc(field)}">{esc(field)}</span></dd>'
-        f'<dt>label</dt><dd><code class="hv">{esc(r["header_value"])}</code> \u2192 <b>{esc(r["header_class"])}</b>'
+        f'<dt>label</dt><dd>{hv} \u2192 <b>{esc(r["header_class"])}</b>'
         f' <span class="src">({esc(r["label_source"])})</span></dd>'
         f'<dt>prediction</dt><dd><b>{esc(r["predicted_class"])}</b></dd>'
         f'<dt>confidence</dt><dd>{_fmt_pct(conf)}</dd>'
@@ -560,6 +563,7 @@ th, td { border-bottom:1px solid var(--line); padding:3px 8px; text-align:left; 
 table.num td { text-align:right; } table.num td:first-child { text-align:left; }
 table.kv td:first-child { color:var(--muted); white-space:nowrap; }
 code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size:12px; word-break:break-all; }
+.note code { word-break:normal; }
 .status { padding:1px 6px; border-radius:4px; background:#e3e7eb; }
 .s-completed { background:#d5f0e3; } .s-incomplete { background:#fde2c8; } .s-running { background:#dde8fb; }
 .note { color:var(--muted); font-size:12px; margin:4px 0 8px; }

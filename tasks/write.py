@@ -6,6 +6,7 @@ with anti-joins on (uri, etag[, task, model_sha256]), so loading a part twice ad
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -181,6 +182,53 @@ def connect(db: str | Path, read_only: bool = False, wait_seconds: float = 0.0):
             raise DatabaseError(f"cannot open database {db}: {str(exc).splitlines()[0]}") from exc
 
 
+@contextlib.contextmanager
+def audit_lock(db: str | Path, wait_seconds: float = 0.0):
+    """Hold ``<db>.lock`` for a whole audit, so two audits never work on one database at once.
+
+    DuckDB's own lock only covers an open connection; the audit closes its connection while the
+    shards run, so this lock spans the run.
+
+    Raises:
+        DatabaseError: another audit holds the lock (after ``wait_seconds``).
+    """
+    import fcntl
+    import time
+
+    path = Path(str(db) + ".lock")
+    fh = open(path, "a+")
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                fh.close()
+                raise DatabaseError(f"another audit is running on {db} (pid {holder}); wait for it or use another --db") from None
+            time.sleep(0.5)
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.seek(0)
+        fh.truncate()
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+
+
+def mark_interrupted_runs(con) -> int:
+    """Runs still 'running' when a new audit holds the lock were interrupted (crash, kill)."""
+    n = con.execute("select count(*) from runs where status = 'running'").fetchone()[0]
+    con.execute("update runs set status = 'interrupted' where status = 'running'")
+    return n
+
+
 def ensure_schema(con) -> None:
     """Create missing tables and record the schema version."""
     for path in sql_files("tables"):
@@ -249,6 +297,34 @@ def load_parts(con, parts: dict[str, list[str]]) -> dict[str, int]:
             [files],
         )
         added[kind] = con.execute(f"select count(*) from {kind}").fetchone()[0] - before
+    return added
+
+
+def unloaded_parts(con, out_dir: str | Path) -> dict[str, list[str]]:
+    """Part files under ``out_dir`` that were never loaded (a run that crashed after writing them)."""
+    loaded = {r[0] for r in con.execute("select path from loaded_parts").fetchall()}
+    found: dict[str, list[str]] = {}
+    for kind in KINDS:
+        for path in sorted((Path(out_dir) / kind).glob("run_id=*/part-*.parquet")):
+            p = str(path.resolve())
+            if p not in loaded:
+                found.setdefault(kind, []).append(p)
+    return found
+
+
+def load_and_record(con, parts: dict[str, list[str]]) -> dict[str, int]:
+    """Load parts (idempotently) and record them as loaded, in one transaction."""
+    con.execute("begin transaction")
+    try:
+        added = load_parts(con, parts)
+        now = utcnow()
+        rows = [(str(Path(p).resolve()), kind, now) for kind, paths in parts.items() for p in paths if Path(p).exists()]
+        if rows:
+            con.executemany("insert or ignore into loaded_parts values (?, ?, ?)", rows)
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
     return added
 
 

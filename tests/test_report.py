@@ -3,6 +3,7 @@ and in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from datetime import datetime, timedelta, timezone
@@ -100,6 +101,7 @@ def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
     institutions = ["Kita General Hospital", "Minami Clinic", "Higashi University Hospital", EVIL_INSTITUTION if evil else "Nishi Clinic"]
     manufacturers = ["FUJIFILM", "Konica Minolta", "CANON"]
     parts = ["chest", "chest", "chest", "head", "lower_limb", "abdomen", "pelvis"]
+    n_pred = 0
     for k in range(n):
         uri = f"s3://radiology-lake/cr/2026/img{k:04d}.dcm"
         etag = f"etag{k}"
@@ -109,7 +111,7 @@ def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
         vp, proj_label, proj_pred = None, None, None
         kind = k % 6
         if kind == 1:  # stored rotated, header silent: orientation mismatch
-            orientation = ["rot90cw", "rot180", "rot90ccw"][k % 3]
+            orientation = ["rot90cw", "rot180", "rot90ccw"][(k // 6) % 3]
         elif kind == 2:  # wrong BodyPartExamined
             label_body = "head" if truth != "head" else "chest"
             bpe = BPE[label_body]
@@ -130,7 +132,7 @@ def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
             "label_projection, label_projection_source, audited_at, run_id) "
             "values (?, ?, ?, ?, 'CR', ?, ?, ?, ?, ?, ?, ?, ?, 'BodyPartExamined', ?, ?, ?, ?)",
             [uri, etag, 1000 + k, f"1.2.3.{k}", bpe, vp, inst, manufacturers[k % 3], stored.shape[0], stored.shape[1],
-             f"2026-{1 + k % 6:02d}", label_body, proj_label, "ViewPosition" if proj_label else None,
+             f"2026-{1 + (k * 7 // 10) % 6:02d}", label_body, proj_label, "ViewPosition" if proj_label else None,
              T0 + timedelta(seconds=k), run_id],
         )
         preds = [
@@ -144,12 +146,13 @@ def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
                 "insert into predictions values (?, ?, ?, ?, ?, ?, ?, 'm', ?, ?, ?)",
                 [uri, etag, f"1.2.3.{k}", task, top, p, _probs(task, top, p, rng), SHA, T0, run_id],
             )
+        n_pred += len(preds)
         con.execute(
             "insert into thumbnails values (?, ?, ?, ?, ?)", [uri, etag, thumb["width"], thumb["height"], thumb["jpeg"]]
         )
     con.execute(
         "insert into runs values (?, ?, ?, 's3://radiology-lake/cr/2026/', 'completed', ?, ?, ?, 3, ?, 1, 0, ?, 42.5)",
-        [run_id, T0, T0 + timedelta(seconds=42), n + 3, n + 3, n, 0, '[{"name": "m", "sha256": "' + SHA + '"}]'],
+        [run_id, T0, T0 + timedelta(seconds=42), n + 3, n + 3, n, n_pred, '[{"name": "m", "sha256": "' + SHA + '"}]'],
     )
     for j, reason in enumerate(["not_dicom", "not_dicom", "truncated"]):
         con.execute(
@@ -245,6 +248,36 @@ def test_empty_database(tmp_path):
     assert "No mismatches found" in page and "No findings yet" in page and "No audit run recorded" in page
     assert "Not for clinical use" in page
     assert not re.search(r"https?://", page)
+
+
+def test_gallery_shows_the_thumbnail_of_the_audited_version(tmp_path):
+    """An object re-read after it changed: the card shows the new version's thumbnail; an image
+    without a thumbnail gets a placeholder."""
+    db = tmp_path / "v.duckdb"
+    con = duckdb_connect(db)
+    write.ensure_schema(con)
+    write.create_views(con)
+    con.execute("insert into thresholds values ('m', ?, 'body_part', 'lower_limb', 0.5)", [SHA])
+    versions = [("s3://b/x", "old", "r1", T0, 250), ("s3://b/x", "new", "r2", T0 + timedelta(days=1), 5), ("s3://b/y", "y1", "r1", T0, None)]
+    for uri, etag, run, at, grey in versions:
+        con.execute(
+            "insert into images (uri, etag, institution_name, label_body_part, label_body_part_source, "
+            "body_part_examined, audited_at, run_id) values (?, ?, 'H', 'head', 'BodyPartExamined', 'SKULL', ?, ?)",
+            [uri, etag, at, run],
+        )
+        con.execute(
+            "insert into predictions values (?, ?, null, 'body_part', 'lower_limb', 0.9, ?, 'm', ?, ?, ?)",
+            [uri, etag, {"lower_limb": 0.9, "head": 0.1}, SHA, at, run],
+        )
+        if grey is not None:
+            t = thumbnail_jpeg(np.full((64, 48), grey, dtype=np.uint8))
+            con.execute("insert into thumbnails values (?, ?, ?, ?, ?)", [uri, etag, t["width"], t["height"], t["jpeg"]])
+    con.close()
+    page = write_report(db, tmp_path / "v.html").read_text(encoding="utf-8")
+    assert page.count('<article class="card"') == 2
+    srcs = re.findall(r'class="thumb stored" src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(srcs) == 1 and _decode(base64.b64decode(srcs[0])).mean() < 40  # the new, dark version
+    assert page.count('<div class="nothumb">') == 2  # stored and corrected of s3://b/y
 
 
 def test_corrected_thumbnail_is_upright():
@@ -352,7 +385,9 @@ def test_empty_report_in_headless_chromium(tmp_path):
 
 
 def make_readme_screenshot(png: Path, work: Path) -> Path:  # pragma: no cover - run by hand for docs/report.png
-    """Render the report of a small realistic database and save a screenshot (docs/report.png)."""
+    """Render the report of a small realistic database and save a screenshot for the README
+    (docs/report.png): the summary and per-field counts, the confusion matrices and the first
+    rows of the gallery, stitched top to bottom."""
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -362,17 +397,37 @@ def make_readme_screenshot(png: Path, work: Path) -> Path:  # pragma: no cover -
         db.unlink()
     build_db(db, n=60, seed=11, evil=False)
     out = write_report(db, work / "report.html")
+    boxes_js = """() => {
+        const r = id => { const b = document.getElementById(id).getBoundingClientRect();
+                          return [b.top + window.scrollY, b.bottom + window.scrollY]; };
+        return {fields: r('fields'), confusion: r('confusion'), suspects: r('suspects')};
+    }"""
     with sync_playwright() as pw:
-        browser, page, errors = open_report(pw, out, width=1280, height=900)
+        browser, page, errors = open_report(pw, out, width=1180, height=900)
         try:
             page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=15000)
+            boxes = page.evaluate(boxes_js)
             page.screenshot(path=str(work / "full.png"), full_page=True)
         finally:
             browser.close()
     assert not errors, errors
-    img = Image.open(work / "full.png").convert("RGB")
+    full = Image.open(work / "full.png").convert("RGB")
+    pad = 8
+    pieces = [
+        (0, int(boxes["fields"][1]) + pad),
+        (int(boxes["confusion"][0]) - pad, int(boxes["confusion"][1]) + pad),
+        (int(boxes["suspects"][0]) - pad, min(int(boxes["suspects"][0]) + 760, full.height)),
+    ]
+    crops = [full.crop((0, a, full.width, b)) for a, b in pieces]
+    sheet = Image.new("RGB", (full.width, sum(c.height for c in crops) + 6 * (len(crops) - 1)), (200, 205, 212))
+    y = 0
+    for c in crops:
+        sheet.paste(c, (0, y))
+        y += c.height + 6
+    scale = 0.8
+    sheet = sheet.resize((int(sheet.width * scale), int(sheet.height * scale)), Image.Resampling.LANCZOS)
     png.parent.mkdir(parents=True, exist_ok=True)
-    img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(png, optimize=True)
+    sheet.quantize(colors=160, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(png, optimize=True)
     return png
 
 
