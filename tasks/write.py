@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: thumbnails and loaded_parts tables
 KINDS = ("images", "predictions", "skipped", "thumbnails")
 
 PROBABILITIES_TYPE = pa.map_(pa.string(), pa.float32())
@@ -229,18 +229,49 @@ def mark_interrupted_runs(con) -> int:
     return n
 
 
+def _declared_columns(ddl: str) -> tuple[list[tuple[str, str]], str]:
+    """(columns as (name, type), table name) of a DDL file, read by running it on a scratch database."""
+    import duckdb
+
+    scratch = duckdb.connect()
+    try:
+        scratch.execute(ddl)
+        name = scratch.execute("select table_name from information_schema.tables").fetchone()[0]
+        return [(r[0], r[1]) for r in scratch.execute(f'describe "{name}"').fetchall()], name
+    finally:
+        scratch.close()
+
+
 def ensure_schema(con) -> None:
-    """Create missing tables and record the schema version."""
-    for path in sql_files("tables"):
-        con.execute(path.read_text())
-    row = con.execute("select value from meta where key = 'schema_version'").fetchone()
-    if row is None:
-        con.execute("insert into meta values ('schema_version', ?)", [SCHEMA_VERSION])
-        con.execute("insert into meta values ('created_at', ?)", [utcnow().isoformat()])
-    elif int(row[0]) > int(SCHEMA_VERSION):
+    """Create missing tables, migrate older databases, record the schema version.
+
+    Migration is additive: tables added since the database was written are created, and columns
+    added to a table's DDL are added (NULL for existing rows). Nothing is dropped or rewritten.
+
+    Raises:
+        DatabaseError: the database was written by a newer radlint.
+    """
+    exists = con.execute("select count(*) from information_schema.tables where table_name = 'meta'").fetchone()[0]
+    row = con.execute("select value from meta where key = 'schema_version'").fetchone() if exists else None
+    if row is not None and int(row[0]) > int(SCHEMA_VERSION):
         raise DatabaseError(
             f"database schema version {row[0]} is newer than this radlint ({SCHEMA_VERSION}); upgrade radlint"
         )
+    for path in sql_files("tables"):
+        ddl = path.read_text()
+        con.execute(ddl)
+        if row is not None and int(row[0]) < int(SCHEMA_VERSION):
+            columns, table = _declared_columns(ddl)
+            have = {r[0] for r in con.execute(f'describe "{table}"').fetchall()}
+            for name, col_type in columns:
+                if name not in have:
+                    con.execute(f'alter table "{table}" add column "{name}" {col_type}')
+    if row is None:
+        con.execute("insert into meta values ('schema_version', ?)", [SCHEMA_VERSION])
+        con.execute("insert into meta values ('created_at', ?)", [utcnow().isoformat()])
+    elif int(row[0]) < int(SCHEMA_VERSION):
+        con.execute("update meta set value = ? where key = 'schema_version'", [SCHEMA_VERSION])
+        con.execute("insert or replace into meta values ('migrated_at', ?)", [utcnow().isoformat()])
 
 
 def create_views(con) -> list[str]:

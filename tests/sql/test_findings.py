@@ -147,3 +147,56 @@ def test_unlabelled_confident_chest_gets_projection_row(con):
     )
     f = findings(con)
     assert f[("s3://b/c", "projection")] == (None, None, "PA", None, None, None)
+
+
+def test_mismatch_rates_and_top_suspects(con):
+    given(
+        con,
+        [
+            image("s3://b/1", body="head", body_src="BodyPartExamined", bpe="SKULL", institution="H1"),
+            image("s3://b/2", body="chest", body_src="BodyPartExamined", bpe="CHEST", institution="H1"),
+            image("s3://b/3", body="chest", body_src="BodyPartExamined", bpe="CHEST", institution=None),
+        ],
+        [
+            pred("s3://b/1", "body_part", {"lower_limb": 0.9, "head": 0.1}),
+            pred("s3://b/2", "body_part", {"chest": 0.99, "head": 0.01}),
+            pred("s3://b/3", "body_part", {"head": 0.97, "chest": 0.03}),
+        ],
+    )
+    rates = {
+        r[0]: r[1:]
+        for r in con.execute(
+            "select group_value, n_checked, n_mismatch, mismatch_rate from mismatch_rates "
+            "where field = 'body_part' and dimension = 'institution_name'"
+        ).fetchall()
+    }
+    assert rates == {"H1": (2, 1, 0.5), "(unknown)": (1, 1, 1.0)}
+    top = con.execute("select rank, uri, suggested_correction from top_suspects").fetchall()
+    assert top == [(1, "s3://b/3", "head"), (2, "s3://b/1", "lower_limb")]
+
+
+def test_export_corrections_csv(con, tmp_path):
+    import csv
+
+    from tasks import findings as findings_mod
+
+    given(
+        con,
+        [
+            image("s3://b/1", body="head", body_src="BodyPartExamined", bpe="SKULL"),
+            image("s3://b/2", body="chest", body_src="BodyPartExamined", bpe="CHEST"),
+        ],
+        [
+            pred("s3://b/1", "body_part", {"lower_limb": 0.9, "head": 0.1}),
+            pred("s3://b/1", "orientation", {"rot180": 0.95, "upright": 0.05}),
+            pred("s3://b/2", "body_part", {"chest": 0.99, "head": 0.01}),
+        ],
+    )
+    out = tmp_path / "corrections.csv"
+    assert findings_mod.export_corrections(con, out) == 2
+    rows = list(csv.DictReader(open(out, encoding="utf-8")))
+    assert [(r["uri"], r["field"], r["current_value"], r["suggested_correction"]) for r in rows] == [
+        ("s3://b/1", "orientation", None or "", "rot180"),
+        ("s3://b/1", "body_part", "SKULL", "lower_limb"),
+    ]
+    assert float(rows[0]["severity"]) == 0.95 and rows[1]["sop_instance_uid"] == "1"

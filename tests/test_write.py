@@ -1,0 +1,78 @@
+"""tasks.write: atomic parts, idempotent loads, schema version and migration of older databases."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from tasks import write
+
+NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def skipped_row(uri, reason="not_dicom"):
+    return {"uri": uri, "etag": "e", "size_bytes": 1, "reason": reason, "detail": "", "skipped_at": NOW, "run_id": "r"}
+
+
+def test_write_part_path_and_atomicity(tmp_path):
+    path = write.write_part([skipped_row("file:///a")], tmp_path, "skipped", "run-1", "00003")
+    assert path == tmp_path / "skipped" / "run_id=run-1" / "part-00003.parquet"
+    assert pq.read_table(path).num_rows == 1
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_load_is_idempotent(tmp_path):
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    write.ensure_schema(con)
+    p1 = write.write_part([skipped_row("file:///a"), skipped_row("file:///b")], tmp_path, "skipped", "r1", "0")
+    p2 = write.write_part([skipped_row("file:///b"), skipped_row("file:///c")], tmp_path, "skipped", "r2", "0")
+    assert write.load_and_record(con, {"skipped": [str(p1)]})["skipped"] == 2
+    assert write.load_and_record(con, {"skipped": [str(p1), str(p2)]})["skipped"] == 1
+    assert con.execute("select count(*) from skipped").fetchone()[0] == 3
+    assert write.unloaded_parts(con, tmp_path) == {}
+    # fetch errors are retried by the next run; other skips are final for that object version
+    con.execute("insert into skipped values ('file:///d', 'e', 1, 'fetch_error', '', now(), 'r')")
+    assert ("file:///d", "e") not in write.done_keys(con, ["sha"])
+    assert ("file:///a", "e") in write.done_keys(con, ["sha"])
+
+
+def test_unloaded_parts_of_a_crashed_run_are_found(tmp_path):
+    con = duckdb.connect()
+    write.ensure_schema(con)
+    p = write.write_part([skipped_row("file:///x")], tmp_path, "skipped", "crashed", "7")
+    assert write.unloaded_parts(con, tmp_path) == {"skipped": [str(p.resolve())]}
+
+
+def test_database_of_previous_schema_is_migrated(tmp_path):
+    db = tmp_path / "v1.duckdb"
+    old = duckdb.connect(str(db))
+    old.execute((Path(__file__).parent / "data" / "schema_v1.sql").read_text())
+    old.execute("insert into meta values ('schema_version', '1')")
+    old.execute(
+        "insert into images (uri, etag, sop_instance_uid, label_body_part, label_body_part_source, body_part_examined, audited_at, run_id) "
+        "values ('file:///old.dcm', 'e', '1.2', 'chest', 'BodyPartExamined', 'CHEST', now(), 'r0')"
+    )
+    old.execute("alter table images drop column study_month")  # an even older column set
+    old.close()
+
+    con = write.connect(db)
+    write.ensure_schema(con)
+    write.create_views(con)
+    assert con.execute("select value from meta where key = 'schema_version'").fetchone()[0] == write.SCHEMA_VERSION
+    tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+    assert {"thumbnails", "loaded_parts"} <= tables
+    assert con.execute("select uri, study_month from images").fetchall() == [("file:///old.dcm", None)]
+    assert con.execute("select header_class from findings where field = 'body_part'").fetchall() == [("chest",)]
+    con.close()
+
+
+def test_newer_schema_is_refused(tmp_path):
+    con = duckdb.connect()
+    write.ensure_schema(con)
+    con.execute("update meta set value = '999' where key = 'schema_version'")
+    with pytest.raises(write.DatabaseError, match="newer"):
+        write.ensure_schema(con)
