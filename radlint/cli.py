@@ -60,10 +60,10 @@ def _check_audit_inputs(args) -> None:
         raise CannotRun(f"folder of --db does not exist: {db.parent}")
     try:
         fs, root, _ = discover.open_lake(args.lake)
-        if not fs.exists(root):
-            raise CannotRun(f"lake not found: {args.lake}")
-    except CannotRun:
-        raise
+        # info(), not exists(): exists() reports a connection failure as "not there".
+        fs.info(root)
+    except FileNotFoundError:
+        raise CannotRun(f"lake not found: {args.lake}") from None
     except Exception as exc:
         raise CannotRun(f"lake not reachable: {args.lake}: {type(exc).__name__}: {exc}") from None
     try:
