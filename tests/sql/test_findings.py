@@ -200,3 +200,25 @@ def test_export_corrections_csv(con, tmp_path):
         ("s3://b/1", "body_part", "SKULL", "lower_limb"),
     ]
     assert float(rows[0]["severity"]) == 0.95 and rows[1]["sop_instance_uid"] == "1"
+
+
+def test_readme_sql_cookbook_runs(con):
+    import re
+
+    from tests.conftest import PROJECT_ROOT
+
+    given(
+        con,
+        [image("s3://b/1", body="head", body_src="BodyPartExamined", bpe="SKULL", sop="1.2.840.113619.2.55.3.1234")],
+        [pred("s3://b/1", "body_part", {"lower_limb": 0.9, "head": 0.1}),
+         pred("s3://b/1", "orientation", {"rot90cw": 0.9, "upright": 0.1})],
+    )
+    con.execute("update predictions set sop_instance_uid = '1.2.840.113619.2.55.3.1234'")
+    readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### SQL cookbook.*?```sql\n(.*?)```", readme, re.S).group(1)
+    queries = [q.strip() for q in block.split(";") if q.strip()]
+    assert len(queries) == 10
+    results = [con.execute(q).fetchall() for q in queries]
+    assert results[0][0][1] == "s3://b/1"  # top suspect
+    assert len(results[3]) == 1 and results[3][0][2] == "rot90ccw"  # rotated image and its fix
+    assert len(results[8]) == 2  # probability vectors of the image
