@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-rate", type=float, default=0.1, help="planted error rate per field")
     p.add_argument("--workers", type=_positive, default=2)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--registry", help="model registry YAML (default: the packaged one)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -192,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=2)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--plot", help="write a precision-recall plot (PNG) here")
+    p.add_argument("--registry", help="model registry YAML (default: the packaged one)")
     p.set_defaults(func=cmd_evaluate_planted)
 
     try:

@@ -28,10 +28,10 @@ PYDICOM_DATA_IMAGES = [
 def radiographs_dir() -> Path | None:
     """The shared radiograph folder, when present (env RADLINT_RADIOGRAPHS or ../shared beside the project)."""
     env = os.environ.get(RADIOGRAPHS_ENV)
-    for cand in ([Path(env)] if env else []) + [PROJECT_ROOT.parent / "shared" / "data" / "radiographs"]:
-        if (cand / "labels.csv").exists():
-            return cand
-    return None
+    if env is not None:  # set explicitly: that folder or nothing
+        return Path(env) if (Path(env) / "labels.csv").exists() else None
+    cand = PROJECT_ROOT.parent / "shared" / "data" / "radiographs"
+    return cand if (cand / "labels.csv").exists() else None
 
 
 def pydicom_data_sources(work: Path) -> list[lakegen.SourceImage]:
@@ -75,7 +75,7 @@ def pydicom_data_sources(work: Path) -> list[lakegen.SourceImage]:
     return out
 
 
-def _audit_args(lake: Path, db: Path, workers: int) -> argparse.Namespace:
+def _audit_args(lake: Path, db: Path, workers: int, registry: str | None = None) -> argparse.Namespace:
     return argparse.Namespace(
         lake=str(lake),
         db=str(db),
@@ -87,7 +87,7 @@ def _audit_args(lake: Path, db: Path, workers: int) -> argparse.Namespace:
         shard_size=250,
         device="auto",
         max_pixels=80_000_000,
-        registry=None,
+        registry=registry,
     )
 
 
@@ -101,12 +101,12 @@ def _fresh(work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def _audit_and_score(work: Path, truth: Path, workers: int) -> tuple[dict, dict]:
+def _audit_and_score(work: Path, truth: Path, workers: int, registry: str | None = None) -> tuple[dict, dict]:
     from radlint.cli import run_audit
     from tasks import write
 
     db = work / "radlint.duckdb"
-    summary = run_audit(_audit_args(work / "lake", db, workers))
+    summary = run_audit(_audit_args(work / "lake", db, workers, registry))
     con = write.connect(db, read_only=True)
     try:
         scores = planted.score(con, truth)
@@ -131,7 +131,7 @@ def run(args) -> int:
     truth = work / "planted_errors.csv"
     lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed)
     print(f"demo lake: {len(sources)} DICOM objects from {origin}, planted error rate {args.error_rate}")
-    summary, scores = _audit_and_score(work, truth, args.workers)
+    summary, scores = _audit_and_score(work, truth, args.workers, getattr(args, "registry", None))
     from tasks.findings import summary_markdown
 
     print(summary_markdown(summary))
@@ -155,7 +155,7 @@ def run_planted(args) -> int:
     truth = work / "planted_errors.csv"
     lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed)
     print(f"lake: {len(sources)} images, planted error rate {args.error_rate} per field")
-    summary, scores = _audit_and_score(work, truth, args.workers)
+    summary, scores = _audit_and_score(work, truth, args.workers, getattr(args, "registry", None))
     print(planted.format_table(scores))
     if args.plot:
         from tasks import write

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tasks import discover
@@ -32,6 +34,10 @@ def test_audit_s3_lake(tmp_path, s3_server, make_dicom, tiny_registry, prefect_a
 
     again = run_audit(audit_args("s3://lake/cr", db, tiny_registry))
     assert again["n_new"] == 0
+    # credentials never end up in the database or the Parquet parts
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    written = [db, *(tmp_path / "s3_parts").rglob("*.parquet")]
+    assert len(written) > 3 and not any(secret in p.read_bytes() for p in written)
     # overwrite one object: a new ETag, so only it is read again
     fs.pipe("lake/cr/img0.dcm", make_dicom(seed=50))
     third = run_audit(audit_args("s3://lake/cr", db, tiny_registry))
