@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # workers inherit it
 os.environ.setdefault("RADLINT_PATIENT_SALT", "radlint-bench")
 
 import numpy as np  # noqa: E402
@@ -206,7 +207,7 @@ def encode_sv1_with_gdcm(plain: bytes, workdir: Path) -> bytes:
     return out
 
 
-def generate_realistic(root: Path, n_per_syntax: int, n_distinct: int, seed: int = 5) -> dict:
+def generate_realistic(root: Path, n_per_syntax: int, n_distinct: int, keys: list[str], seed: int = 5) -> dict:
     """root/<syntax>/img-XXXX.dcm; ``n_distinct`` different encodes per syntax, the rest are
     byte-identical pixel copies with their own SOPInstanceUID. Returns per-syntax file lists and sizes."""
     bases = base_images()
@@ -217,6 +218,8 @@ def generate_realistic(root: Path, n_per_syntax: int, n_distinct: int, seed: int
     out: dict[str, dict] = {}
     counter = 0
     for key, _label, ts in SYNTAXES:
+        if key not in keys:
+            continue
         folder = root / key
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -599,6 +602,26 @@ def upload(local_files: list[Path], prefix: str) -> float:
 # Scale measurements
 
 
+def load_time(db: Path, scratch: Path) -> dict:
+    """Seconds to load the run's Parquet parts into a fresh database (what the flow does at the end)."""
+    from tasks import write
+
+    out_dir = str(db.with_suffix("")) + "_parts"
+    con = write.connect(scratch)
+    try:
+        write.ensure_schema(con)
+        parts = write.unloaded_parts(con, out_dir)
+        t0 = time.perf_counter()
+        added = write.load_and_record(con, parts)
+        t1 = time.perf_counter()
+    finally:
+        con.close()
+    for p in (scratch, Path(str(scratch) + ".wal")):
+        if p.exists():
+            p.unlink()
+    return {"load_s": t1 - t0, "load_rows": added, "n_parts": sum(len(v) for v in parts.values())}
+
+
 def listing_and_diff(lake: str, db: Path, sha: str) -> dict:
     from tasks import discover, write
 
@@ -714,15 +737,15 @@ def render(results: dict) -> str:
         L.append("Listing = tasks.discover.discover on the lake; done-keys = write.done_keys on the audited "
                  "database; diff = discover.diff (the re-run case: every object already done). Orchestration "
                  "= 1 - (sum of in-task seconds / workers) / wall.\n")
-        L.append("| objects | write lake s | audit wall s | in-task s (sum) | orchestration share | before 1st shard s | after last shard s | listing s | done-keys s | diff s | peak RSS per worker MB | flow process peak RSS MB |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| objects | write lake s | audit wall s | in-task s (sum) | orchestration share | before 1st shard s | after last shard s | listing s | done-keys s | diff s | load parts s | peak RSS per worker MB | flow process peak RSS MB |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for x in r["scale"]:
             a = x["audit"]
             L.append(
                 f"| {x['n']} | {fmt(x['write_s'])} | {fmt(a['wall_s'])} | {fmt(a['in_task_s'])} | "
                 f"{fmt(100 * a['overhead_share'] if a['overhead_share'] is not None else None, 1)} % | "
                 f"{fmt(a['before_first_shard_s'])} | {fmt(a['after_last_shard_s'])} | {fmt(x['listing_s'], 3)} | "
-                f"{fmt(x['done_keys_s'], 3)} | {fmt(x['diff_s'], 3)} | "
+                f"{fmt(x['done_keys_s'], 3)} | {fmt(x['diff_s'], 3)} | {fmt(x.get('load_s'))} | "
                 f"{' / '.join('%.0f' % v['peak_rss_mb'] for v in a['per_worker'].values())} | "
                 f"{fmt(a['flow_process_peak_rss_mb'], 0)} |"
             )
@@ -829,6 +852,18 @@ def main(argv=None) -> int:
         say(f"no registered model yet: using a tiny model at {registry}")
     entry = infer.default_model(registry)
     infer.verify(entry)
+    # Snapshot the model and its registry entry: a model re-exported during the run must not change it.
+    import yaml
+
+    snap = work / "model-snapshot"
+    snap.mkdir(exist_ok=True)
+    shutil.copy2(entry.path, snap / entry.path.name)
+    reg_data = yaml.safe_load(Path(registry).read_text())
+    reg_data["models"] = [m for m in reg_data["models"] if m["name"] == entry.name][:1]
+    (snap / "registry.yaml").write_text(yaml.safe_dump(reg_data, sort_keys=False))
+    original_registry, registry = registry, snap / "registry.yaml"
+    entry = infer.default_model(registry)
+    infer.verify(entry)
     if args.scale_registry == "tiny":
         scale_registry = tiny_registry(work / f"model-tiny{entry.input_size}", entry.input_size)
     elif args.scale_registry == "same":
@@ -840,7 +875,7 @@ def main(argv=None) -> int:
     results: dict = {
         "quick": args.quick, "started_utc": started_utc, "workers": workers, "n_per_syntax": n_per,
         "n_distinct": n_distinct,
-        "model": {"name": entry.name, "input_size": entry.input_size, "registry": str(registry), "sha256": entry.sha256},
+        "model": {"name": entry.name, "input_size": entry.input_size, "registry": str(original_registry), "sha256": entry.sha256},
         "scale_model": f"{scale_entry.name} (input {scale_entry.input_size})",
         "syntax": {}, "rerun": [], "scale": [], "hardware": hardware(),
     }
@@ -849,9 +884,9 @@ def main(argv=None) -> int:
     try:
         # 1. realistic lake -------------------------------------------------------------------
         real = work / "realistic"
-        gen = generate_realistic(real, n_per, n_distinct)
-        gen_counter = gen.pop("_counter")
         keys = [k for k, _, _ in SYNTAXES if k in chosen]
+        gen = generate_realistic(real, n_per, n_distinct, keys)
+        gen_counter = gen.pop("_counter")
         from tasks import dicom_io
 
         for k in keys:
@@ -942,10 +977,12 @@ def main(argv=None) -> int:
                     logdir=logdir, tag=f"small-{n}",
                 )
                 ld = listing_and_diff(str(lake), db, scale_entry.sha256)
+                ld.update(load_time(db, work / f"small-{n}-scratch.duckdb"))
                 entry_scale = {"n": n, "write_s": wsec, "audit": res, **ld}
                 say(f"scale {n}: wall {res['wall_s']:.1f} s, in-task {res['in_task_s']:.1f} s, orchestration "
                     f"{fmt(100 * res['overhead_share'] if res['overhead_share'] is not None else None, 1)} %, "
                     f"listing {ld['listing_s']:.2f} s, done-keys {ld['done_keys_s']:.2f} s, diff {ld['diff_s']:.3f} s, "
+                    f"load {ld['load_s']:.2f} s, "
                     f"worker peak RSS {res['worker_peak_rss_mb']:.0f} MB")
                 # +1 % new objects on the same lake
                 n_add = max(1, math.ceil(0.01 * n))

@@ -263,6 +263,10 @@ def parse_args(argv=None):
     ap.add_argument("--chest-only", action="store_true",
                     help="train on chest images only (projection + orientation)")
     ap.add_argument("--eval-every", type=int, default=8)
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="start from the weights of an earlier run's model.pt (warm restart)")
+    ap.add_argument("--projection-weight", type=float, default=1.0,
+                    help="multiplier of the projection loss")
     return ap.parse_args(argv)
 
 
@@ -326,7 +330,14 @@ def main(argv=None) -> int:
 
     arch = {"widths": [int(x) for x in args.widths.split(",")],
             "blocks": [int(x) for x in args.blocks.split(",")]}
-    net = build(arch).to(memory_format=torch.channels_last)
+    if args.init_from:
+        init = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        arch = init["arch"]
+    net = build(arch)
+    if args.init_from:
+        net.load_state_dict(init["state_dict"])
+        print(f"initialised from {args.init_from}", flush=True)
+    net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -367,7 +378,8 @@ def main(argv=None) -> int:
             else:
                 loss_p = lp.sum() * 0.0
             loss_o = F.cross_entropy(lo, ori, label_smoothing=args.label_smoothing)
-            loss = (0.0 if args.chest_only else 1.0) * loss_b + loss_p + loss_o
+            loss = ((0.0 if args.chest_only else 1.0) * loss_b + args.projection_weight * loss_p
+                    + loss_o)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
