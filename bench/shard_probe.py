@@ -37,8 +37,29 @@ def _codestream_skipping_bot(ds) -> bytes:
     return b"".join(f for f in list(generate_fragments(ds.PixelData))[1:] if f)
 
 
+_PEAK = {"rss": 0}
+
+
+def _sample_rss(interval: float = 0.1) -> None:
+    """Peak RSS of this worker process, sampled (ru_maxrss is not usable here: on Linux it keeps the
+    high-water mark of the forking parent across fork+exec, so it reports the flow process's size)."""
+    import psutil
+
+    proc = psutil.Process()
+    while True:
+        try:
+            _PEAK["rss"] = max(_PEAK["rss"], proc.memory_info().rss)
+        except Exception:
+            pass
+        time.sleep(interval)
+
+
 def dask_setup(worker) -> None:  # called by distributed in each worker process
+    import threading
+
     import tasks.shard as shard
+
+    threading.Thread(target=_sample_rss, name="bench-rss", daemon=True).start()
 
     if os.environ.get("RADLINT_BENCH_PATCH_BOT") == "1":  # what-if run, see bench/README.md
         import tasks.dicom_io as dicom_io
@@ -71,6 +92,7 @@ def dask_setup(worker) -> None:  # called by distributed in each worker process
                 "t1": t1,
                 "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                 "rss_bytes": rss_now,
+                "peak_rss_bytes": max(_PEAK["rss"], rss_now or 0),
             }
         )
         return result

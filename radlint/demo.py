@@ -76,6 +76,7 @@ def pydicom_data_sources(work: Path) -> list[lakegen.SourceImage]:
 
 
 def _audit_args(lake: Path, db: Path, workers: int, registry: str | None = None) -> argparse.Namespace:
+    n_objects = sum(1 for p in lake.rglob("*") if p.is_file())
     return argparse.Namespace(
         lake=str(lake),
         db=str(db),
@@ -84,7 +85,8 @@ def _audit_args(lake: Path, db: Path, workers: int, registry: str | None = None)
         dask_address=None,
         workers=workers,
         batch_size=32,
-        shard_size=250,
+        # at least two shards per worker, so every worker has work
+        shard_size=max(1, min(250, n_objects // (2 * workers) + 1)),
         device="auto",
         max_pixels=80_000_000,
         registry=registry,

@@ -40,7 +40,39 @@ def prefect_api(timeout: int = 90) -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            try:
+                yield server.api_url
+            finally:
+                _drain_workers()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _drain_workers() -> None:
+    """Flush Prefect's log and event workers while the temporary API still runs.
+
+    Stopping the server first leaves them retrying against a closed port for a minute or more
+    at interpreter exit (as prefect.testing.utilities.prefect_test_harness also avoids).
+    """
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    try:
+        run_coro_as_sync(drain())
+    except Exception:  # draining is best effort; the audit's results are already written
+        pass
