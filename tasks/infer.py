@@ -31,6 +31,8 @@ class TaskSpec:
     output: str
     classes: tuple[str, ...]
     thresholds: dict[str, float]
+    min_severity: float = 0.0
+    gate_policy: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
                 output=spec.get("output", t),
                 classes=tuple(spec["classes"]),
                 thresholds={k: float(v) for k, v in (spec.get("thresholds") or {}).items()},
+                min_severity=float((spec.get("gate") or {}).get("min_severity", 0.0)),
+                gate_policy={k: float(v) for k, v in (spec.get("gate") or {}).items() if k != "min_severity"},
             )
             for t, spec in m["tasks"].items()
         }

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-SCHEMA_VERSION = "2"  # 2: thumbnails and loaded_parts tables
+SCHEMA_VERSION = "2"  # 2: thumbnails, loaded_parts and gates tables
 KINDS = ("images", "predictions", "skipped", "thumbnails")
 
 PROBABILITIES_TYPE = pa.map_(pa.string(), pa.float32())
@@ -368,6 +368,15 @@ def load_thresholds(con, model_name: str, model_sha256: str, tasks: dict[str, An
         for cls in spec.classes
     ]
     con.executemany("insert into thresholds values (?, ?, ?, ?, ?)", rows)
+    con.execute("delete from gates where model_sha256 = ?", [model_sha256])
+    con.executemany(
+        "insert into gates values (?, ?, ?, ?, ?, ?)",
+        [
+            (model_name, model_sha256, task, spec.min_severity,
+             spec.gate_policy.get("target_precision"), spec.gate_policy.get("prevalence"))
+            for task, spec in tasks.items()
+        ],
+    )
 
 
 def load_labels(con, table, source_file: str) -> int:

@@ -9,7 +9,7 @@
 -- predicted_prob: probability of predicted_class (0-1).
 -- header_class_prob: the model's probability of the labelled class (sum over accepted classes); NULL when header_class is NULL.
 -- threshold: the per-class threshold of predicted_class from the model registry.
--- is_mismatch: true when the label is known, the prediction is not among its accepted classes and predicted_prob >= threshold; false when they agree or the model is not confident; NULL when the label is unknown.
+-- is_mismatch: true when the label is known, the prediction is not among its accepted classes, predicted_prob >= threshold and severity >= the task's severity gate (table gates); false when they agree or the model is not confident enough; NULL when the label is unknown.
 -- severity: 1 - header_class_prob, 0-1, for ranking how strongly the pixels contradict the label; NULL when the label is unknown.
 -- suggested_correction: for a mismatch, the value to write (body_part/projection: the predicted class; orientation: the rotation to apply to bring the image upright, in the orientation vocabulary); else NULL.
 -- model: registry name of the model that made the prediction.
@@ -143,11 +143,14 @@ scored as (
             when c.header_class is null or p.probabilities is null then null
             else list_sum(list_transform(string_split(c.header_class, '|'), lambda x: coalesce(p.probabilities[x], 0.0)))
         end as header_class_prob,
-        coalesce(t.threshold, 0.5) as threshold
+        coalesce(t.threshold, 0.5) as threshold,
+        coalesce(g.min_severity, 0.0) as min_severity
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
     left join thresholds as t
         on t.model_sha256 = p.model_sha256 and t.task = p.task and t.class = p.predicted
+    left join gates as g
+        on g.model_sha256 = p.model_sha256 and g.task = p.task
 ),
 
 final as (
@@ -170,12 +173,14 @@ final as (
             when s.header_class is null or s.predicted_class is null then null
             else not list_contains(string_split(s.header_class, '|'), s.predicted_class)
                 and s.predicted_prob >= s.threshold
+                and 1.0 - s.header_class_prob >= s.min_severity
         end as is_mismatch,
         case when s.header_class_prob is null then null else greatest(0.0, 1.0 - s.header_class_prob) end as severity,
         case
             when s.header_class is null or s.predicted_class is null then null
             when list_contains(string_split(s.header_class, '|'), s.predicted_class) then null
             when s.predicted_prob < s.threshold then null
+            when 1.0 - s.header_class_prob < s.min_severity then null
             when s.field = 'orientation' then
                 case s.predicted_class
                     when 'rot90cw' then 'rot90ccw'

@@ -222,3 +222,22 @@ def test_readme_sql_cookbook_runs(con):
     assert results[0][0][1] == "s3://b/1"  # top suspect
     assert len(results[3]) == 1 and results[3][0][2] == "rot90ccw"  # rotated image and its fix
     assert len(results[8]) == 2  # probability vectors of the image
+
+
+def test_severity_gate_holds_back_weak_contradictions(con):
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.9, 0.9, 0.1)", [SHA])
+    given(
+        con,
+        [
+            image("s3://b/strong", body="head", body_src="BodyPartExamined", bpe="SKULL"),
+            image("s3://b/weak", body="head", body_src="BodyPartExamined", bpe="SKULL"),
+        ],
+        [
+            pred("s3://b/strong", "body_part", {"chest": 0.95, "head": 0.05}),
+            pred("s3://b/weak", "body_part", {"chest": 0.8, "head": 0.2}),
+        ],
+    )
+    f = findings(con)
+    assert f[("s3://b/strong", "body_part")][3:] == (True, 0.95, "chest")
+    # 0.8 passes the class threshold (0.6) but severity 0.8 < gate 0.9: ranked, not flagged
+    assert f[("s3://b/weak", "body_part")][3:] == (False, 0.8, None)

@@ -1,0 +1,121 @@
+"""Choose per-task severity gates on the validation split and write them into the registry.
+
+A flag's precision depends on how common label errors are, so the gate is chosen for a stated
+target precision at a stated error prevalence, by simulating label errors on validation images:
+a correct label (negative) or a wrong one (positive) next to the model's real outputs.
+
+    python -m models.gates [--target-precision 0.9] [--prevalence 0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tasks.infer import REGISTRY_PATH, default_model
+from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
+
+GRID = np.round(np.concatenate([np.arange(0.0, 0.9, 0.01), np.arange(0.9, 1.0, 0.001)]), 4)
+
+
+def flag_rates(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, gate: float) -> np.ndarray:
+    """Which (image, label) pairs the findings view would flag at this gate."""
+    pred = probs.argmax(1)
+    p_pred = probs[np.arange(len(probs)), pred]
+    p_label = probs[np.arange(len(probs)), labels]
+    return (pred != labels) & (p_pred >= thresholds[pred]) & (1.0 - p_label >= gate)
+
+
+def choose_gate(neg, pos, target_precision: float, prevalence: float) -> dict:
+    """Smallest gate whose expected precision reaches the target; (probs, labels, thresholds) each."""
+    best = None
+    for g in GRID:
+        fpr = flag_rates(*neg, g).mean()
+        tpr = flag_rates(*pos, g).mean()
+        prec = prevalence * tpr / (prevalence * tpr + (1 - prevalence) * fpr) if tpr + fpr > 0 else 0.0
+        row = {"min_severity": float(g), "precision": float(prec), "recall": float(tpr)}
+        if prec >= target_precision:
+            return row
+        if best is None or prec > best["precision"]:
+            best = row
+    return best
+
+
+def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> dict:
+    """Negative and positive (probs, labels, thresholds) per task from validation predictions."""
+    out = {}
+    bp = np.array([BODY_PART.index(r["body_part"]) for r in rows])
+    t_bp = np.array([thresholds["body_part"][c] for c in BODY_PART])
+    wrong = [c for c in range(len(BODY_PART)) if BODY_PART[c] != "other"]
+    pos_p, pos_l = [], []
+    for i, y in enumerate(bp):
+        for w in wrong:
+            if w != y:
+                pos_p.append(up["body_part"][i])
+                pos_l.append(w)
+    out["body_part"] = ((up["body_part"], bp, t_bp), (np.array(pos_p), np.array(pos_l), t_bp))
+
+    t_or = np.array([thresholds["orientation"][c] for c in ORIENTATION])
+    neg = ori[:, 0]  # stored upright, labelled upright
+    pos = ori[:, 1:].reshape(-1, len(ORIENTATION))  # stored rotated, labelled upright
+    out["orientation"] = ((neg, np.zeros(len(neg), int), t_or), (pos, np.zeros(len(pos), int), t_or))
+
+    t_pr = np.array([thresholds["projection"][c] for c in PROJECTION])
+    keep = [i for i, r in enumerate(rows) if r["body_part"] == "chest" and r.get("view") in PROJECTION]
+    views = np.array([PROJECTION.index(rows[i]["view"]) for i in keep])
+    probs = up["projection"][keep]
+    pos_p, pos_l = [], []
+    for p, y in zip(probs, views):
+        for w in range(len(PROJECTION)):
+            if w != y:
+                pos_p.append(p)
+                pos_l.append(w)
+    out["projection"] = ((probs, views, t_pr), (np.array(pos_p), np.array(pos_l), t_pr))
+    return out
+
+
+def main(argv=None) -> int:
+    from radlint.evaluate import predict_folder
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/radiographs/labels.csv")
+    ap.add_argument("--split-file", type=Path, default=Path(__file__).resolve().parent / "splits/patient_split.csv")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--registry", type=Path, default=REGISTRY_PATH)
+    ap.add_argument("--target-precision", type=float, default=0.9)
+    ap.add_argument("--prevalence", type=float, default=0.1)
+    args = ap.parse_args(argv)
+
+    with open(args.split_file, newline="") as f:
+        split = {r["patient_id"]: r["split"] for r in csv.DictReader(f)}
+    with open(args.labels, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if split.get(r["patient_id"]) == args.split]
+    entry = default_model(args.registry)
+    up, ori = predict_folder(entry, rows, args.labels.parent)
+    thresholds = {t: spec.thresholds for t, spec in entry.tasks.items()}
+    sims = simulate(up, ori, rows, thresholds)
+
+    text = args.registry.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    data = yaml.safe_load(text)
+    model = next(m for m in data["models"] if m["name"] == entry.name)
+    for task, (neg, pos) in sims.items():
+        g = choose_gate(neg, pos, args.target_precision, args.prevalence)
+        model["tasks"][task]["gate"] = {
+            "min_severity": round(g["min_severity"], 4),
+            "target_precision": args.target_precision,
+            "prevalence": args.prevalence,
+            "val_precision": round(g["precision"], 4),
+            "val_recall": round(g["recall"], 4),
+        }
+        print(f"{task:12s} gate {g['min_severity']:.3f}  val precision {g['precision']:.3f}  recall {g['recall']:.3f}")
+    args.registry.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
