@@ -482,7 +482,25 @@ def install_flow_param_fix():
     return restore
 
 
-def run_radlint_audit(
+RETRIES: list[dict] = []
+
+
+def run_radlint_audit(lake: str, db: Path, registry: Path, **kw) -> dict:
+    """One audit; a failure other than the flow-parameter limit is retried once on a fresh database
+    (the working tree may change under a long run) and recorded in the results."""
+    try:
+        return _run_radlint_audit_once(lake, db, registry, **kw)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())
+        if PARAM_LIMIT_MSG in msg:
+            raise
+        say(f"audit {kw.get('tag')} failed ({type(exc).__name__}: {msg[:200]}); retrying once on a fresh database")
+        RETRIES.append({"tag": kw.get("tag"), "error": f"{type(exc).__name__}: {msg[:300]}"})
+        kw["tag"] = f"{kw.get('tag')}-retry"
+        return _run_radlint_audit_once(lake, db.with_name(db.stem + "-retry.duckdb"), registry, **kw)
+
+
+def _run_radlint_audit_once(
     lake: str, db: Path, registry: Path, *, workers: int, shard_size: int, device: str, logdir: Path, tag: str,
     patch_bot: bool = False,
 ) -> dict:
@@ -528,6 +546,7 @@ def run_radlint_audit(
     n_new = summary.get("n_new", 0)
     res = {
         "tag": tag,
+        "db": str(db),
         "lake": lake,
         "wall_s": wall,
         "n_listed": summary.get("n_listed"),
@@ -792,6 +811,9 @@ def render(results: dict) -> str:
                 f"{fmt(a['flow_process_peak_rss_mb'], 0)} |"
             )
         L.append("")
+    if r.get("retries"):
+        L.append("Audits that failed once and were retried on a fresh database: "
+                 + "; ".join(f"`{x['tag']}`: {x['error']}" for x in r["retries"]) + "\n")
     failed = [x for x in r.get("scale", []) if x.get("failed")]
     if failed:
         L.append("**Unpatched `radlint audit` failed** on: " + "; ".join(f"{x['n']} objects: {x['failed']}" for x in failed)
@@ -1005,7 +1027,8 @@ def main(argv=None) -> int:
                 src = [gen[k]["files"][0] for k in keys]
                 add_new_objects(src, real / "new", n_add, gen_counter + 1)
                 again = run_radlint_audit(
-                    str(real), db, registry, workers=workers, shard_size=max(1, math.ceil(n_all / (2 * workers))),
+                    str(real), Path(full["db"]), registry, workers=workers,
+                    shard_size=max(1, math.ceil(n_all / (2 * workers))),
                     device=args.device, logdir=logdir, tag="full-rerun",
                 )
                 results["rerun"].append({
@@ -1046,6 +1069,7 @@ def main(argv=None) -> int:
                         logdir=logdir, tag=f"small-{n}-paramfix",
                     )
                     entry_scale["what_if_param_fix"] = True
+                db = Path(res["db"])
                 ld = listing_and_diff(str(lake), db, scale_entry.sha256)
                 ld.update(load_time(db, work / f"small-{n}-scratch.duckdb"))
                 entry_scale.update(audit=res, **ld)
@@ -1073,6 +1097,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(lake, ignore_errors=True)
     finally:
         results["total_s"] = time.perf_counter() - _T_START
+        results["retries"] = RETRIES
         results["targets"] = targets(results) if results["syntax"] else []
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

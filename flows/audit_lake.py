@@ -72,6 +72,7 @@ def audit_lake(
     max_pixels: int = 80_000_000,
     registry: str | None = None,
     lock_wait_seconds: float = 0.0,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Audit every new object of ``lake`` into the DuckDB file ``db``; returns the run summary."""
     logger = get_run_logger()
@@ -141,6 +142,10 @@ def audit_lake(
         finally:
             con.close()
         summary.update(db=str(db), out=out_dir, failed_shards=[r["shard_id"] for r in failed])
+        if report:
+            from radlint.report import write_report
+
+            summary["report"] = str(write_report(db, report))
         create_markdown_artifact(
             key="radlint-audit-summary",
             markdown=findings.summary_markdown(summary),

@@ -184,7 +184,7 @@ def orientation_by_body_part(preds) -> list[str]:
     return lines
 
 
-def loso_section(n_boot=1000) -> tuple[list[str], dict]:
+def loso_section(n_boot=1000, rows=None, split=None) -> tuple[list[str], dict]:
     lines = []
     out = {}
     for d in sorted(WORK.glob("loso_*")):
@@ -203,11 +203,21 @@ def loso_section(n_boot=1000) -> tuple[list[str], dict]:
             else None
         acc = bootstrap_ci(accuracy, y, p.argmax(1), n_boot=n_boot)
         counts = "/".join(str(int((y == c).sum())) for c in range(3))
+        trained = f"{s['n_train']} chest images"
+        if rows is not None:
+            tv = collections.Counter(r["view"] for r in rows if r["source"] != src
+                                     and r["body_part"] == "chest"
+                                     and split[r["patient_id"]] == "train")
+            srcs = sorted({r["source"] for r in rows if r["source"] != src
+                           and r["body_part"] == "chest" and r["view"]
+                           and split[r["patient_id"]] == "train"})
+            trained += (f" (view-labelled PA/AP/LATERAL {tv['PA']}/{tv['AP']}/{tv['LATERAL']}"
+                        f" from {', '.join(srcs)})")
         out[src] = {"pa_vs_ap": pa_ap, "frontal_vs_lateral": fl, "acc": acc,
                     "n_train": s["n_train"], "epochs": s["args"]["epochs"],
                     "minutes": round(s["seconds"] / 60, 1), "counts": counts}
         lines.append(f"| {src} (all its labelled chest images) | {counts} | {_fmt_ci(pa_ap)} | "
-                     f"{_fmt_ci(fl)} | {_fmt_ci(acc)} | {s['n_train']} chest images, "
+                     f"{_fmt_ci(fl)} | {_fmt_ci(acc)} | {trained}, "
                      f"{s['args']['epochs']} epochs, {s['seconds'] / 60:.0f} min |")
     if lines:
         lines = ["| held-out source | n (PA/AP/LATERAL) | PA-vs-AP AUC [95% CI] | "
@@ -241,7 +251,7 @@ def main(argv=None) -> int:
     plot_rocs(result, preds, CARDS / f"{args.name}-roc.png")
     plot_confusions(result, CARDS / f"{args.name}-confusion.png")
     src_lines, src_res = per_source_projection(preds, args.bootstrap)
-    loso_lines, loso_res = loso_section(args.bootstrap)
+    loso_lines, loso_res = loso_section(args.bootstrap, rows, split)
     summary = json.loads((args.run / "summary.json").read_text())
     export = json.loads((args.run / "export.json").read_text())
     t = result["tasks"]

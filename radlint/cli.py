@@ -38,6 +38,7 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime device")
     p.add_argument("--max-pixels", type=_positive, default=80_000_000, help="refuse frames larger than this")
     p.add_argument("--registry", help="model registry YAML (default: the packaged models/registry.yaml)")
+    p.add_argument("--report", help="also write the HTML review report here when the run ends")
     p.add_argument(
         "--wait-lock", type=float, default=0.0, metavar="SECONDS",
         help="when another audit holds the database, wait up to this long instead of stopping",
@@ -94,6 +95,7 @@ def run_audit(args, quiet: bool = False) -> dict:
             max_pixels=args.max_pixels,
             registry=args.registry,
             lock_wait_seconds=getattr(args, "wait_lock", 0.0),
+            report=getattr(args, "report", None),
         )
 
 

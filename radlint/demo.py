@@ -90,6 +90,7 @@ def _audit_args(lake: Path, db: Path, workers: int, registry: str | None = None)
         device="auto",
         max_pixels=80_000_000,
         registry=registry,
+        report=str(db.parent / "report.html"),
     )
 
 
@@ -140,7 +141,8 @@ def run(args) -> int:
     print("Planted errors found (precision/recall against the planted truth):")
     print(planted.format_table(scores))
     db = work / "radlint.duckdb"
-    print(f"\nDatabase: {db}\nTry: duckdb {db} \"select * from findings where is_mismatch order by severity desc limit 10\"")
+    print(f"\nReview report: {work / 'report.html'}")
+    print(f"Database: {db}\nTry: duckdb {db} \"select * from findings where is_mismatch order by severity desc limit 10\"")
     print(f"demo wall time: {time.perf_counter() - t0:.1f} s")
     return 0 if summary.get("status") == "completed" else 1
 

@@ -64,6 +64,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                  f"audited {summary.get('n_new')} new objects, {summary.get('n_skipped')} skipped.")
     if summary.get("db"):
         lines.append(f"Database: `{summary['db']}`")
+    if summary.get("report"):
+        lines.append(f"Review report: `{summary['report']}`")
     lines += ["", "| field | checked | mismatches | unlabelled |", "|---|---:|---:|---:|"]
     for f, c in summary.get("mismatches", {}).items():
         lines.append(f"| {f} | {c['checked']} | {c['mismatch']} | {c['unlabelled']} |")

@@ -19,6 +19,7 @@ def test_demo_without_shared_radiographs(tmp_path, tiny_registry, prefect_api, m
     code = main(["demo", "--dir", str(work), "--registry", str(tiny_registry), "--error-rate", "0.3", "--workers", "1"])
     out = capsys.readouterr().out
     assert code == 0
+    assert (work / "report.html").exists() and "Review report:" in out
     assert "pydicom-data CR radiographs" in out and "Planted errors found" in out and str(work / "radlint.duckdb") in out
     truth = list(csv.DictReader(open(work / "planted_errors.csv", encoding="utf-8")))
     n_images = len({r["uri"] for r in truth})
