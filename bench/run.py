@@ -710,6 +710,11 @@ def listing_and_diff(lake: str, db: Path, sha: str) -> dict:
 # Report
 
 
+def fmtx(v) -> str:
+    """A ratio with an x, or n/a."""
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
 def fmt(v, nd=2) -> str:
     if v is None:
         return "n/a"
@@ -764,9 +769,9 @@ def render(results: dict) -> str:
         a = row["naive"]["img_s"]
         L.append(
             f"| {label} | {row['mean_mb']:.2f} | {shape} | {fmt(a)} | {fmt(loc.get('img_s'))} | "
-            f"{fmt(loc.get('img_s') / a if loc.get('img_s') else None)}x | {fmt(s3.get('img_s'))} | "
-            f"{fmt(s3.get('img_s') / a if s3.get('img_s') else None)}x | {fmt(loc.get('in_task_img_s'))} | "
-            f"{fmt(loc.get('in_task_img_s') / a if loc.get('in_task_img_s') else None)}x | {fmt(s3.get('in_task_img_s'))} |"
+            f"{fmtx(loc.get('img_s') / a if loc.get('img_s') else None)} | {fmt(s3.get('img_s'))} | "
+            f"{fmtx(s3.get('img_s') / a if s3.get('img_s') else None)} | {fmt(loc.get('in_task_img_s'))} | "
+            f"{fmtx(loc.get('in_task_img_s') / a if loc.get('in_task_img_s') else None)} | {fmt(s3.get('in_task_img_s'))} |"
         )
     L.append("")
     L.append("Wall seconds of each audit (local / S3) and seconds before the first shard started:\n")

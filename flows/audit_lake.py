@@ -19,23 +19,27 @@ from tasks import discover, findings, infer, labels, settings, shard, write
 
 
 @task(name="audit-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
-def audit_shard_task(objects: list[discover.ObjectRef], **kwargs: Any) -> dict[str, Any]:
-    return shard.audit_shard(objects, **kwargs)
+def audit_shard_task(manifest: str, index: int, **kwargs: Any) -> dict[str, Any]:
+    return shard.audit_shard(write.read_manifest(manifest, index), **kwargs)
 
 
 @flow(name="audit_shards", validate_parameters=False)
 def audit_shards(
-    shards: list[list[discover.ObjectRef]], shard_kwargs: dict[str, Any], run_id: str, n_listed: int = 0
+    manifest: str, shard_sizes: list[int], shard_kwargs: dict[str, Any], run_id: str, n_listed: int = 0
 ) -> list[dict]:
-    """Submit one task per shard to the Dask cluster and gather their part paths."""
+    """Submit one task per shard to the Dask cluster and gather their part paths.
+
+    Object lists travel by reference (a manifest file), never as flow or task parameters: the
+    Prefect API refuses flow-run parameters over 512 KiB, about 4,000 objects.
+    """
     logger = get_run_logger()
     futures = [
         audit_shard_task.with_options(task_run_name=f"shard-{i:05d}").submit(
-            objs, shard_id=f"{i:05d}", run_id=run_id, **shard_kwargs
+            manifest, i, shard_id=f"{i:05d}", run_id=run_id, **shard_kwargs
         )
-        for i, objs in enumerate(shards)
+        for i in range(len(shard_sizes))
     ]
-    progress = Progress(n_listed, sum(len(s) for s in shards), len(shards))
+    progress = Progress(n_listed, sum(shard_sizes), len(shard_sizes))
     index = {id(f): i for i, f in enumerate(futures)}
     results: list[dict] = [{} for _ in futures]
     for fut in as_completed(futures):
@@ -45,7 +49,7 @@ def audit_shards(
         except Exception as exc:  # reported as a failed shard; a re-run audits its objects again
             logger.error("shard %05d failed: %s", i, exc)
             results[i] = {"shard_id": f"{i:05d}", "failed": True, "error": str(exc)[:300]}
-        progress.update(len(shards[i]), results[i].get("n_images", 0))
+        progress.update(shard_sizes[i], results[i].get("n_images", 0))
     return results
 
 
@@ -102,8 +106,10 @@ def audit_lake(
             con.close()
         logger.info("listed %d objects, %d to audit", len(objects), len(todo))
 
-        shards = list(discover.make_shards(todo, shard_size))
         n_workers = workers or settings.default_workers()
+        # At least two shards per worker when the run is small, so no worker idles.
+        shard_size = max(1, min(shard_size, -(-len(todo) // (2 * n_workers))))
+        shards = list(discover.make_shards(todo, shard_size))
         shard_kwargs = {
             "out_dir": out_dir,
             "registry_path": str(entry.path.parent / "registry.yaml") if registry is None else registry,
@@ -115,8 +121,9 @@ def audit_lake(
         }
         results: list[dict] = []
         if shards:
+            manifest = write.write_manifest(shards, out_dir, run_id)
             results = audit_shards.with_options(task_runner=_task_runner(dask_address, workers))(
-                shards, shard_kwargs, run_id, len(objects)
+                str(manifest), [len(s) for s in shards], shard_kwargs, run_id, len(objects)
             )
         parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
         failed = [r for r in results if r.get("failed")]

@@ -310,9 +310,11 @@ def reduction_factor(rows: int, cols: int, target_size: int | None) -> int:
 
 
 def _single_frame_codestream(ds: Dataset) -> bytes:
-    from pydicom.encaps import generate_fragments
+    # get_frame skips the Basic Offset Table item (non-empty in files written by pydicom and many
+    # modalities); joining raw items would put the offsets in front of the codestream.
+    from pydicom.encaps import get_frame
 
-    return b"".join(f for f in generate_fragments(ds.PixelData) if f)
+    return get_frame(ds.PixelData, 0, number_of_frames=1)
 
 
 def _j2k_levels(codestream: bytes) -> int:
@@ -408,6 +410,12 @@ def decode_pixels(
                     arr = None
             if arr is None:
                 arr = pixel_array(ds, index=0 if frames > 1 else None)
+                if target_size and arr.ndim == 2:
+                    # Shrink the integer frame before any float copy, LUT or scaling: the same
+                    # power-of-two stride the uncompressed fast path uses.
+                    stride = 2 ** reduction_factor(arr.shape[0], arr.shape[1], target_size)
+                    if stride > 1:
+                        arr = np.ascontiguousarray(arr[::stride, ::stride])
         except NotImplementedError as exc:
             raise Skip(UNSUPPORTED_TS, f"{ts}: {exc}") from exc
         except (ValueError, EOFError) as exc:

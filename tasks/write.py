@@ -144,6 +144,39 @@ def write_part(rows: list[dict[str, Any]], out_dir: str | Path, kind: str, run_i
     return final
 
 
+def write_manifest(shards: list[list[Any]], out_dir: str | Path, run_id: str) -> Path:
+    """The run's shard lists as one Parquet file (shard, uri, size_bytes, etag), for tasks to read."""
+    rows = {"shard": [], "uri": [], "size_bytes": [], "etag": []}
+    for i, objs in enumerate(shards):
+        for o in objs:
+            rows["shard"].append(i)
+            rows["uri"].append(o.uri)
+            rows["size_bytes"].append(o.size_bytes)
+            rows["etag"].append(o.etag)
+    path = Path(out_dir) / "manifests" / f"run_id={run_id}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(
+        pa.table(rows, schema=pa.schema([("shard", pa.int32()), ("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])),
+        tmp,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | Path, shard: int) -> list:
+    """The objects of one shard of a manifest written by :func:`write_manifest`."""
+    from tasks.discover import ObjectRef
+
+    table = pq.read_table(path, filters=[("shard", "=", shard)])
+    return [
+        ObjectRef(u, int(s), e)
+        for u, s, e in zip(
+            table.column("uri").to_pylist(), table.column("size_bytes").to_pylist(), table.column("etag").to_pylist()
+        )
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # DuckDB
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
@@ -69,7 +70,8 @@ def test_audit_local_lake_end_to_end_and_idempotent(tmp_path, make_dicom, tiny_r
         ).fetchone()
         assert abs(sums[0] - 1) < 1e-4 and abs(sums[1] - 1) < 1e-4
         parts = sorted(Path(p).name for p in (tmp_path / "audit_parts" / "images").rglob("*.parquet"))
-        assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        # 15 objects, 2 workers: shards of 4 (at least two per worker), never above --shard-size 5
+        assert parts == [f"part-0000{i}.parquet" for i in range(4)]
     finally:
         con.close()
 
@@ -118,3 +120,18 @@ def test_locked_database_gives_clear_error(tmp_path, tiny_registry, capsys):
     assert proc.returncode == 2
     assert "locked" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert main is not None
+
+
+def test_audit_of_5000_objects_passes_shards_by_reference(tmp_path, make_dicom, tiny_registry, prefect_api):
+    """Object lists must not travel as flow parameters (the Prefect API refuses > 512 KiB)."""
+    from radlint.cli import run_audit
+
+    lake = tmp_path / "big"
+    lake.mkdir()
+    data = make_dicom(pixels=np.zeros((16, 16), np.uint8) + 7)
+    for i in range(5000):
+        (lake / f"o{i:05d}.dcm").write_bytes(data)
+    db = tmp_path / "big.duckdb"
+    summary = run_audit(audit_args(str(lake), db, tiny_registry, shard_size=2500, batch_size=64))
+    assert summary["status"] == "completed" and summary["n_shards"] == 4  # 1250 each: two per worker
+    assert counts(db)["images"] == 5000

@@ -60,3 +60,15 @@ def test_reduced_decode_matches_full_decode_predictions():
             assert diffs[-1] < MAX_TOLERANCE, (path.name, task, diffs[-1])
     assert reduced_any, "no file was decoded at reduced resolution"
     assert float(np.mean(diffs)) < MEAN_TOLERANCE, diffs
+
+
+def test_reduced_decode_runs_on_files_with_a_basic_offset_table(make_dicom):
+    """pydicom's encoder writes a non-empty Basic Offset Table; the fast path must skip it."""
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    rng = np.random.default_rng(1)
+    pixels = (rng.random((1600, 1200)) * 255).astype(np.uint8)
+    for ts, expected in ((JPEG2000Lossless, (400, 300)), (RLELossless, (400, 300))):
+        data = make_dicom(ts, pixels=pixels)
+        image = dicom_io.read_dicom(data, target_size=192)
+        assert image.pixels.shape == expected, ts

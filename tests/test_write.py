@@ -76,3 +76,13 @@ def test_newer_schema_is_refused(tmp_path):
     con.execute("update meta set value = '999' where key = 'schema_version'")
     with pytest.raises(write.DatabaseError, match="newer"):
         write.ensure_schema(con)
+
+
+def test_manifest_roundtrip(tmp_path):
+    from tasks.discover import ObjectRef
+
+    shards = [[ObjectRef(f"s3://b/{i}", i, f"e{i}") for i in range(k, k + 3)] for k in (0, 3)]
+    path = write.write_manifest(shards, tmp_path, "r9")
+    assert path == tmp_path / "manifests" / "run_id=r9.parquet"
+    assert write.read_manifest(path, 1) == shards[1]
+    assert write.read_manifest(path, 0) == shards[0]
