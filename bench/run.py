@@ -53,6 +53,7 @@ from pydicom.uid import (  # noqa: E402
 
 from radlint import lakegen  # noqa: E402
 from radlint.prefect_env import apply_quiet_defaults  # noqa: E402
+from radlint.tinymodel import build_tiny_model  # noqa: E402
 
 apply_quiet_defaults()
 
@@ -318,38 +319,6 @@ def write_small_lake(root: Path, n: int, uid_base: int, per_dir: int = 1000, pre
 
 # ------------------------------------------------------------------------------------------------
 # Models
-
-
-def build_tiny_model(path: Path, size: int) -> None:
-    """Same as tests/conftest.py:build_tiny_model: global mean -> linear -> softmax, three heads."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from tasks.vocabulary import TASKS
-
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["image"], ["gap"]),
-        helper.make_node("Flatten", ["gap"], ["feat"], axis=1),
-    ]
-    inits, outputs = [], []
-    for task, classes in TASKS.items():
-        c = len(classes)
-        w = np.linspace(-4, 4, c, dtype=np.float32)[None, :]
-        b = np.zeros(c, dtype=np.float32)
-        inits += [numpy_helper.from_array(w, f"{task}_w"), numpy_helper.from_array(b, f"{task}_b")]
-        nodes += [
-            helper.make_node("MatMul", ["feat", f"{task}_w"], [f"{task}_mm"]),
-            helper.make_node("Add", [f"{task}_mm", f"{task}_b"], [f"{task}_logits"]),
-            helper.make_node("Softmax", [f"{task}_logits"], [task], axis=1),
-        ]
-        outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, ["N", c]))
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])], outputs,
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
 
 
 def tiny_registry(folder: Path, size: int) -> Path:

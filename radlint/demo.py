@@ -142,7 +142,14 @@ def run(args) -> int:
     print(planted.format_table(scores))
     db = work / "radlint.duckdb"
     print(f"\nReview report: {work / 'report.html'}")
-    print(f"Database: {db}\nTry: duckdb {db} \"select * from findings where is_mismatch order by severity desc limit 10\"")
+    print(f"Database: {db}")
+    print(
+        "Try: "
+        + sys.executable
+        + " -c \"import duckdb; duckdb.connect('"
+        + str(db)
+        + "', read_only=True).sql('select * from top_suspects limit 10').show()\""
+    )
     print(f"demo wall time: {time.perf_counter() - t0:.1f} s")
     return 0 if summary.get("status") == "completed" else 1
 

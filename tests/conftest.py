@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from radlint import lakegen
+from radlint.tinymodel import build_tiny_model
 from radlint.prefect_env import apply_quiet_defaults
 from tasks.vocabulary import TASKS
 
@@ -32,43 +33,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def build_tiny_model(path: Path, size: int = 32) -> None:
-    """A deterministic three-head ONNX model: global mean brightness -> linear -> softmax.
-
-    Fast and exact, it lets pipeline tests run without the trained model; brighter images
-    favour later classes, so tests can steer predictions.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["image"], ["gap"]),
-        helper.make_node("Flatten", ["gap"], ["feat"], axis=1),
-    ]
-    inits, outputs = [], []
-    for task, classes in TASKS.items():
-        c = len(classes)
-        w = np.linspace(-4, 4, c, dtype=np.float32)[None, :]
-        b = np.zeros(c, dtype=np.float32)
-        inits += [numpy_helper.from_array(w, f"{task}_w"), numpy_helper.from_array(b, f"{task}_b")]
-        nodes += [
-            helper.make_node("MatMul", ["feat", f"{task}_w"], [f"{task}_mm"]),
-            helper.make_node("Add", [f"{task}_mm", f"{task}_b"], [f"{task}_logits"]),
-            helper.make_node("Softmax", [f"{task}_logits"], [task], axis=1),
-        ]
-        outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, ["N", c]))
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
-        outputs,
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
 
 
 @pytest.fixture(scope="session")
