@@ -53,12 +53,11 @@ def audit_shards(
     return results
 
 
-def _task_runner(dask_address: str | None, workers: int | None) -> DaskTaskRunner:
+def _task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner:
     if dask_address:
         return DaskTaskRunner(address=dask_address)
-    n = workers or settings.default_workers()
     return DaskTaskRunner(
-        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
     )
 
 
@@ -122,7 +121,7 @@ def audit_lake(
         results: list[dict] = []
         if shards:
             manifest = write.write_manifest(shards, out_dir, run_id)
-            results = audit_shards.with_options(task_runner=_task_runner(dask_address, workers))(
+            results = audit_shards.with_options(task_runner=_task_runner(dask_address, n_workers))(
                 str(manifest), [len(s) for s in shards], shard_kwargs, run_id, len(objects)
             )
         parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}

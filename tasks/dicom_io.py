@@ -329,7 +329,7 @@ def _reduced_decode(ds: Dataset, ts: str, target_size: int | None) -> np.ndarray
     """Decode only the resolution the model needs, or None to fall back to a full decode.
 
     JPEG 2000: Pillow/OpenJPEG ``reduce`` skips the finest wavelet levels. 8-bit JPEG: Pillow's
-    ``draft`` uses DCT scaling. Uncompressed: a strided view before any float conversion.
+    ``draft`` uses DCT scaling.
     """
     rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
     r = reduction_factor(rows, cols, target_size)
@@ -370,11 +370,7 @@ def _reduced_decode(ds: Dataset, ts: str, target_size: int | None) -> np.ndarray
         scale = 2 ** min(r, 3)
         im.draft("L", (max(1, cols // scale), max(1, rows // scale)))
         return np.asarray(im.convert("L") if im.mode != "L" else im)
-    if not UID(ts).is_compressed:
-        full = pixel_array(ds)  # native data: an integer array, no float copy of the full image
-        stride = 2**r
-        return np.ascontiguousarray(full[::stride, ::stride])
-    return None
+    return None  # other syntaxes: the full decode is strided before any float work
 
 
 def decode_pixels(

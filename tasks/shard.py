@@ -124,11 +124,10 @@ def audit_shard(
     max_pixels: int = dicom_io.DEFAULT_MAX_PIXELS,
     storage_options: dict | None = None,
     threads: int = 0,
-    full_decode: bool = False,
 ) -> dict[str, Any]:
     """Audit ``objects`` and write their parts under ``out_dir``; returns a ShardResult dict.
 
-    Pixels are decoded at the lowest resolution the model input allows unless ``full_decode``.
+    Pixels are decoded at the lowest resolution the model input allows.
     """
     started = time.perf_counter()
     entry = infer.default_model(registry_path or infer.REGISTRY_PATH)
@@ -157,9 +156,7 @@ def audit_shard(
                 skipped.append(_skip_row(obj, "fetch_error", f"{type(payload).__name__}: {payload}", run_id, now))
                 continue
             try:
-                image = dicom_io.read_dicom(
-                    payload, salt=salt, max_pixels=max_pixels, target_size=None if full_decode else entry.input_size
-                )
+                image = dicom_io.read_dicom(payload, salt=salt, max_pixels=max_pixels, target_size=entry.input_size)
                 display = preprocess.to_uint8(image.pixels)
                 x = preprocess.normalize(preprocess.letterbox(display, entry.input_size))
                 thumb = preprocess.thumbnail_jpeg(display)
