@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from radlint.progress import Progress
@@ -53,7 +54,25 @@ def audit_shards(
     return results
 
 
-def _task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner:
+# Starting a LocalCluster (worker processes, imports, model sessions) costs ~4-10 s here; a
+# remainder that one core audits faster than that runs in the flow's own process instead.
+IN_PROCESS_MAX_SECONDS = 8.0
+EXECUTORS = ("auto", "dask", "local")
+
+
+def _choose_executor(executor: str, dask_address: str | None, todo: list) -> str:
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
+    if dask_address:
+        return "dask"
+    if executor == "auto":
+        return "local" if discover.estimated_seconds(todo) <= IN_PROCESS_MAX_SECONDS else "dask"
+    return executor
+
+
+def _task_runner(executor: str, dask_address: str | None, n_workers: int):
+    if executor == "local":
+        return ThreadPoolTaskRunner(max_workers=1)
     if dask_address:
         return DaskTaskRunner(address=dask_address)
     return DaskTaskRunner(
@@ -76,8 +95,14 @@ def audit_lake(
     registry: str | None = None,
     lock_wait_seconds: float = 0.0,
     report: str | None = None,
+    executor: str = "auto",
 ) -> dict[str, Any]:
-    """Audit every new object of ``lake`` into the DuckDB file ``db``; returns the run summary."""
+    """Audit every new object of ``lake`` into the DuckDB file ``db``; returns the run summary.
+
+    ``executor``: ``dask`` runs shards on the Dask cluster at ``dask_address`` or on a new
+    LocalCluster of ``workers`` processes; ``local`` runs them in this process; ``auto`` (default)
+    uses the cluster when ``dask_address`` is given or the work is more than a few seconds.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     out_dir = out or str(Path(db).with_suffix("")) + "_parts"
@@ -105,10 +130,15 @@ def audit_lake(
             con.close()
         logger.info("listed %d objects, %d to audit", len(objects), len(todo))
 
-        n_workers = workers or settings.default_workers()
+        where = _choose_executor(executor, dask_address, todo)
+        n_workers = 1 if where == "local" else (workers or settings.default_workers())
         # At least two shards per worker when the run is small, so no worker idles.
         shard_size = max(1, min(shard_size, -(-len(todo) // (2 * n_workers))))
         shards = list(discover.make_shards(todo, shard_size))
+        n_workers = max(1, min(n_workers, len(shards)))
+        if shards:
+            logger.info("auditing %d shards %s", len(shards),
+                        "in this process" if where == "local" else f"on Dask ({dask_address or f'{n_workers} local workers'})")
         shard_kwargs = {
             "out_dir": out_dir,
             "registry_path": str(entry.path.parent / "registry.yaml") if registry is None else registry,
@@ -121,7 +151,7 @@ def audit_lake(
         results: list[dict] = []
         if shards:
             manifest = write.write_manifest(shards, out_dir, run_id)
-            results = audit_shards.with_options(task_runner=_task_runner(dask_address, n_workers))(
+            results = audit_shards.with_options(task_runner=_task_runner(where, dask_address, n_workers))(
                 str(manifest), [len(s) for s in shards], shard_kwargs, run_id, len(objects)
             )
         parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
@@ -147,7 +177,8 @@ def audit_lake(
             summary = findings.run_summary(con, run_id)
         finally:
             con.close()
-        summary.update(db=str(db), out=out_dir, failed_shards=[r["shard_id"] for r in failed])
+        summary.update(db=str(db), out=out_dir, failed_shards=[r["shard_id"] for r in failed],
+                       executor=where if shards else None)
         if report:
             from radlint.report import write_report
 

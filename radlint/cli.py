@@ -33,6 +33,9 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="CSV or Parquet label table keyed by sop_instance_uid or uri")
     p.add_argument("--dask-address", help="attach to an existing Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--workers", type=_positive, help="local Dask worker processes (default: CPU count, at most 4)")
+    p.add_argument("--executor", choices=("auto", "dask", "local"), default="auto",
+                   help="where shards run: on Dask, in this process (local), or auto (default: in this "
+                   "process when the new objects take only a few seconds, else Dask)")
     p.add_argument("--batch-size", type=_positive, default=32, help="images per inference batch (default 32)")
     p.add_argument("--shard-size", type=_positive, default=1000, help="objects per Dask task (default 1000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime device")
@@ -96,6 +99,7 @@ def run_audit(args, quiet: bool = False) -> dict:
             registry=args.registry,
             lock_wait_seconds=getattr(args, "wait_lock", 0.0),
             report=getattr(args, "report", None),
+            executor=getattr(args, "executor", "auto"),
         )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from tasks import write
+from tasks import discover, write
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +33,8 @@ def audit_args(lake: str, db: Path, registry: Path, **kw) -> argparse.Namespace:
     base = dict(
         lake=lake, db=str(db), out=None, labels=None, dask_address=None, workers=2, batch_size=4,
         shard_size=5, device="cpu", max_pixels=80_000_000, registry=str(registry),
+        # Tests run the real Dask path unless they test the choice of executor.
+        executor="dask",
     )
     base.update(kw)
     return argparse.Namespace(**base)
@@ -88,6 +90,43 @@ def test_audit_local_lake_end_to_end_and_idempotent(tmp_path, make_dicom, tiny_r
     assert third["n_new"] == 3
     c3 = counts(db)
     assert c3["images"] == 15 and c3["predictions"] == 45 and c3["skipped"] == 3
+
+
+def test_small_remainder_runs_in_process_with_the_same_rows(tmp_path, make_dicom, tiny_registry, prefect_api):
+    from radlint.cli import run_audit
+
+    lake = tmp_path / "lake"
+    build_small_lake(lake, make_dicom)
+    db = tmp_path / "auto.duckdb"
+    summary = run_audit(audit_args(str(lake), db, tiny_registry, executor="auto"))
+    assert summary["executor"] == "local" and summary["status"] == "completed"
+    assert counts(db) == {"images": 12, "predictions": 36, "skipped": 3, "runs": 1}
+
+    dask_db = tmp_path / "dask.duckdb"
+    run_audit(audit_args(str(lake), dask_db, tiny_registry))
+    query = "select uri, task, predicted, round(probability, 5) from predictions order by all"
+    a, b = write.connect(db, read_only=True), write.connect(dask_db, read_only=True)
+    try:
+        assert a.execute(query).fetchall() == b.execute(query).fetchall()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_executor_choice():
+    from flows.audit_lake import IN_PROCESS_MAX_SECONDS, _choose_executor
+    from tasks.discover import ObjectRef
+
+    small = [ObjectRef(f"file:///l/{i}.dcm", 20_000, "e") for i in range(10)]
+    big = [ObjectRef(f"file:///l/{i}.dcm", 10_000_000, "e") for i in range(100)]
+    assert discover.estimated_seconds(small) <= IN_PROCESS_MAX_SECONDS < discover.estimated_seconds(big)
+    assert _choose_executor("auto", None, small) == "local"
+    assert _choose_executor("auto", None, big) == "dask"
+    assert _choose_executor("auto", "tcp://scheduler:8786", small) == "dask"
+    assert _choose_executor("local", None, big) == "local"
+    assert _choose_executor("dask", None, small) == "dask"
+    with pytest.raises(ValueError):
+        _choose_executor("threads", None, small)
 
 
 def test_cli_exit_codes(tmp_path, tiny_registry):
