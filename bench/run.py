@@ -409,48 +409,6 @@ class RssSampler:
         self._thread.join()
 
 
-PARAM_LIMIT_MSG = "parameters must be less than"
-
-
-def install_flow_param_fix():
-    """What-if for the flow-parameter bug: flows/audit_lake.py passes every ObjectRef of the run as a
-    parameter of the `audit_shards` subflow, and the Prefect API refuses flow-run parameters over
-    512 KiB (about 4,000 objects). This shim keeps the subflow and its task submission unchanged but
-    hands the shard lists over by reference (an in-process dict; subflows run in the flow process).
-    Returns a function that restores the original."""
-    import uuid
-
-    from prefect import flow
-
-    import flows.audit_lake as al
-
-    original = al.audit_shards
-    body = original.fn
-    stash: dict[str, list] = {}
-
-    @flow(name="audit_shards", validate_parameters=False)
-    def audit_shards_by_ref(key: str, shard_kwargs: dict, run_id: str, n_listed: int = 0) -> list[dict]:
-        return body(stash.pop(key), shard_kwargs, run_id, n_listed)
-
-    class Shim:
-        def with_options(self, **kw):
-            f = audit_shards_by_ref.with_options(**kw)
-
-            def call(shards, shard_kwargs, run_id, n_listed=0):
-                key = uuid.uuid4().hex
-                stash[key] = shards
-                return f(key, shard_kwargs, run_id, n_listed)
-
-            return call
-
-    al.audit_shards = Shim()
-
-    def restore() -> None:
-        al.audit_shards = original
-
-    return restore
-
-
 RETRIES: list[dict] = []
 
 
@@ -461,8 +419,6 @@ def run_radlint_audit(lake: str, db: Path, registry: Path, **kw) -> dict:
         return _run_radlint_audit_once(lake, db, registry, **kw)
     except Exception as exc:
         msg = " ".join(str(exc).split())
-        if PARAM_LIMIT_MSG in msg:
-            raise
         say(f"audit {kw.get('tag')} failed ({type(exc).__name__}: {msg[:200]}); retrying once on a fresh database")
         RETRIES.append({"tag": kw.get("tag"), "error": f"{type(exc).__name__}: {msg[:300]}"})
         kw["tag"] = f"{kw.get('tag')}-retry"
@@ -471,21 +427,19 @@ def run_radlint_audit(lake: str, db: Path, registry: Path, **kw) -> dict:
 
 def _run_radlint_audit_once(
     lake: str, db: Path, registry: Path, *, workers: int, shard_size: int, device: str, logdir: Path, tag: str,
-    patch_bot: bool = False,
+    executor: str = "auto",
 ) -> dict:
     import dask
 
+    import shard_probe
     from radlint.cli import run_audit
 
     log = logdir / f"shards-{tag}.jsonl"
     if log.exists():
         log.unlink()
     os.environ["RADLINT_BENCH_SHARD_LOG"] = str(log)
-    if patch_bot:
-        os.environ["RADLINT_BENCH_PATCH_BOT"] = "1"
-    else:
-        os.environ.pop("RADLINT_BENCH_PATCH_BOT", None)
     dask.config.set({"distributed.worker.preload": [str(PROBE)]})
+    shard_probe.dask_setup(None)  # shards the flow runs in its own process (executor local) are recorded too
     try:
         import s3fs
 
@@ -495,14 +449,12 @@ def _run_radlint_audit_once(
     args = argparse.Namespace(
         lake=lake, db=str(db), out=None, labels=None, dask_address=None, workers=workers, batch_size=32,
         shard_size=shard_size, device=device, max_pixels=80_000_000, registry=str(registry), wait_lock=0.0,
+        executor=executor,
     )
-    try:
-        with RssSampler() as rss:
-            t0 = time.time()
-            summary = run_audit(args)
-            t1 = time.time()
-    finally:
-        os.environ.pop("RADLINT_BENCH_PATCH_BOT", None)
+    with RssSampler() as rss:
+        t0 = time.time()
+        summary = run_audit(args)
+        t1 = time.time()
     shards = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     wall = t1 - t0
     in_task = sum(s["seconds"] or 0.0 for s in shards)
@@ -527,6 +479,7 @@ def _run_radlint_audit_once(
         "shard_records": len(shards),
         "in_task_s": in_task,
         "workers": workers,
+        "executor": summary.get("executor"),
         "busiest_worker_s": max((d["busy_s"] for d in by_pid.values()), default=0.0),
         "worker_peak_rss_mb": max((d["peak_rss_mb"] for d in by_pid.values()), default=0.0),
         "per_worker": {str(k): v for k, v in by_pid.items()},
@@ -534,7 +487,8 @@ def _run_radlint_audit_once(
         "after_last_shard_s": (t1 - max(s["t1"] for s in shards)) if shards else None,
         "flow_process_peak_rss_mb": rss.peak / 2**20,
         "img_s": (n_new / wall) if wall > 0 else None,
-        "overhead_share": (1.0 - (in_task / workers) / wall) if shards and wall > 0 else None,
+        # processes that ran shards: the Dask workers, or the flow process itself (executor local)
+        "overhead_share": (1.0 - (in_task / max(1, len(by_pid))) / wall) if shards and wall > 0 else None,
     }
     busiest = res["busiest_worker_s"]
     res["in_task_img_s"] = (n_new / busiest) if busiest else None
@@ -712,6 +666,14 @@ def hardware() -> dict:
     }
 
 
+def _where(res: dict) -> str:
+    if not res:
+        return "n/a"
+    if res.get("executor") == "local":
+        return "in the flow process"
+    return f"Dask, {len(res.get('per_worker') or {})} workers"
+
+
 def render(results: dict) -> str:
     r = results
     L = []
@@ -732,8 +694,6 @@ def render(results: dict) -> str:
         if not row or "naive" not in row:
             continue
         rows.append((label, row, row.get("local") or {}, row.get("s3") or {}, "x".join(map(str, row["radlint_decode_shape"]))))
-        if row.get("local_botfix"):
-            rows.append((label + " (what-if: BOT fix in workers)", row, row["local_botfix"], {}, "reduced"))
     for label, row, loc, s3, shape in rows:
         a = row["naive"]["img_s"]
         L.append(
@@ -744,8 +704,8 @@ def render(results: dict) -> str:
         )
     L.append("")
     L.append("Wall seconds of each audit (local / S3) and seconds before the first shard started:\n")
-    L.append("| transfer syntax | naive wall s | local wall s | local before 1st shard s | S3 wall s | S3 before 1st shard s | upload s |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append("| transfer syntax | naive wall s | local wall s | local before 1st shard s | S3 wall s | S3 before 1st shard s | upload s | shards ran (local / S3) |")
+    L.append("|---|---|---|---|---|---|---|---|")
     for key, label, _ in SYNTAXES:
         row = r["syntax"].get(key)
         if not row or "naive" not in row:
@@ -754,17 +714,18 @@ def render(results: dict) -> str:
         s3 = row.get("s3") or {}
         L.append(
             f"| {label} | {fmt(row['naive']['wall_s'])} | {fmt(loc.get('wall_s'))} | {fmt(loc.get('before_first_shard_s'))} | "
-            f"{fmt(s3.get('wall_s'))} | {fmt(s3.get('before_first_shard_s'))} | {fmt(row.get('upload_s'))} |"
+            f"{fmt(s3.get('wall_s'))} | {fmt(s3.get('before_first_shard_s'))} | {fmt(row.get('upload_s'))} | "
+            f"{_where(loc)} / {_where(s3)} |"
         )
     L.append("")
     if r.get("rerun"):
         L.append("## Re-run after +1 % new objects\n")
-        L.append("| lake | objects | full run s | new objects | re-run s | re-run / full |")
-        L.append("|---|---|---|---|---|---|")
+        L.append("| lake | objects | full run s | new objects | re-run s | re-run / full | re-run shards ran |")
+        L.append("|---|---|---|---|---|---|---|")
         for x in r["rerun"]:
             L.append(
                 f"| {x['lake']} | {x['n']} | {fmt(x['full_s'])} | {x['n_added']} | {fmt(x['rerun_s'])} | "
-                f"{fmt(100 * x['ratio'], 1)} % |"
+                f"{fmt(100 * x['ratio'], 1)} % | {_where(x.get('rerun') or {})} |"
             )
         L.append("")
     if r.get("scale"):
@@ -777,7 +738,7 @@ def render(results: dict) -> str:
         for x in r["scale"]:
             a = x["audit"]
             L.append(
-                f"| {x['n']}{' (what-if: parameter fix)' if x.get('what_if_param_fix') else ''} | {fmt(x['write_s'])} | {fmt(a['wall_s'])} | {fmt(a['in_task_s'])} | "
+                f"| {x['n']} | {fmt(x['write_s'])} | {fmt(a['wall_s'])} | {fmt(a['in_task_s'])} | "
                 f"{fmt(100 * a['overhead_share'] if a['overhead_share'] is not None else None, 1)} % | "
                 f"{fmt(a['before_first_shard_s'])} | {fmt(a['after_last_shard_s'])} | {fmt(x['listing_s'], 3)} | "
                 f"{fmt(x['done_keys_s'], 3)} | {fmt(x['diff_s'], 3)} | {fmt(x.get('load_s'))} | "
@@ -788,11 +749,6 @@ def render(results: dict) -> str:
     if r.get("retries"):
         L.append("Audits that failed once and were retried on a fresh database: "
                  + "; ".join(f"`{x['tag']}`: {x['error']}" for x in r["retries"]) + "\n")
-    failed = [x for x in r.get("scale", []) if x.get("failed")]
-    if failed:
-        L.append("**Unpatched `radlint audit` failed** on: " + "; ".join(f"{x['n']} objects: {x['failed']}" for x in failed)
-                 + ". Rows marked *what-if* re-ran the same audit with the subflow taking its shard lists by "
-                   "reference (bench/run.py:install_flow_param_fix); nothing else changed.\n")
     L.append("## Targets\n")
     L.append("| target | measured | met |")
     L.append("|---|---|---|")
@@ -821,15 +777,9 @@ def targets(r: dict) -> list[dict]:
         e2e, it = ratio(key, "img_s"), ratio(key, "in_task_img_s")
         s3row = (r["syntax"].get(key) or {}).get("s3") or {}
         s3 = s3row.get("img_s") / r["syntax"][key]["naive"]["img_s"] if s3row.get("img_s") and "naive" in r["syntax"][key] else None
-        fix = (r["syntax"].get(key) or {}).get("local_botfix")
-        extra = ""
-        if fix and "naive" in r["syntax"][key]:
-            a = r["syntax"][key]["naive"]["img_s"]
-            extra = (f"; what-if with the BOT fix: end-to-end {fmt(fix['img_s'] / a)}x, "
-                     f"in-task {fmt(fix['in_task_img_s'] / a if fix.get('in_task_img_s') else None)}x")
         out.append({
             "target": f">= {want:g}x naive on {label}",
-            "measured": f"end-to-end local {fmt(e2e)}x, S3 {fmt(s3)}x; in-task {fmt(it)}x" + extra,
+            "measured": f"end-to-end local {fmt(e2e)}x, S3 {fmt(s3)}x; in-task {fmt(it)}x",
             "met": "yes" if e2e is not None and e2e >= want else ("in-task only" if it is not None and it >= want else "no"),
         })
     if r.get("rerun"):
@@ -840,12 +790,9 @@ def targets(r: dict) -> list[dict]:
     if r.get("scale"):
         big = max(r["scale"], key=lambda x: x["n"])
         share = big["audit"]["overhead_share"]
-        wif = big.get("what_if_param_fix")
         met = "yes" if share is not None and share < 0.10 else "no"
-        if wif:
-            met = f"no: the unpatched audit fails at {big['n']} objects; what-if with the parameter fix: {met}"
         out.append({"target": f"orchestration < 10 % of wall time at 100k objects (largest measured: {big['n']})",
-                    "measured": f"{fmt(100 * share if share is not None else None, 1)} %" + (" (what-if run)" if wif else ""),
+                    "measured": f"{fmt(100 * share if share is not None else None, 1)} %",
                     "met": met + ("" if big["n"] >= 100_000 else " (100k not run)")})
         peaks = [(x["n"], x["audit"]["worker_peak_rss_mb"]) for x in r["scale"]]
         lo, hi = min(p for _, p in peaks), max(p for _, p in peaks)
@@ -966,16 +913,6 @@ def main(argv=None) -> int:
                 results["syntax"][k]["local"] = res
                 say(f"radlint local {k}: {res['img_s']:.2f} img/s end-to-end, {fmt(res['in_task_img_s'])} in-task "
                     f"({res['wall_s']:.1f} s, {res['n_images']} images, {res['n_skipped']} skipped, {res['status']})")
-            if j2k_full and "local" not in skip:
-                # JPEG 2000 is decoded at full size: tasks/dicom_io.py:_single_frame_codestream keeps the
-                # Basic Offset Table item. What-if: the same audit with that one function fixed in the workers.
-                res = run_radlint_audit(
-                    str(real / "j2k_lossless"), work / "local-j2k-botfix.duckdb", registry, workers=workers,
-                    shard_size=shard_size, device=args.device, logdir=logdir, tag="local-j2k-botfix", patch_bot=True,
-                )
-                results["syntax"]["j2k_lossless"]["local_botfix"] = res
-                say(f"radlint local j2k_lossless with the BOT fix (what-if): {res['img_s']:.2f} img/s end-to-end, "
-                    f"{fmt(res['in_task_img_s'])} in-task ({res['wall_s']:.1f} s)")
             # 2b. radlint audit, loopback S3 ----------------------------------------------------
             if "s3" not in skip:
                 with Seaweed(work / "seaweed") as endpoint:
@@ -1021,28 +958,10 @@ def main(argv=None) -> int:
                 say(f"wrote {n} small DICOMs in {wsec:.1f} s")
                 db = work / f"small-{n}.duckdb"
                 entry_scale = {"n": n, "write_s": wsec}
-                restore = None
-                try:
-                    t_fail = time.time()
-                    res = run_radlint_audit(
-                        str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
-                        logdir=logdir, tag=f"small-{n}",
-                    )
-                except Exception as exc:
-                    msg = " ".join(str(exc).split())
-                    if PARAM_LIMIT_MSG not in msg:
-                        raise
-                    i = msg.find("Value error")
-                    entry_scale["failed"] = (msg[i : i + 160] if i >= 0 else msg[:160]) + f" (after {time.time() - t_fail:.1f} s)"
-                    say(f"scale {n}: radlint audit FAILED: {entry_scale['failed']}")
-                    say(f"scale {n}: re-running with the flow-parameter fix shimmed in (what-if)")
-                    restore = install_flow_param_fix()
-                    db = work / f"small-{n}-paramfix.duckdb"
-                    res = run_radlint_audit(
-                        str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
-                        logdir=logdir, tag=f"small-{n}-paramfix",
-                    )
-                    entry_scale["what_if_param_fix"] = True
+                res = run_radlint_audit(
+                    str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
+                    logdir=logdir, tag=f"small-{n}",
+                )
                 db = Path(res["db"])
                 ld = listing_and_diff(str(lake), db, scale_entry.sha256)
                 ld.update(load_time(db, work / f"small-{n}-scratch.duckdb"))
@@ -1059,12 +978,10 @@ def main(argv=None) -> int:
                     str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
                     logdir=logdir, tag=f"small-{n}-rerun",
                 )
-                if restore:
-                    restore()
                 entry_scale["rerun"] = again
                 results["scale"].append(entry_scale)
                 results["rerun"].append({
-                    "lake": f"small {n}" + (" (what-if: parameter fix)" if restore else ""), "n": n, "full_s": res["wall_s"], "n_added": again["n_new"],
+                    "lake": f"small {n}", "n": n, "full_s": res["wall_s"], "n_added": again["n_new"], "rerun": again,
                     "rerun_s": again["wall_s"], "ratio": again["wall_s"] / res["wall_s"],
                 })
                 say(f"scale {n} +{again['n_new']} new: {again['wall_s']:.1f} s ({100 * again['wall_s'] / res['wall_s']:.1f} % of full)")

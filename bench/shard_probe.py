@@ -29,14 +29,6 @@ def _append(record: dict) -> None:
         os.close(fd)
 
 
-def _codestream_skipping_bot(ds) -> bytes:
-    """tasks.dicom_io._single_frame_codestream with the proposed fix: the first item of
-    encapsulated Pixel Data is the Basic Offset Table, never part of the codestream."""
-    from pydicom.encaps import generate_fragments
-
-    return b"".join(f for f in list(generate_fragments(ds.PixelData))[1:] if f)
-
-
 _PEAK = {"rss": 0}
 
 
@@ -54,17 +46,12 @@ def _sample_rss(interval: float = 0.1) -> None:
         time.sleep(interval)
 
 
-def dask_setup(worker) -> None:  # called by distributed in each worker process
+def dask_setup(worker) -> None:  # called by distributed in each worker process (and by run.py in its own)
     import threading
 
     import tasks.shard as shard
 
     threading.Thread(target=_sample_rss, name="bench-rss", daemon=True).start()
-
-    if os.environ.get("RADLINT_BENCH_PATCH_BOT") == "1":  # what-if run, see bench/README.md
-        import tasks.dicom_io as dicom_io
-
-        dicom_io._single_frame_codestream = _codestream_skipping_bot
 
     original = shard.audit_shard
     if getattr(original, "_bench_wrapped", False):

@@ -1,6 +1,6 @@
 """Write the model card (markdown + PNG plots) from measurements on the held-out TEST split.
 
-    python models/card.py --name radlint-multihead-v1
+    python models/card.py --name radlint-multihead-v2
 
 Every number comes from running the registered ONNX model (tasks.infer) over the test split
 through radlint.evaluate, the code behind ``radlint evaluate``; leave-one-source-out figures
@@ -228,7 +228,7 @@ def loso_section(n_boot=1000, rows=None, split=None) -> tuple[list[str], dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--name", default="radlint-multihead-v1")
+    ap.add_argument("--name", default="radlint-multihead-v2")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE)
     ap.add_argument("--run", type=Path, default=WORK / "main")

@@ -1,6 +1,6 @@
 """Export a trained checkpoint to ONNX, check parity, choose thresholds on validation, register.
 
-    python models/export.py --run models/_work/main --name radlint-multihead-v1
+    python models/export.py --run models/_work/v3 --name radlint-multihead-v2
 
 Steps:
 1. ONNX export (opset 17, dynamic batch axis; input ``image`` [N,1,S,S]; outputs ``body_part``,
@@ -89,6 +89,29 @@ def throughput(onnx_path: Path, size: int, threads: int = 2, batch: int = 64, re
     return batch * reps / (time.perf_counter() - t)
 
 
+def train_command(targs: dict) -> str:
+    """The train.py command line(s) that reproduce a run: its non-default flags, preceded by the
+    command of the run it was warm-started from (``--init-from``)."""
+    from models.train import parse_args
+
+    defaults = {k: str(v) for k, v in vars(parse_args([])).items()}
+    flags = [f"--tag {targs['tag']}"]
+    for k, v in targs.items():
+        if k in ("tag", "data", "split_file", "threads", "workers") or str(v) == defaults.get(k):
+            continue
+        if v in ("True", True):
+            flags.append(f"--{k.replace('_', '-')}")
+        else:
+            flags.append(f"--{k.replace('_', '-')} {v}")
+    cmd = "python models/train.py " + " ".join(flags)
+    init = targs.get("init_from")
+    if init and init != "None":
+        parent = Path(init).parent / "summary.json"
+        if parent.exists():
+            cmd = train_command(json.loads(parent.read_text())["args"]) + " && " + cmd
+    return cmd
+
+
 def write_entry(entry: dict, registry: Path = REGISTRY, first: bool = True) -> None:
     """Insert or replace ``entry`` (by name) in the registry; the default model goes first."""
     data = {"schema": 1, "models": []}
@@ -104,7 +127,10 @@ def write_entry(entry: dict, registry: Path = REGISTRY, first: bool = True) -> N
               "# this file. thresholds[c]: the audit flags a mismatch when the predicted class c\n"
               "# differs from the header and p(c) >= thresholds[c] (chosen on validation for\n"
               "# precision >= target_precision). Written by models/export.py and\n"
-              "# radlint import-checkpoint.\n")
+              "# radlint import-checkpoint.\n"
+              "# tasks.<task>.gate.min_severity: the flag also needs 1 - p(labelled class) >= min_severity\n"
+              "# (gate.class_thresholds false: the gate alone decides, thresholds are not applied);\n"
+              "# chosen on validation by `python -m models.gates` for gate.target_precision at gate.prevalence.\n")
     registry.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None,
                                                 width=100, allow_unicode=True))
 
@@ -113,7 +139,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", type=Path, default=MODELS / "_work" / "main")
-    ap.add_argument("--name", default="radlint-multihead-v1")
+    ap.add_argument("--name", default="radlint-multihead-v2")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE)
     ap.add_argument("--registry", type=Path, default=REGISTRY)
@@ -188,7 +214,7 @@ def main(argv=None) -> int:
             "architecture": f"ResNet-style basic blocks, widths {ck['arch']['widths']}, "
                             f"blocks {ck['arch']['blocks']}, three linear heads",
             "weights": ck.get("weights", "ema"),
-            "command": f"python models/train.py --tag {targs['tag']} --epochs {targs['epochs']}",
+            "command": train_command(targs),
         },
         "parity_max_abs_diff": float(f"{max_diff:.3e}"),
         "cpu_throughput_img_s": int(ips),

@@ -22,27 +22,45 @@ from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 GRID = np.round(np.concatenate([np.arange(0.0, 0.9, 0.01), np.arange(0.9, 1.0, 0.001)]), 4)
 
 
-def flag_rates(probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, gate: float) -> np.ndarray:
-    """Which (image, label) pairs the findings view would flag at this gate."""
+def flag_rates(
+    probs: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, gate: float, class_thresholds: bool = True
+) -> np.ndarray:
+    """Which (image, label) pairs the findings view would flag at this gate (sql/views/findings.sql)."""
     pred = probs.argmax(1)
     p_pred = probs[np.arange(len(probs)), pred]
     p_label = probs[np.arange(len(probs)), labels]
-    return (pred != labels) & (p_pred >= thresholds[pred]) & (1.0 - p_label >= gate)
+    confident = p_pred >= thresholds[pred] if class_thresholds else np.ones(len(probs), bool)
+    return (pred != labels) & confident & (1.0 - p_label >= gate)
 
 
-def choose_gate(neg, pos, target_precision: float, prevalence: float) -> dict:
-    """Smallest gate whose expected precision reaches the target; (probs, labels, thresholds) each."""
+def _choose_gate_one(neg, pos, target_precision: float, prevalence: float, class_thresholds: bool) -> dict:
     best = None
     for g in GRID:
-        fpr = flag_rates(*neg, g).mean()
-        tpr = flag_rates(*pos, g).mean()
+        fpr = flag_rates(*neg, g, class_thresholds).mean()
+        tpr = flag_rates(*pos, g, class_thresholds).mean()
         prec = prevalence * tpr / (prevalence * tpr + (1 - prevalence) * fpr) if tpr + fpr > 0 else 0.0
-        row = {"min_severity": float(g), "precision": float(prec), "recall": float(tpr)}
+        row = {"min_severity": float(g), "precision": float(prec), "recall": float(tpr),
+               "class_thresholds": class_thresholds}
         if prec >= target_precision:
             return row
         if best is None or prec > best["precision"]:
             best = row
     return best
+
+
+def choose_gate(neg, pos, target_precision: float, prevalence: float) -> dict:
+    """The gate with the most recall whose expected precision reaches the target.
+
+    Two rules are tried, each with its smallest sufficient gate: per-class thresholds on the
+    predicted class plus the severity gate, and the severity gate alone (1 - p(label) ranks a wrong
+    label well even when the model's mass is split between two other classes). ``neg``/``pos``:
+    (probs, labels, thresholds) of correct and wrong labels.
+    """
+    rows = [_choose_gate_one(neg, pos, target_precision, prevalence, ct) for ct in (True, False)]
+    reached = [r for r in rows if r["precision"] >= target_precision]
+    if reached:
+        return max(reached, key=lambda r: (r["recall"], r["class_thresholds"]))
+    return max(rows, key=lambda r: r["precision"])
 
 
 def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> dict:
@@ -111,8 +129,10 @@ def main(argv=None) -> int:
             "prevalence": args.prevalence,
             "val_precision": round(g["precision"], 4),
             "val_recall": round(g["recall"], 4),
+            "class_thresholds": bool(g["class_thresholds"]),
         }
-        print(f"{task:12s} gate {g['min_severity']:.3f}  val precision {g['precision']:.3f}  recall {g['recall']:.3f}")
+        print(f"{task:12s} gate {g['min_severity']:.3f}  class thresholds {str(g['class_thresholds']):5s}  "
+              f"val precision {g['precision']:.3f}  recall {g['recall']:.3f}")
     args.registry.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
     return 0
 

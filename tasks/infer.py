@@ -33,6 +33,7 @@ class TaskSpec:
     thresholds: dict[str, float]
     min_severity: float = 0.0
     gate_policy: dict[str, float] = field(default_factory=dict)
+    class_thresholds: bool = True  # False: the severity gate alone decides a flag
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,10 @@ def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
                 classes=tuple(spec["classes"]),
                 thresholds={k: float(v) for k, v in (spec.get("thresholds") or {}).items()},
                 min_severity=float((spec.get("gate") or {}).get("min_severity", 0.0)),
-                gate_policy={k: float(v) for k, v in (spec.get("gate") or {}).items() if k != "min_severity"},
+                gate_policy={
+                    k: float(v) for k, v in (spec.get("gate") or {}).items() if k not in ("min_severity", "class_thresholds")
+                },
+                class_thresholds=bool((spec.get("gate") or {}).get("class_thresholds", True)),
             )
             for t, spec in m["tasks"].items()
         }

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-SCHEMA_VERSION = "2"  # 2: thumbnails, loaded_parts and gates tables
+SCHEMA_VERSION = "3"  # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds
 KINDS = ("images", "predictions", "skipped", "thumbnails")
 
 PROBABILITIES_TYPE = pa.map_(pa.string(), pa.float32())
@@ -403,10 +403,11 @@ def load_thresholds(con, model_name: str, model_sha256: str, tasks: dict[str, An
     con.executemany("insert into thresholds values (?, ?, ?, ?, ?)", rows)
     con.execute("delete from gates where model_sha256 = ?", [model_sha256])
     con.executemany(
-        "insert into gates values (?, ?, ?, ?, ?, ?)",
+        "insert into gates values (?, ?, ?, ?, ?, ?, ?)",
         [
             (model_name, model_sha256, task, spec.min_severity,
-             spec.gate_policy.get("target_precision"), spec.gate_policy.get("prevalence"))
+             spec.gate_policy.get("target_precision"), spec.gate_policy.get("prevalence"),
+             spec.class_thresholds)
             for task, spec in tasks.items()
         ],
     )

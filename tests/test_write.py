@@ -70,6 +70,24 @@ def test_database_of_previous_schema_is_migrated(tmp_path):
     con.close()
 
 
+def test_schema_2_gates_gain_class_thresholds(tmp_path):
+    db = tmp_path / "v2.duckdb"
+    old = duckdb.connect(str(db))
+    old.execute("create table meta (key varchar primary key, value varchar)")
+    old.execute("insert into meta values ('schema_version', '2')")
+    old.execute(
+        "create table gates (model varchar not null, model_sha256 varchar not null, task varchar not null, "
+        "min_severity float not null, target_precision float, prevalence float)"
+    )
+    old.execute("insert into gates values ('m', 's', 'body_part', 0.5, 0.9, 0.1)")
+    old.close()
+    con = write.connect(db)
+    write.ensure_schema(con)
+    write.create_views(con)
+    assert con.execute("select task, min_severity, class_thresholds from gates").fetchall() == [("body_part", 0.5, None)]
+    con.close()
+
+
 def test_newer_schema_is_refused(tmp_path):
     con = duckdb.connect()
     write.ensure_schema(con)

@@ -5,11 +5,13 @@
 -- min_severity: a disagreement is flagged only when 1 - p(labelled class) is at least this; chosen on validation data so that flags reach target_precision at the stated error prevalence.
 -- target_precision: the precision the gate was chosen for.
 -- prevalence: the label-error rate assumed when choosing it.
+-- class_thresholds: true when a flag also needs p(predicted class) >= that class's threshold (table thresholds); false when the severity gate alone decides (whichever reached more validation recall at the target precision); NULL (databases before schema 3) counts as true.
 create table if not exists gates (
     model varchar not null,
     model_sha256 varchar not null,
     task varchar not null,
     min_severity float not null,
     target_precision float,
-    prevalence float
+    prevalence float,
+    class_thresholds boolean
 );

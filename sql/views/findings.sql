@@ -8,8 +8,8 @@
 -- predicted_class: the model's most probable class.
 -- predicted_prob: probability of predicted_class (0-1).
 -- header_class_prob: the model's probability of the labelled class (sum over accepted classes); NULL when header_class is NULL.
--- threshold: the per-class threshold of predicted_class from the model registry.
--- is_mismatch: true when the label is known, the prediction is not among its accepted classes, predicted_prob >= threshold and severity >= the task's severity gate (table gates); false when they agree or the model is not confident enough; NULL when the label is unknown.
+-- threshold: the per-class threshold of predicted_class from the model registry; it applies only where the task's gate says class_thresholds (table gates).
+-- is_mismatch: true when the label is known, the prediction is not among its accepted classes, severity >= the task's severity gate and (where the gate uses class thresholds) predicted_prob >= threshold; false when they agree or the model is not confident enough; NULL when the label is unknown.
 -- severity: 1 - header_class_prob, 0-1, for ranking how strongly the pixels contradict the label; NULL when the label is unknown.
 -- suggested_correction: for a mismatch, the value to write (body_part/projection: the predicted class; orientation: the rotation to apply to bring the image upright, in the orientation vocabulary); else NULL.
 -- model: registry name of the model that made the prediction.
@@ -144,7 +144,8 @@ scored as (
             else list_sum(list_transform(string_split(c.header_class, '|'), lambda x: coalesce(p.probabilities[x], 0.0)))
         end as header_class_prob,
         coalesce(t.threshold, 0.5) as threshold,
-        coalesce(g.min_severity, 0.0) as min_severity
+        coalesce(g.min_severity, 0.0) as min_severity,
+        coalesce(g.class_thresholds, true) as use_thresholds
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
     left join thresholds as t
@@ -172,14 +173,14 @@ final as (
         case
             when s.header_class is null or s.predicted_class is null then null
             else not list_contains(string_split(s.header_class, '|'), s.predicted_class)
-                and s.predicted_prob >= s.threshold
+                and (not s.use_thresholds or s.predicted_prob >= s.threshold)
                 and 1.0 - s.header_class_prob >= s.min_severity
         end as is_mismatch,
         case when s.header_class_prob is null then null else greatest(0.0, 1.0 - s.header_class_prob) end as severity,
         case
             when s.header_class is null or s.predicted_class is null then null
             when list_contains(string_split(s.header_class, '|'), s.predicted_class) then null
-            when s.predicted_prob < s.threshold then null
+            when s.use_thresholds and s.predicted_prob < s.threshold then null
             when 1.0 - s.header_class_prob < s.min_severity then null
             when s.field = 'orientation' then
                 case s.predicted_class

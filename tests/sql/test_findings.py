@@ -225,7 +225,7 @@ def test_readme_sql_cookbook_runs(con):
 
 
 def test_severity_gate_holds_back_weak_contradictions(con):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.9, 0.9, 0.1)", [SHA])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.9, 0.9, 0.1, true)", [SHA])
     given(
         con,
         [
@@ -241,3 +241,20 @@ def test_severity_gate_holds_back_weak_contradictions(con):
     assert f[("s3://b/strong", "body_part")][3:] == (True, 0.95, "chest")
     # 0.8 passes the class threshold (0.6) but severity 0.8 < gate 0.9: ranked, not flagged
     assert f[("s3://b/weak", "body_part")][3:] == (False, 0.8, None)
+
+
+def test_severity_gate_alone_flags_a_label_whose_probability_is_split_elsewhere(con):
+    # The label "head" gets 0.04; the rest is split between chest and neck, so no class reaches its
+    # threshold (0.6). With class_thresholds the label stands; with the gate alone it is flagged.
+    given(
+        con,
+        [image("s3://b/split", body="head", body_src="BodyPartExamined", bpe="SKULL")],
+        [pred("s3://b/split", "body_part", {"chest": 0.5, "neck": 0.46, "head": 0.04})],
+    )
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.9, 0.9, 0.1, true)", [SHA])
+    assert findings(con)[("s3://b/split", "body_part")][3:] == (False, 0.96, None)
+    con.execute("update gates set class_thresholds = false")
+    assert findings(con)[("s3://b/split", "body_part")][3:] == (True, 0.96, "chest")
+    # NULL (a database from before schema 3) keeps the class thresholds
+    con.execute("update gates set class_thresholds = null")
+    assert findings(con)[("s3://b/split", "body_part")][3:] == (False, 0.96, None)
