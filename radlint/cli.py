@@ -82,7 +82,7 @@ def run_audit(args, quiet: bool = False) -> dict:
     from radlint.prefect_env import prefect_api
 
     _check_audit_inputs(args)
-    with prefect_api():
+    with prefect_api(warm_imports=("flows.audit_lake",)):
         from flows.audit_lake import audit_lake
 
         return audit_lake(

@@ -7,8 +7,16 @@ its URL, so the flow process and all Dask workers it spawns report to the same A
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from typing import Iterator
 
 QUIET_DEFAULTS = {
@@ -25,20 +33,28 @@ def apply_quiet_defaults() -> None:
 
 
 @contextlib.contextmanager
-def prefect_api(timeout: int = 90) -> Iterator[str]:
-    """Yield the API URL in use, starting a temporary local server when none is configured."""
+def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterator[str]:
+    """Yield the API URL in use, starting a temporary local server when none is configured.
+
+    ``warm_imports``: modules to import while the server boots (it takes ~10 s to import and
+    start on a small machine; the flow's own imports take several more, and the two overlap).
+    """
     apply_quiet_defaults()
     existing = os.environ.get("PREFECT_API_URL")
     if existing:
+        for name in warm_imports:
+            importlib.import_module(name)
         yield existing
         return
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = SubprocessASGIServer()
-    server.start(timeout=timeout)
-    os.environ["PREFECT_API_URL"] = server.api_url
+    server = TemporaryServer()
+    server.launch()
     try:
+        for name in warm_imports:
+            importlib.import_module(name)
+        server.wait_healthy(timeout)
+        os.environ["PREFECT_API_URL"] = server.api_url
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             try:
                 yield server.api_url
@@ -47,6 +63,81 @@ def prefect_api(timeout: int = 90) -> Iterator[str]:
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+class TemporaryServer:
+    """Prefect's own API app (``prefect.server.api.server:create_app``) under uvicorn in a child
+    process, launched as ``prefect.server.api.server.SubprocessASGIServer`` launches it.
+
+    Not that class itself: importing its module costs ~8 s here before the child can even start,
+    while launching the same command directly lets the child boot during our own imports.
+    """
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def launch(self) -> None:
+        import prefect
+        from prefect.settings import get_current_settings
+
+        self.port = _free_port()
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+        }
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
+            ],
+            env=env,
+        )
+        atexit.register(self.stop)
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll() if self.process else None
+            if code == 3:  # uvicorn could not bind: the port was taken meanwhile
+                self.launch()
+                continue
+            if code is not None:
+                raise RuntimeError(f"the temporary Prefect server exited with code {code}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _drain_workers() -> None:

@@ -11,11 +11,11 @@ from tasks import dicom_io, infer, preprocess
 from tests.conftest import SHARED
 
 # Stated tolerances. The predicted class must never change. Class probabilities move by less than
-# MEAN_TOLERANCE on average; the worst case (WG04 RG2, a hip film the model already finds ambiguous)
-# moves by up to ~0.46 because JPEG 2000's wavelet low-pass overshoots at the edges of the saturated
-# region (reduced max 997 vs 894 at full resolution), which shifts the min-max scaling.
-MEAN_TOLERANCE = 0.05
-MAX_TOLERANCE = 0.5
+# MEAN_TOLERANCE on average and MAX_TOLERANCE at worst (measured with radlint-multihead-v2: mean
+# 0.005, max 0.025). Before tasks.preprocess.to_uint8 clipped the 0.05 % tails, the wavelet overshoot
+# of a reduced JPEG 2000 decode moved WG04 RG2 (a hip film) by up to 0.46 and changed its class.
+MEAN_TOLERANCE = 0.02
+MAX_TOLERANCE = 0.1
 
 
 def real_cr_files() -> list[Path]:
