@@ -72,3 +72,42 @@ def test_reduced_decode_runs_on_files_with_a_basic_offset_table(make_dicom):
         data = make_dicom(ts, pixels=pixels)
         image = dicom_io.read_dicom(data, target_size=192)
         assert image.pixels.shape == expected, ts
+
+
+def native_files() -> list[Path]:
+    from pydicom.data import get_testdata_files
+
+    files = [Path(p) for p in get_testdata_files("*.dcm")]
+    shared = SHARED / "data" / "dicom"
+    if shared.exists():
+        files += sorted(shared.glob("*.dcm"))
+    return files
+
+
+def test_strided_native_read_equals_the_full_decode_strided():
+    import io
+
+    import pydicom
+
+    checked = 0
+    for path in native_files():
+        try:
+            ds = pydicom.dcmread(io.BytesIO(path.read_bytes()))
+            ts = str(ds.file_meta.TransferSyntaxUID)
+        except Exception:
+            continue
+        if ts not in dicom_io.NATIVE_SYNTAXES or "PixelData" not in ds:
+            continue
+        if (ds.get("NumberOfFrames") or 1) != 1 or (ds.get("SamplesPerPixel") or 1) != 1:
+            continue
+        try:
+            full = ds.pixel_array
+        except Exception:
+            continue
+        fast = dicom_io._strided_native(ds, dicom_io.NATIVE_SYNTAXES[ts], 2)
+        if fast is None:
+            continue
+        assert fast.dtype == full.dtype.newbyteorder("=") or fast.dtype == full.dtype, path.name
+        assert np.array_equal(fast, full[::2, ::2]), path.name
+        checked += 1
+    assert checked >= 10, checked
