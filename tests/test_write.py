@@ -104,3 +104,7 @@ def test_manifest_roundtrip(tmp_path):
     assert path == tmp_path / "manifests" / "run_id=r9.parquet"
     assert write.read_manifest(path, 1) == shards[1]
     assert write.read_manifest(path, 0) == shards[0]
+    import pyarrow.parquet as pq
+
+    # one row group per shard: a task reads only its own
+    assert pq.ParquetFile(path).num_row_groups == len(shards)
