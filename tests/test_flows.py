@@ -174,3 +174,26 @@ def test_audit_of_5000_objects_passes_shards_by_reference(tmp_path, make_dicom, 
     summary = run_audit(audit_args(str(lake), db, tiny_registry, shard_size=2500, batch_size=64))
     assert summary["status"] == "completed" and summary["n_shards"] == 4  # 1250 each: two per worker
     assert counts(db)["images"] == 5000
+
+
+def test_cli_audit_with_its_own_temporary_prefect_server(tmp_path, make_dicom, tiny_registry):
+    """No PREFECT_API_URL: the CLI boots Prefect's API itself, audits, stops it, exits 0."""
+    import os
+    import subprocess
+    import sys
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for i in range(3):
+        (lake / f"i{i}.dcm").write_bytes(make_dicom(seed=i))
+    db = tmp_path / "own.duckdb"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "radlint.cli", "audit", str(lake), "--db", str(db), "--registry", str(tiny_registry),
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Starting temporary server" not in proc.stderr  # Prefect's own fallback server was not needed
+    assert counts(db)["images"] == 3
