@@ -63,19 +63,24 @@ def choose_gate(neg, pos, target_precision: float, prevalence: float) -> dict:
     return max(rows, key=lambda r: r["precision"])
 
 
+def _wrong_labels(probs: np.ndarray, labels: np.ndarray, candidates: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's outputs paired with every candidate label other than its true one."""
+    pos_p, pos_l = [], []
+    for p, y in zip(probs, labels):
+        for w in candidates:
+            if w != y:
+                pos_p.append(p)
+                pos_l.append(w)
+    return np.array(pos_p), np.array(pos_l)
+
+
 def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> dict:
     """Negative and positive (probs, labels, thresholds) per task from validation predictions."""
     out = {}
     bp = np.array([BODY_PART.index(r["body_part"]) for r in rows])
     t_bp = np.array([thresholds["body_part"][c] for c in BODY_PART])
     wrong = [c for c in range(len(BODY_PART)) if BODY_PART[c] != "other"]
-    pos_p, pos_l = [], []
-    for i, y in enumerate(bp):
-        for w in wrong:
-            if w != y:
-                pos_p.append(up["body_part"][i])
-                pos_l.append(w)
-    out["body_part"] = ((up["body_part"], bp, t_bp), (np.array(pos_p), np.array(pos_l), t_bp))
+    out["body_part"] = ((up["body_part"], bp, t_bp), (*_wrong_labels(up["body_part"], bp, wrong), t_bp))
 
     t_or = np.array([thresholds["orientation"][c] for c in ORIENTATION])
     neg = ori[:, 0]  # stored upright, labelled upright
@@ -86,13 +91,7 @@ def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> d
     keep = [i for i, r in enumerate(rows) if r["body_part"] == "chest" and r.get("view") in PROJECTION]
     views = np.array([PROJECTION.index(rows[i]["view"]) for i in keep])
     probs = up["projection"][keep]
-    pos_p, pos_l = [], []
-    for p, y in zip(probs, views):
-        for w in range(len(PROJECTION)):
-            if w != y:
-                pos_p.append(p)
-                pos_l.append(w)
-    out["projection"] = ((probs, views, t_pr), (np.array(pos_p), np.array(pos_l), t_pr))
+    out["projection"] = ((probs, views, t_pr), (*_wrong_labels(probs, views, list(range(len(PROJECTION)))), t_pr))
     return out
 
 

@@ -41,9 +41,7 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
     """
     apply_quiet_defaults()
     existing = os.environ.get("PREFECT_API_URL")
-    if existing:
-        for name in warm_imports:
-            importlib.import_module(name)
+    if existing:  # nothing to boot, so nothing to overlap the imports with
         yield existing
         return
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings

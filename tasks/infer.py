@@ -55,6 +55,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _task_spec(name: str, spec: dict) -> TaskSpec:
+    gate = dict(spec.get("gate") or {})
+    min_severity = float(gate.pop("min_severity", 0.0))
+    class_thresholds = bool(gate.pop("class_thresholds", True))
+    return TaskSpec(
+        name=name,
+        output=spec.get("output", name),
+        classes=tuple(spec["classes"]),
+        thresholds={k: float(v) for k, v in (spec.get("thresholds") or {}).items()},
+        min_severity=min_severity,
+        gate_policy={k: float(v) for k, v in gate.items()},
+        class_thresholds=class_thresholds,
+    )
+
+
 def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
     """Parse the registry into entries. Paths are relative to the registry's folder."""
     path = Path(path)
@@ -64,20 +79,7 @@ def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
     data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     entries = []
     for m in data.get("models", []):
-        tasks = {
-            t: TaskSpec(
-                name=t,
-                output=spec.get("output", t),
-                classes=tuple(spec["classes"]),
-                thresholds={k: float(v) for k, v in (spec.get("thresholds") or {}).items()},
-                min_severity=float((spec.get("gate") or {}).get("min_severity", 0.0)),
-                gate_policy={
-                    k: float(v) for k, v in (spec.get("gate") or {}).items() if k not in ("min_severity", "class_thresholds")
-                },
-                class_thresholds=bool((spec.get("gate") or {}).get("class_thresholds", True)),
-            )
-            for t, spec in m["tasks"].items()
-        }
+        tasks = {t: _task_spec(t, spec) for t, spec in m["tasks"].items()}
         entries.append(
             ModelEntry(
                 name=m["name"],
