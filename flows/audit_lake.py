@@ -90,7 +90,7 @@ def audit_lake(
     dask_address: str | None = None,
     workers: int | None = None,
     batch_size: int = 32,
-    shard_size: int = 1000,
+    shard_size: int | None = None,
     device: str = "auto",
     max_pixels: int = 80_000_000,
     registry: str | None = None,
@@ -103,6 +103,8 @@ def audit_lake(
     ``executor``: ``dask`` runs shards on the Dask cluster at ``dask_address`` or on a new
     LocalCluster of ``workers`` processes; ``local`` runs them in this process; ``auto`` (default)
     uses the cluster when ``dask_address`` is given or the work is more than a few seconds.
+    ``shard_size``: objects per Prefect task; None (default) sizes shards to about a minute of work
+    each, 500-5,000 objects, at least two per worker.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -133,9 +135,7 @@ def audit_lake(
 
         where = _choose_executor(executor, dask_address, todo)
         n_workers = 1 if where == "local" else (workers or settings.default_workers())
-        # At least two shards per worker when the run is small, so no worker idles.
-        shard_size = max(1, min(shard_size, -(-len(todo) // (2 * n_workers))))
-        shards = list(discover.make_shards(todo, shard_size))
+        shards = list(discover.make_shards(todo, discover.shard_size_for(todo, n_workers, shard_size)))
         n_workers = max(1, min(n_workers, len(shards)))
         if shards:
             logger.info("auditing %d shards %s", len(shards),

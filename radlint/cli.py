@@ -37,7 +37,8 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
                    help="where shards run: on Dask, in this process (local), or auto (default: in this "
                    "process when the new objects take only a few seconds, else Dask)")
     p.add_argument("--batch-size", type=_positive, default=32, help="images per inference batch (default 32)")
-    p.add_argument("--shard-size", type=_positive, default=1000, help="objects per Dask task (default 1000)")
+    p.add_argument("--shard-size", type=_positive, default=None,
+                   help="objects per Prefect task (default: about a minute of work each, 500-5,000 objects)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime device")
     p.add_argument("--max-pixels", type=_positive, default=80_000_000, help="refuse frames larger than this")
     p.add_argument("--registry", help="model registry YAML (default: the packaged models/registry.yaml)")

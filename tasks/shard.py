@@ -132,10 +132,10 @@ def audit_shard(
     started = time.perf_counter()
     entry = infer.default_model(registry_path or infer.REGISTRY_PATH)
     result = ShardResult(shard_id=shard_id, n_objects=len(objects))
-    images: list[dict] = []
-    thumbnails: list[dict] = []
-    skipped: list[dict] = []
-    predictions: list[dict] = []
+    # Rows stream to their parts a row group at a time: memory does not grow with the shard size.
+    # Images first, predictions next at publication: a loader that sees predictions has their image.
+    writers = {kind: write.PartWriter(out_dir, kind, run_id, shard_id) for kind in ("images", "predictions", "thumbnails", "skipped")}
+    images, predictions, thumbnails, skipped = (writers[k] for k in ("images", "predictions", "thumbnails", "skipped"))
     pending_inputs: list[np.ndarray] = []
     pending_meta: list[dict] = []
 
@@ -149,43 +149,45 @@ def audit_shard(
         pending_inputs.clear()
         pending_meta.clear()
 
-    for group, payloads in _chunks(objects, storage_options):
-        for obj, payload in zip(group, payloads):
-            now = write.utcnow()
-            if isinstance(payload, Exception):
-                skipped.append(_skip_row(obj, "fetch_error", f"{type(payload).__name__}: {payload}", run_id, now))
-                continue
-            try:
-                image = dicom_io.read_dicom(payload, salt=salt, max_pixels=max_pixels, target_size=entry.input_size)
-                display = preprocess.to_uint8(image.pixels)
-                x = preprocess.normalize(preprocess.letterbox(display, entry.input_size))
-                thumb = preprocess.thumbnail_jpeg(display)
-            except dicom_io.Skip as skip:
-                skipped.append(_skip_row(obj, skip.reason, skip.detail, run_id, now))
-                continue
-            except (KeyboardInterrupt, SystemExit, MemoryError):
-                raise
-            except BaseException as exc:  # an unforeseen decoder failure is data too, never a crash
-                log.warning("unexpected error reading %s: %r", obj.uri, exc)
-                skipped.append(_skip_row(obj, dicom_io.READ_ERROR, f"{type(exc).__name__}: {exc}", run_id, now))
-                continue
-            row = {"uri": obj.uri, "etag": obj.etag, "size_bytes": obj.size_bytes, **image.header}
-            row.update(audited_at=now, run_id=run_id)
-            images.append(row)
-            thumbnails.append({"uri": obj.uri, "etag": obj.etag, **thumb})
-            pending_inputs.append(x)
-            pending_meta.append(row)
-            if len(pending_inputs) >= batch_size:
-                flush()
-    flush()
-
-    # Images first, predictions next: a loader that sees predictions always has their image.
-    kinds = (("images", images), ("predictions", predictions), ("thumbnails", thumbnails), ("skipped", skipped))
-    for kind, rows in kinds:
-        if rows:
-            result.parts[kind] = str(write.write_part(rows, out_dir, kind, run_id, shard_id))
-    result.n_images = len(images)
-    result.n_skipped = len(skipped)
+    try:
+        for group, payloads in _chunks(objects, storage_options):
+            for obj, payload in zip(group, payloads):
+                now = write.utcnow()
+                if isinstance(payload, Exception):
+                    skipped.add(_skip_row(obj, "fetch_error", f"{type(payload).__name__}: {payload}", run_id, now))
+                    continue
+                try:
+                    image = dicom_io.read_dicom(payload, salt=salt, max_pixels=max_pixels, target_size=entry.input_size)
+                    display = preprocess.to_uint8(image.pixels)
+                    x = preprocess.normalize(preprocess.letterbox(display, entry.input_size))
+                    thumb = preprocess.thumbnail_jpeg(display)
+                except dicom_io.Skip as skip:
+                    skipped.add(_skip_row(obj, skip.reason, skip.detail, run_id, now))
+                    continue
+                except (KeyboardInterrupt, SystemExit, MemoryError):
+                    raise
+                except BaseException as exc:  # an unforeseen decoder failure is data too, never a crash
+                    log.warning("unexpected error reading %s: %r", obj.uri, exc)
+                    skipped.add(_skip_row(obj, dicom_io.READ_ERROR, f"{type(exc).__name__}: {exc}", run_id, now))
+                    continue
+                row = {"uri": obj.uri, "etag": obj.etag, "size_bytes": obj.size_bytes, **image.header}
+                row.update(audited_at=now, run_id=run_id)
+                images.add(row)
+                thumbnails.add({"uri": obj.uri, "etag": obj.etag, **thumb})
+                pending_inputs.append(x)
+                pending_meta.append(row)
+                if len(pending_inputs) >= batch_size:
+                    flush()
+        flush()
+        for kind, writer in writers.items():
+            path = writer.close()
+            if path is not None:
+                result.parts[kind] = str(path)
+    finally:
+        for writer in writers.values():
+            writer.abort()
+    result.n_images = images.n_rows
+    result.n_skipped = skipped.n_rows
     result.seconds = time.perf_counter() - started
     return result.as_dict()
 

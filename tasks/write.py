@@ -21,6 +21,9 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA_VERSION = "3"  # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds
 KINDS = ("images", "predictions", "skipped", "thumbnails")
 
+# Rows per Parquet row group in a part: what a worker buffers per kind before writing.
+ROW_GROUP_ROWS = 512
+
 PROBABILITIES_TYPE = pa.map_(pa.string(), pa.float32())
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -123,25 +126,78 @@ def part_path(out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Pat
     return Path(out_dir) / kind / f"run_id={run_id}" / f"part-{shard_id}.parquet"
 
 
-def write_part(rows: list[dict[str, Any]], out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Path:
-    """Write one shard's rows of one kind atomically: a temporary name, fsync, then rename.
+class PartWriter:
+    """One shard's rows of one kind, streamed to Parquet a row group at a time, published atomically.
 
-    A reader (or a crash) never sees a half-written part under the final name.
+    Rows are buffered only up to ``row_group_rows``, so a worker's memory does not grow with the
+    shard size. The file is written under a temporary name and renamed by :meth:`close` after an
+    fsync: a reader (or a crash) never sees a half-written part under the final name. A part with
+    no rows is never created.
     """
-    schema = SCHEMAS[kind]
-    table = pa.Table.from_pylist(rows, schema=schema)
-    final = part_path(out_dir, kind, run_id, shard_id)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return final
+
+    def __init__(self, out_dir: str | Path, kind: str, run_id: str, shard_id: str, row_group_rows: int = ROW_GROUP_ROWS):
+        self.kind = kind
+        self.schema = SCHEMAS[kind]
+        self.final = part_path(out_dir, kind, run_id, shard_id)
+        self.tmp = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}.tmp")
+        self.row_group_rows = row_group_rows
+        self.rows: list[dict[str, Any]] = []
+        self.n_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.n_rows += 1
+        if len(self.rows) >= self.row_group_rows:
+            self._flush()
+
+    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            self.add(row)
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        if self._writer is None:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+        self.rows.clear()
+
+    def close(self) -> Path | None:
+        """Publish the part; returns its path, or None when no row was added."""
+        try:
+            self._flush()
+            if self._writer is None:
+                return None
+            self._writer.close()
+            self._writer = None
+            with open(self.tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(self.tmp, self.final)
+            return self.final
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop what was written (no part is published)."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+            self._writer = None
+        self.rows.clear()
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+def write_part(rows: list[dict[str, Any]], out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Path:
+    """Write one shard's rows of one kind atomically (see :class:`PartWriter`); ``rows`` is not empty."""
+    writer = PartWriter(out_dir, kind, run_id, shard_id)
+    writer.extend(rows)
+    path = writer.close()
+    if path is None:
+        raise ValueError("write_part needs at least one row")
+    return path
 
 
 def write_manifest(shards: list[list[Any]], out_dir: str | Path, run_id: str) -> Path:

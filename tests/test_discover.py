@@ -49,3 +49,24 @@ def test_diff_and_shards():
 def test_normalize_lake():
     assert discover.normalize_lake("/data/lake") == "file:///data/lake"
     assert discover.normalize_lake("s3://bucket/prefix/") == "s3://bucket/prefix"
+
+
+def test_automatic_shard_size():
+    def lake(n, size_bytes):
+        return [discover.ObjectRef(f"file:///{i}", size_bytes, "e") for i in range(n)]
+
+    # small objects: ~5 ms each, so a minute is more than the 5,000-object ceiling
+    assert discover.shard_size_for(lake(100_000, 8_000), workers=2) == discover.SHARD_MAX_OBJECTS
+    # 10 MB radiographs: ~0.3 s each estimated, so the 500-object floor
+    assert discover.shard_size_for(lake(100_000, 10_000_000), workers=2) == discover.SHARD_MIN_OBJECTS
+    # ~2 MB objects: a minute of estimated work, between the bounds
+    size = discover.shard_size_for(lake(100_000, 2_000_000), workers=2)
+    assert discover.SHARD_MIN_OBJECTS < size < discover.SHARD_MAX_OBJECTS
+    assert abs(discover.estimated_seconds(lake(size, 2_000_000)) - discover.SHARD_TARGET_SECONDS) < 1
+    # a small run still gets two shards per worker; an explicit size is honoured up to that
+    assert discover.shard_size_for(lake(1000, 8_000), workers=2) == 250
+    assert discover.shard_size_for(lake(100_000, 8_000), workers=2, requested=7) == 7
+    assert discover.shard_size_for(lake(10, 8_000), workers=4, requested=100) == 2
+    assert discover.shard_size_for([], workers=2) == 1
+    with pytest.raises(ValueError):
+        discover.shard_size_for(lake(10, 1), workers=1, requested=0)

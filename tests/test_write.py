@@ -25,6 +25,26 @@ def test_write_part_path_and_atomicity(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_part_writer_streams_row_groups_and_publishes_only_on_close(tmp_path):
+    writer = write.PartWriter(tmp_path, "skipped", "run-1", "00001", row_group_rows=3)
+    writer.extend(skipped_row(f"file:///{i}") for i in range(7))
+    assert len(writer.rows) == 1  # two full row groups already went to the temporary file
+    assert not writer.final.exists() and writer.tmp.exists()
+    path = writer.close()
+    assert path == writer.final and not writer.tmp.exists()
+    meta = pq.ParquetFile(path).metadata
+    assert (meta.num_rows, meta.num_row_groups) == (7, 3)
+    assert pq.read_table(path).column("uri").to_pylist() == [f"file:///{i}" for i in range(7)]
+
+
+def test_part_writer_abort_and_empty_parts_leave_nothing(tmp_path):
+    aborted = write.PartWriter(tmp_path, "skipped", "run-1", "00002", row_group_rows=2)
+    aborted.extend(skipped_row(f"file:///{i}") for i in range(5))
+    aborted.abort()
+    assert write.PartWriter(tmp_path, "skipped", "run-1", "00003").close() is None
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
 def test_load_is_idempotent(tmp_path):
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
     write.ensure_schema(con)
