@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
+from radlint.dask_env import BackgroundCluster
 from radlint.progress import Progress
 
 from tasks import discover, findings, infer, labels, settings, shard, write
@@ -71,14 +73,10 @@ def _choose_executor(executor: str, dask_address: str | None, todo: list) -> str
     return executor
 
 
-def _task_runner(executor: str, dask_address: str | None, n_workers: int):
+def _task_runner(executor: str, address: str | None):
     if executor == "local":
         return ThreadPoolTaskRunner(max_workers=1)
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
-    return DaskTaskRunner(
-        cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
-    )
+    return DaskTaskRunner(address=address)
 
 
 @flow(name="audit_lake", validate_parameters=False)
@@ -113,7 +111,12 @@ def audit_lake(
     infer.verify(entry)
     label_table = labels.read_label_file(labels_file) if labels_file else None
 
-    with write.audit_lock(db, wait_seconds=lock_wait_seconds):
+    with write.audit_lock(db, wait_seconds=lock_wait_seconds), contextlib.ExitStack() as stack:
+        cluster: BackgroundCluster | None = None
+        if executor == "dask" and not dask_address and not write.has_predictions(db, entry.sha256):
+            # A first audit with this model: every object listed is new, so the cluster will be
+            # needed; its workers start while the lake is listed.
+            cluster = stack.enter_context(BackgroundCluster(workers or settings.default_workers()))
         objects = discover.discover(lake)
         run_id = write.new_run_id()
         con = write.connect(db, wait_seconds=0)
@@ -137,6 +140,8 @@ def audit_lake(
         n_workers = 1 if where == "local" else (workers or settings.default_workers())
         shards = list(discover.make_shards(todo, discover.shard_size_for(todo, n_workers, shard_size)))
         n_workers = max(1, min(n_workers, len(shards)))
+        if where == "dask" and not dask_address and cluster is None and shards:
+            cluster = stack.enter_context(BackgroundCluster(n_workers))
         if shards:
             logger.info("auditing %d shards %s", len(shards),
                         "in this process" if where == "local" else f"on Dask ({dask_address or f'{n_workers} local workers'})")
@@ -152,9 +157,12 @@ def audit_lake(
         results: list[dict] = []
         if shards:
             manifest = write.write_manifest(shards, out_dir, run_id)
-            results = audit_shards.with_options(task_runner=_task_runner(where, dask_address, n_workers))(
+            address = dask_address or (cluster.address() if cluster else None)
+            results = audit_shards.with_options(task_runner=_task_runner(where, address))(
                 str(manifest), [len(s) for s in shards], shard_kwargs, run_id, len(objects)
             )
+        if cluster:  # its workers are done: let them exit while the parts load
+            cluster.close_in_background()
         parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
         failed = [r for r in results if r.get("failed")]
 

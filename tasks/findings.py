@@ -13,25 +13,25 @@ def table_counts(con) -> dict[str, int]:
     return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in TABLES}
 
 
-def mismatch_counts(con) -> dict[str, dict[str, int]]:
+def mismatch_counts(con, source: str = "findings") -> dict[str, dict[str, int]]:
     rows = con.execute(
-        """
+        f"""
         select field, count(*) as n_checked,
                count(*) filter (where is_mismatch) as n_mismatch,
                count(*) filter (where header_class is null) as n_unlabelled
-        from findings group by field order by field
+        from {source} group by field order by field
         """
     ).fetchall()
     return {f: {"checked": c, "mismatch": m, "unlabelled": u} for f, c, m, u in rows}
 
 
-def top_suspects(con, limit: int = 10, field: str | None = None) -> list[dict[str, Any]]:
+def top_suspects(con, limit: int = 10, field: str | None = None, source: str = "findings") -> list[dict[str, Any]]:
     """Mismatches ordered by severity, most certain first."""
-    sql = """
+    sql = f"""
         select uri, field, header_value, header_class, predicted_class,
                round(predicted_prob, 3) as predicted_prob, round(severity, 3) as severity,
                suggested_correction
-        from findings
+        from {source}
         where is_mismatch and (? is null or field = ?)
         order by severity desc, predicted_prob desc, uri
         limit ?
@@ -50,11 +50,14 @@ def run_summary(con, run_id: str) -> dict[str, Any]:
     keys = ["run_id", "status", "n_listed", "n_new", "n_images", "n_skipped", "n_predictions", "n_shards", "n_failed_shards"]
     summary: dict[str, Any] = dict(zip(keys, run)) if run else {"run_id": run_id}
     summary["tables"] = table_counts(con)
-    summary["mismatches"] = mismatch_counts(con)
+    # The findings view is evaluated once here (about a second per 100k images), not per question.
+    con.execute("create or replace temp table run_summary_findings as select * from findings")
+    summary["mismatches"] = mismatch_counts(con, "run_summary_findings")
     summary["skipped_reasons"] = dict(
         con.execute("select reason, count(*) from skipped group by reason order by 2 desc").fetchall()
     )
-    summary["top_suspects"] = top_suspects(con, 10)
+    summary["top_suspects"] = top_suspects(con, 10, source="run_summary_findings")
+    con.execute("drop table run_summary_findings")
     return summary
 
 

@@ -379,6 +379,20 @@ def create_views(con) -> list[str]:
     return names
 
 
+def has_predictions(db: str | Path, model_sha256: str) -> bool:
+    """Whether the database at ``db`` holds any prediction of this model (False when it does not exist)."""
+    if not Path(db).exists():
+        return False
+    con = connect(db, read_only=True)
+    try:
+        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        if "predictions" not in tables:
+            return False
+        return con.execute("select count(*) > 0 from predictions where model_sha256 = ?", [model_sha256]).fetchone()[0]
+    finally:
+        con.close()
+
+
 def done_keys(con, model_sha256s: Iterable[str]) -> set[tuple[str, str]]:
     """(uri, etag) pairs that need no new read: predicted with every given model, or skipped
     for a reason that a re-read would not change."""

@@ -128,3 +128,18 @@ def test_manifest_roundtrip(tmp_path):
 
     # one row group per shard: a task reads only its own
     assert pq.ParquetFile(path).num_row_groups == len(shards)
+
+
+def test_has_predictions(tmp_path):
+    db = tmp_path / "db.duckdb"
+    assert not write.has_predictions(db, "sha-a")  # no database yet
+    con = duckdb.connect(str(db))
+    write.ensure_schema(con)
+    con.execute(
+        "insert into predictions (uri, etag, sop_instance_uid, task, predicted, probability, probabilities, model, "
+        "model_sha256, predicted_at, run_id) values ('file:///a', 'e', '1.2', 'body_part', 'chest', 0.9, "
+        "map {'chest': 0.9}, 'm', 'sha-a', now(), 'r')"
+    )
+    con.close()
+    assert write.has_predictions(db, "sha-a")
+    assert not write.has_predictions(db, "sha-b")

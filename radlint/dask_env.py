@@ -1,0 +1,90 @@
+"""The local Dask cluster of an audit: started in the background, closed in the background.
+
+Starting a LocalCluster costs ~2 s, and each new worker then spends ~5 s importing Prefect's task
+engine, the flow module and the decoders before it can run its first shard (bench/README.md). The
+flow starts the cluster as soon as it knows it will need one, so that this overlaps the listing of
+the lake and the database work, and closes it while the flow loads the parts into DuckDB.
+The workers import those modules as a Dask preload, that is while the cluster starts, not when the
+first task arrives.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+# What every shard task needs in a worker: prefect-dask runs each task through Prefect's task engine,
+# and the task function itself lives in the flow module (which imports the decoders and ONNX Runtime).
+WORKER_PRELOAD = ("prefect.task_engine", "flows.audit_lake")
+
+
+def _start(n_workers: int) -> Any:
+    import dask
+    import distributed
+
+    # An explicit preload replaces the configured one: keep what the user (or a benchmark) configured.
+    configured = list(dask.config.get("distributed.worker.preload", None) or [])
+    return distributed.LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        preload=configured + [m for m in WORKER_PRELOAD if m not in configured],
+    )
+
+
+class BackgroundCluster:
+    """A ``distributed.LocalCluster`` of ``n_workers`` single-threaded processes, started in a thread.
+
+    ``address()`` waits for it (and raises what its start raised); ``close()`` closes it, at most
+    once; ``close_in_background()`` returns at once and ``close()`` later waits for that.
+    """
+
+    def __init__(self, n_workers: int):
+        self.n_workers = n_workers
+        self._started: Future = Future()
+        self._closer: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._run_start, name="radlint-dask-start", daemon=True).start()
+
+    def _run_start(self) -> None:
+        try:
+            self._started.set_result(_start(self.n_workers))
+        except BaseException as exc:  # reported to whoever asks for the address
+            self._started.set_exception(exc)
+
+    def address(self, timeout: float | None = None) -> str:
+        return self._started.result(timeout).scheduler_address
+
+    def _close_now(self) -> None:
+        try:
+            cluster = self._started.result()
+        except BaseException:
+            return  # it never started: nothing to close
+        cluster.close()
+
+    def close_in_background(self) -> None:
+        with self._lock:
+            if self._closed or self._closer is not None:
+                return
+            self._closer = threading.Thread(target=self._close_now, name="radlint-dask-close", daemon=True)
+            self._closer.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            closer = self._closer
+        if closer is not None:
+            closer.join()
+        else:
+            self._close_now()
+
+    def __enter__(self) -> "BackgroundCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,43 @@
+"""radlint.dask_env: the audit's own LocalCluster, started and closed in background threads."""
+
+from __future__ import annotations
+
+import sys
+
+import dask
+import distributed
+import pytest
+
+from radlint.dask_env import WORKER_PRELOAD, BackgroundCluster
+
+
+def _loaded(modules):
+    return [m for m in modules if m in sys.modules]
+
+
+def test_workers_import_the_shard_modules_while_the_cluster_starts():
+    with dask.config.set({"distributed.worker.preload": []}):
+        with BackgroundCluster(1) as cluster:
+            address = cluster.address(timeout=120)
+            assert address.startswith("tcp://127.0.0.1:")
+            with distributed.Client(address) as client:
+                loaded = client.run(_loaded, list(WORKER_PRELOAD))
+            assert list(loaded.values()) == [list(WORKER_PRELOAD)]
+            cluster.close_in_background()
+            cluster.close()  # waits for the background close
+            cluster.close()  # and a second close is a no-op
+        with pytest.raises(OSError):  # the scheduler is gone
+            distributed.Client(address, timeout=2)
+
+
+def test_a_failed_start_is_raised_by_address_and_close_is_quiet(monkeypatch):
+    import radlint.dask_env as dask_env
+
+    def broken(n_workers):
+        raise RuntimeError("no cluster today")
+
+    monkeypatch.setattr(dask_env, "_start", broken)
+    cluster = BackgroundCluster(2)
+    with pytest.raises(RuntimeError, match="no cluster today"):
+        cluster.address(timeout=10)
+    cluster.close()
