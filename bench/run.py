@@ -901,7 +901,7 @@ def main(argv=None) -> int:
 
         with prefect_api() as api:
             say(f"Prefect API {api}")
-            shard_size = max(1, math.ceil(n_per / (2 * workers)))  # >= 2 shards per worker
+            shard_size = None  # radlint's automatic size, as users run it
             # 2b. radlint audit, local ----------------------------------------------------------
             for k in keys:
                 if "local" in skip:
@@ -931,7 +931,7 @@ def main(argv=None) -> int:
                 n_all = n_per * len(keys)
                 db = work / "full.duckdb"
                 full = run_radlint_audit(
-                    str(real), db, registry, workers=workers, shard_size=max(1, math.ceil(n_all / (2 * workers))),
+                    str(real), db, registry, workers=workers, shard_size=None,
                     device=args.device, logdir=logdir, tag="full",
                 )
                 n_add = max(1, math.ceil(0.01 * n_all))
@@ -939,7 +939,7 @@ def main(argv=None) -> int:
                 add_new_objects(src, real / "new", n_add, gen_counter + 1)
                 again = run_radlint_audit(
                     str(real), Path(full["db"]), registry, workers=workers,
-                    shard_size=max(1, math.ceil(n_all / (2 * workers))),
+                    shard_size=None,
                     device=args.device, logdir=logdir, tag="full-rerun",
                 )
                 results["rerun"].append({
@@ -961,7 +961,7 @@ def main(argv=None) -> int:
                 # The full audit always on the Dask cluster: this row measures its orchestration and
                 # worker memory. The +1 % re-run below uses the default (auto), as users run it.
                 res = run_radlint_audit(
-                    str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
+                    str(lake), db, scale_registry, workers=workers, shard_size=None, device=args.device,
                     logdir=logdir, tag=f"small-{n}", executor="dask",
                 )
                 db = Path(res["db"])
@@ -977,7 +977,7 @@ def main(argv=None) -> int:
                 n_add = max(1, math.ceil(0.01 * n))
                 wsec2 = write_small_lake(lake / "new", n_add, uid_base=10**16 + n * 10 + 5 * n, prefix="new")
                 again = run_radlint_audit(
-                    str(lake), db, scale_registry, workers=workers, shard_size=1000, device=args.device,
+                    str(lake), db, scale_registry, workers=workers, shard_size=None, device=args.device,
                     logdir=logdir, tag=f"small-{n}-rerun",
                 )
                 entry_scale["rerun"] = again
