@@ -426,7 +426,7 @@ def run_radlint_audit(lake: str, db: Path, registry: Path, **kw) -> dict:
 
 
 def _run_radlint_audit_once(
-    lake: str, db: Path, registry: Path, *, workers: int, shard_size: int, device: str, logdir: Path, tag: str,
+    lake: str, db: Path, registry: Path, *, workers: int, shard_size: int | None, device: str, logdir: Path, tag: str,
     executor: str = "auto",
 ) -> dict:
     import dask

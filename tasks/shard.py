@@ -135,7 +135,7 @@ def audit_shard(
     # Rows stream to their parts a row group at a time: memory does not grow with the shard size.
     # Images first, predictions next at publication: a loader that sees predictions has their image.
     writers = {kind: write.PartWriter(out_dir, kind, run_id, shard_id) for kind in ("images", "predictions", "thumbnails", "skipped")}
-    images, predictions, thumbnails, skipped = (writers[k] for k in ("images", "predictions", "thumbnails", "skipped"))
+    images, predictions, thumbnails, skipped = writers.values()
     pending_inputs: list[np.ndarray] = []
     pending_meta: list[dict] = []
 

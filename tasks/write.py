@@ -136,7 +136,6 @@ class PartWriter:
     """
 
     def __init__(self, out_dir: str | Path, kind: str, run_id: str, shard_id: str, row_group_rows: int = ROW_GROUP_ROWS):
-        self.kind = kind
         self.schema = SCHEMAS[kind]
         self.final = part_path(out_dir, kind, run_id, shard_id)
         self.tmp = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}.tmp")
@@ -188,16 +187,6 @@ class PartWriter:
         self.rows.clear()
         if self.tmp.exists():
             self.tmp.unlink()
-
-
-def write_part(rows: list[dict[str, Any]], out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Path:
-    """Write one shard's rows of one kind atomically (see :class:`PartWriter`); ``rows`` is not empty."""
-    writer = PartWriter(out_dir, kind, run_id, shard_id)
-    writer.extend(rows)
-    path = writer.close()
-    if path is None:
-        raise ValueError("write_part needs at least one row")
-    return path
 
 
 def write_manifest(shards: list[list[Any]], out_dir: str | Path, run_id: str) -> Path:

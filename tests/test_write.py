@@ -18,8 +18,14 @@ def skipped_row(uri, reason="not_dicom"):
     return {"uri": uri, "etag": "e", "size_bytes": 1, "reason": reason, "detail": "", "skipped_at": NOW, "run_id": "r"}
 
 
+def write_part(rows, out_dir, kind, run_id, shard_id):
+    writer = write.PartWriter(out_dir, kind, run_id, shard_id)
+    writer.extend(rows)
+    return writer.close()
+
+
 def test_write_part_path_and_atomicity(tmp_path):
-    path = write.write_part([skipped_row("file:///a")], tmp_path, "skipped", "run-1", "00003")
+    path = write_part([skipped_row("file:///a")], tmp_path, "skipped", "run-1", "00003")
     assert path == tmp_path / "skipped" / "run_id=run-1" / "part-00003.parquet"
     assert pq.read_table(path).num_rows == 1
     assert not list(tmp_path.rglob("*.tmp"))
@@ -48,8 +54,8 @@ def test_part_writer_abort_and_empty_parts_leave_nothing(tmp_path):
 def test_load_is_idempotent(tmp_path):
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
     write.ensure_schema(con)
-    p1 = write.write_part([skipped_row("file:///a"), skipped_row("file:///b")], tmp_path, "skipped", "r1", "0")
-    p2 = write.write_part([skipped_row("file:///b"), skipped_row("file:///c")], tmp_path, "skipped", "r2", "0")
+    p1 = write_part([skipped_row("file:///a"), skipped_row("file:///b")], tmp_path, "skipped", "r1", "0")
+    p2 = write_part([skipped_row("file:///b"), skipped_row("file:///c")], tmp_path, "skipped", "r2", "0")
     assert write.load_and_record(con, {"skipped": [str(p1)]})["skipped"] == 2
     assert write.load_and_record(con, {"skipped": [str(p1), str(p2)]})["skipped"] == 1
     assert con.execute("select count(*) from skipped").fetchone()[0] == 3
@@ -63,7 +69,7 @@ def test_load_is_idempotent(tmp_path):
 def test_unloaded_parts_of_a_crashed_run_are_found(tmp_path):
     con = duckdb.connect()
     write.ensure_schema(con)
-    p = write.write_part([skipped_row("file:///x")], tmp_path, "skipped", "crashed", "7")
+    p = write_part([skipped_row("file:///x")], tmp_path, "skipped", "crashed", "7")
     assert write.unloaded_parts(con, tmp_path) == {"skipped": [str(p.resolve())]}
 
 
