@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 16  # objects fetched together; the next chunk is fetched while this one decodes
 FETCH_ATTEMPTS = 4
+THUMBNAIL_SIDE = 192
 
 
 @dataclass
@@ -69,7 +70,13 @@ def _fetch_chunk(objects: list[ObjectRef], storage_options: dict | None) -> list
 
 def _chunks(objects: list[ObjectRef], storage_options: dict | None) -> Iterator[tuple[list[ObjectRef], list]]:
     """Yield (objects, payloads) chunk by chunk, fetching one chunk ahead in a thread."""
-    groups = [objects[i : i + FETCH_CHUNK] for i in range(0, len(objects), FETCH_CHUNK)]
+    # Chunks grow 2, 4, 8 ... up to FETCH_CHUNK: decoding starts after two objects have arrived
+    # instead of a whole chunk (16 uncompressed radiographs are ~160 MB, ~0.14 s from page cache).
+    groups, i, size = [], 0, min(2, FETCH_CHUNK)
+    while i < len(objects):
+        groups.append(objects[i : i + size])
+        i += size
+        size = min(2 * size, FETCH_CHUNK)
     if not groups:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="radlint-fetch") as pool:
@@ -159,8 +166,13 @@ def audit_shard(
                 try:
                     image = dicom_io.read_dicom(payload, salt=salt, max_pixels=max_pixels, target_size=entry.input_size)
                     display = preprocess.to_uint8(image.pixels)
-                    x = preprocess.normalize(preprocess.letterbox(display, entry.input_size))
-                    thumb = preprocess.thumbnail_jpeg(display)
+                    small = preprocess.resize_longest(display, entry.input_size)
+                    x = preprocess.normalize(preprocess.pad_square(small, entry.input_size))
+                    # The model's resized image is already thumbnail-sized: shrinking it (or
+                    # nothing) is cheaper than a second resize of the decoded image.
+                    thumb = preprocess.thumbnail_jpeg(
+                        small if max(small.shape) >= THUMBNAIL_SIDE else display, max_side=THUMBNAIL_SIDE
+                    )
                 except dicom_io.Skip as skip:
                     skipped.add(_skip_row(obj, skip.reason, skip.detail, run_id, now))
                     continue

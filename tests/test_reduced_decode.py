@@ -109,5 +109,41 @@ def test_strided_native_read_equals_the_full_decode_strided():
             continue
         assert fast.dtype == full.dtype.newbyteorder("=") or fast.dtype == full.dtype, path.name
         assert np.array_equal(fast, full[::2, ::2]), path.name
+        # As the audit reads it: parse defers a large Pixel Data value, which is then read in place.
+        data = path.read_bytes()
+        in_place = dicom_io._strided_native(dicom_io.parse(data), dicom_io.NATIVE_SYNTAXES[ts], 2, data)
+        assert in_place is not None and np.array_equal(in_place, fast), path.name
         checked += 1
     assert checked >= 10, checked
+
+
+@pytest.mark.parametrize("monochrome1", [False, True])
+def test_deferred_pixel_data_is_read_in_place_and_equals_the_full_decode(make_dicom, monochrome1):
+    import io
+
+    import pydicom
+
+    rng = np.random.default_rng(3)
+    u8 = rng.integers(0, 256, (1200, 960), dtype=np.uint8)  # 16-bit frame: 2.3 MB, above DEFER_BYTES
+    data = make_dicom(pixels=u8, monochrome1=monochrome1)
+    ds = dicom_io.parse(data)
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    assert elem.value is None and elem.length > dicom_io.DEFER_BYTES  # not copied by parse
+    full = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    stride = 2 ** dicom_io.reduction_factor(*full.shape, 192)
+    assert stride == 2
+    fast = dicom_io._strided_native(ds, "<", stride, data)
+    assert np.array_equal(fast, full[::stride, ::stride])
+    # header_json leaves pixel data alone, so it stays deferred
+    dicom_io.header_json(ds)
+    assert ds.get_item("PixelData", keep_deferred=True).value is None
+    image = dicom_io.read_dicom(data, target_size=192)
+    assert image.pixels.shape == (600, 480)
+
+
+def test_truncated_deferred_pixel_data_is_a_skip(make_dicom):
+    data = make_dicom(pixels=np.full((1200, 960), 7, dtype=np.uint8))
+    for cut in (len(data) - 1, len(data) // 2, len(data) - 1_000_000):
+        with pytest.raises(dicom_io.Skip) as err:
+            dicom_io.read_dicom(data[:cut], target_size=192)
+        assert err.value.reason == dicom_io.TRUNCATED, (cut, err.value.reason)

@@ -122,6 +122,55 @@ def test_newer_schema_is_refused(tmp_path):
         write.ensure_schema(con)
 
 
+def test_schema_and_views_are_applied_once_and_repaired_when_missing(tmp_path, monkeypatch):
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    write.ensure_schema(con)
+    write.create_views(con)
+    meta = dict(con.execute("select key, value from meta").fetchall())
+    assert meta["tables_sha256"] == write._sql_digest("tables") and meta["views_sha256"] == write._sql_digest("views")
+
+    ran: list[str] = []
+    real_execute = duckdb.DuckDBPyConnection.execute
+
+    class Spy:
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql, *args):
+            ran.append(sql)
+            return real_execute(self.con, sql, *args)
+
+    spy = Spy(con)
+    write.ensure_schema(spy)
+    write.create_views(spy)
+    assert not [q for q in ran if q.lstrip().lower().startswith(("create", "--"))], ran  # nothing re-applied
+
+    con.execute("drop view top_suspects")
+    con.execute("drop table thumbnails")
+    write.ensure_schema(con)
+    write.create_views(con)
+    assert "thumbnails" in write._tables(con) and "top_suspects" in write._views(con)
+
+    # Changed view SQL (a radlint upgrade) is applied even though the views exist.
+    con.execute("create or replace view top_suspects as select 1 as stale")
+    con.execute("update meta set value = 'old' where key = 'views_sha256'")
+    write.create_views(con)
+    assert "stale" not in [r[0] for r in con.execute("describe top_suspects").fetchall()]
+
+
+def test_thresholds_and_gates_are_replaced_per_model(tmp_path):
+    from types import SimpleNamespace
+
+    con = duckdb.connect()
+    write.ensure_schema(con)
+    spec = SimpleNamespace(classes=["a", "b"], thresholds={"a": 0.7}, min_severity=0.9,
+                           gate_policy={"target_precision": 0.95, "prevalence": 0.1}, class_thresholds=False)
+    for _ in range(2):
+        write.load_thresholds(con, "m", "sha", {"body_part": spec})
+    assert con.execute("select class, threshold from thresholds order by class").fetchall() == [("a", pytest.approx(0.7)), ("b", 0.5)]
+    assert con.execute("select task, min_severity, class_thresholds from gates").fetchall() == [("body_part", pytest.approx(0.9), False)]
+
+
 def test_manifest_roundtrip(tmp_path):
     from tasks.discover import ObjectRef
 
