@@ -1,7 +1,8 @@
 """The local Dask cluster of an audit: started in the background, closed in the background.
 
-Starting a LocalCluster costs ~2 s, and each new worker then spends ~5 s importing Prefect's task
-engine, the flow module and the decoders before it can run its first shard (bench/README.md). The
+Starting a LocalCluster costs ~2 s, and a spawned worker then spends ~10 s of one core importing
+Prefect's task engine, the flow module and the decoders before it can run its first shard; a fork
+server (used where available) does those imports once for all workers. The
 flow starts the cluster as soon as it knows it will need one, so that this overlaps the listing of
 the lake and the database work, and closes it while the flow loads the parts into DuckDB.
 The workers import those modules as a Dask preload, that is while the cluster starts, not when the
@@ -19,19 +20,59 @@ from typing import Any
 WORKER_PRELOAD = ("prefect.task_engine", "flows.audit_lake")
 
 
+def _start_method() -> str:
+    """``forkserver`` where the platform has it and Dask's method is its default (``spawn``).
+
+    A spawned worker imports Prefect, distributed, the decoders and ONNX Runtime itself: ~10 s of
+    one core each on this project's machine, so two workers on two cores took ~10 s to start. A
+    fork server imports them once, then forks each worker from that state in a fraction of a
+    second (and later clusters of the same process in ~0.2 s). A method the user configured
+    (``fork``, ``forkserver``) is left alone.
+    """
+    import multiprocessing
+
+    import dask
+
+    method = dask.config.get("distributed.worker.multiprocessing-method", "spawn")
+    if method == "spawn" and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return method
+
+
+def _add_forkserver_preload(modules: tuple[str, ...]) -> None:
+    # Dask sets the fork server's preload (distributed and its optional packages) on first use;
+    # add the shard task's modules. No effect once this process's fork server runs (it has them).
+    import multiprocessing.forkserver as forkserver
+
+    from distributed.utils import get_mp_context
+
+    ctx = get_mp_context()
+    current = list(getattr(forkserver._forkserver, "_preload_modules", None) or [])
+    ctx.set_forkserver_preload(current + [m for m in modules if m not in current])
+
+
 def _start(n_workers: int) -> Any:
+    import os
+
     import dask
     import distributed
 
     # An explicit preload replaces the configured one: keep what the user (or a benchmark) configured.
     configured = list(dask.config.get("distributed.worker.preload", None) or [])
-    return distributed.LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        preload=configured + [m for m in WORKER_PRELOAD if m not in configured],
-    )
+    method = _start_method()
+    with dask.config.set({"distributed.worker.multiprocessing-method": method}):
+        if method == "forkserver":
+            _add_forkserver_preload(WORKER_PRELOAD)
+        return distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            preload=configured + [m for m in WORKER_PRELOAD if m not in configured],
+            # A forked worker starts with the fork server's environment, which may predate
+            # credentials or endpoints set since: give it this process's current one.
+            env=dict(os.environ) if method == "forkserver" else None,
+        )
 
 
 class BackgroundCluster:

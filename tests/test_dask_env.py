@@ -41,3 +41,28 @@ def test_a_failed_start_is_raised_by_address_and_close_is_quiet(monkeypatch):
     with pytest.raises(RuntimeError, match="no cluster today"):
         cluster.address(timeout=10)
     cluster.close()
+
+
+def _env_and_parent(name):
+    import os
+
+    return os.environ.get(name), os.getppid()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork server on this platform")
+def test_workers_fork_from_a_fork_server_with_the_current_environment(monkeypatch):
+    import os
+
+    from radlint import dask_env
+
+    assert dask_env._start_method() == "forkserver"  # Dask's default 'spawn' is replaced
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+        assert dask_env._start_method() == "fork"  # a configured method is kept
+    seen = []
+    for value in ("first", "second"):  # the second cluster forks from the fork server the first started
+        monkeypatch.setenv("RADLINT_TEST_ENDPOINT", value)
+        with BackgroundCluster(1) as cluster:
+            with distributed.Client(cluster.address(timeout=120)) as client:
+                seen += list(client.run(_env_and_parent, "RADLINT_TEST_ENDPOINT").values())
+    assert [env for env, _ in seen] == ["first", "second"]
+    assert all(parent != os.getpid() for _, parent in seen)  # not spawned by this process
