@@ -64,9 +64,11 @@ def run_shards(
     return results
 
 
-# Starting a LocalCluster (worker processes, their imports, model sessions) took 10.5-13 s before
-# the first shard on this project's 2-core machine (bench/results.md); a remainder that one core
-# audits in less than that runs in the flow's own process instead.
+# The Dask path costs ~3-4 s more before its first shard than the flow's own process (cluster start
+# with forked workers ~2.5 s, subflow ~0.4 s; bench/results.md, 2-core machine) and then uses every
+# core. Break-even on 2 cores is ~7 s of work; estimated_seconds is an upper-end guess (it counts
+# uncompressed megabytes like compressed ones, ~10x too dear), so remainders estimated below 12 s
+# run in the flow's own process.
 IN_PROCESS_MAX_SECONDS = 12.0
 EXECUTORS = ("auto", "dask", "local")
 
