@@ -1,8 +1,9 @@
 """The local Dask cluster of an audit: started in the background, closed in the background.
 
-Starting a LocalCluster costs ~2 s, and a spawned worker then spends ~10 s of one core importing
-Prefect's task engine, the flow module and the decoders before it can run its first shard; a fork
-server (used where available) does those imports once for all workers. The
+Starting a LocalCluster costs ~2 s, and a spawned worker then spends ~4 s of one core importing
+Prefect's task engine, the flow module and the decoders before it can run its first shard (~10 s
+where site-packages have no compiled bytecode); a fork server (used where available) does those
+imports once for all workers. The
 flow starts the cluster as soon as it knows it will need one, so that this overlaps the listing of
 the lake and the database work, and closes it while the flow loads the parts into DuckDB.
 The workers import those modules as a Dask preload, that is while the cluster starts, not when the
@@ -23,11 +24,11 @@ WORKER_PRELOAD = ("prefect.task_engine", "flows.audit_lake")
 def _start_method() -> str:
     """``forkserver`` where the platform has it and Dask's method is its default (``spawn``).
 
-    A spawned worker imports Prefect, distributed, the decoders and ONNX Runtime itself: ~10 s of
-    one core each on this project's machine, so two workers on two cores took ~10 s to start. A
-    fork server imports them once, then forks each worker from that state in a fraction of a
-    second (and later clusters of the same process in ~0.2 s). A method the user configured
-    (``fork``, ``forkserver``) is left alone.
+    A spawned worker imports Prefect, distributed, the decoders and ONNX Runtime itself (~4 s of one
+    core each on this project's machine; two workers on two cores: 2.9-3.7 s to a ready cluster). A
+    fork server imports them once, then forks each worker from that state (2.5 s to a ready cluster,
+    and ~0.2 s for later clusters of the same process). A method the user configured (``fork``,
+    ``forkserver``) is left alone.
     """
     import multiprocessing
 
