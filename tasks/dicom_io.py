@@ -149,10 +149,8 @@ def header_json(ds: Dataset) -> str:
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
         try:
-            # Decided on the raw element where possible: converting pixel data or another bulk
-            # value would read it (deferred by parse) only to drop it.
-            if tag.is_private or tag.group == 0x7FE0 or ds.get_item(tag, keep_deferred=True).VR in _BULK_VRS:
-                continue
+            if tag.is_private or tag.group == 0x7FE0 or _deferred(ds, tag):
+                continue  # a value parse left unread is over DEFER_BYTES: bulk data, not read to drop it
             elem = ds[tag]
             if elem.VR in _BULK_VRS:
                 continue
@@ -173,6 +171,11 @@ def header_json(ds: Dataset) -> str:
         except Exception:  # an unreadable element is left out, not fatal
             continue
     return json.dumps(out, ensure_ascii=False, sort_keys=True)
+
+
+def _deferred(ds: Dataset, tag) -> bool:
+    raw = ds.get_item(tag, keep_deferred=True)
+    return raw is not None and getattr(raw, "value", b"") is None and bool(getattr(raw, "length", 0))
 
 
 def _looks_like_dicom_without_preamble(head: bytes) -> bool:
@@ -408,7 +411,7 @@ def _strided_native(ds: Dataset, byteorder: str, stride: int, raw: bytes | None 
     dtype = np.dtype(f"{byteorder}{'i' if signed else 'u'}{allocated // 8}")
     need = rows * cols * dtype.itemsize
     elem = ds.get_item("PixelData", keep_deferred=True)
-    if raw is not None and elem is not None and getattr(elem, "value", b"") is None and elem.value_tell is not None:
+    if raw is not None and _deferred(ds, "PixelData") and elem.value_tell is not None:
         data, offset = raw, int(elem.value_tell)  # deferred: still in the object's bytes
         if elem.length < need:
             return None

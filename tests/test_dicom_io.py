@@ -205,3 +205,34 @@ def test_shared_real_dicom_files_all_decode():
     # neither openjpeg nor GDCM decodes it, so it must become a read_error row, not a crash.
     assert set(failures) == {"pylibjpeg_966.dcm"}, failures
     assert failures["pylibjpeg_966.dcm"].startswith(dicom_io.READ_ERROR)
+
+
+def test_header_json_is_the_same_whether_or_not_parse_deferred_large_values(monkeypatch, make_dicom):
+    """parse() leaves values over DEFER_BYTES unread; the header summary must not change because of
+    it (including files whose elements are stored with VR UN, converted on access)."""
+    from pydicom.data import get_testdata_file
+
+    payloads = {"large synthetic CR": make_dicom(pixels=np.zeros((1200, 960), dtype=np.uint8))}
+    for name in ["rtdose_rle_1frame.dcm", "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "emri_small.dcm",
+                 "SC_rgb_rle_16bit.dcm", "OBXXXX1A.dcm"]:
+        path = get_testdata_file(name)
+        if path is not None:
+            payloads[name] = Path(path).read_bytes()
+    assert len(payloads) >= 6
+    for name, data in payloads.items():
+        ds = dicom_io.parse(data)
+        deferred = dicom_io.header_json(ds)
+        monkeypatch.setattr(dicom_io, "DEFER_BYTES", None)  # read everything at once
+        assert deferred == dicom_io.header_json(dicom_io.parse(data)), name
+        monkeypatch.undo()
+        # Every public, non-bulk element of the fully converted dataset is there (VR decided after
+        # conversion: rtdose_rle_1frame stores its elements as UN).
+        full = pydicom.dcmread(io.BytesIO(data))
+        want = {
+            e.keyword for e in full
+            if e.keyword and not e.tag.is_private and e.tag.group != 0x7FE0 and e.VR not in dicom_io._BULK_VRS
+            and e.keyword not in dicom_io.PHI_KEYWORDS and not isinstance(e.value, (bytes, bytearray))
+        }
+        assert want <= set(json.loads(deferred)), (name, sorted(want - set(json.loads(deferred))))
+    large = dicom_io.parse(payloads["large synthetic CR"])
+    assert large.get_item("PixelData", keep_deferred=True).value is None
