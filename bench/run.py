@@ -426,8 +426,8 @@ def run_radlint_audit(lake: str, db: Path, registry: Path, **kw) -> dict:
 
 
 def _run_radlint_audit_once(
-    lake: str, db: Path, registry: Path, *, workers: int, shard_size: int | None, device: str, logdir: Path, tag: str,
-    executor: str = "auto",
+    lake: str, db: Path, registry: Path, *, workers: int, device: str, logdir: Path, tag: str,
+    executor: str = "auto", shard_size: int | None = None,  # None: radlint's automatic size, as users run it
 ) -> dict:
     import dask
 
@@ -944,13 +944,12 @@ def main(argv=None) -> int:
             results["flow_import_s"] = time.perf_counter() - t_imp
             say(f"imported the flow's modules and created the in-process model session in "
                 f"{results['flow_import_s']:.1f} s (not timed in the audits)")
-            shard_size = None  # radlint's automatic size, as users run it
             # 2b. radlint audit, local ----------------------------------------------------------
             for k in keys:
                 if "local" in skip:
                     break
                 res = run_radlint_audit(
-                    str(real / k), work / f"local-{k}.duckdb", registry, workers=workers, shard_size=shard_size,
+                    str(real / k), work / f"local-{k}.duckdb", registry, workers=workers,
                     device=args.device, logdir=logdir, tag=f"local-{k}",
                 )
                 results["syntax"][k]["local"] = res
@@ -964,7 +963,7 @@ def main(argv=None) -> int:
                         results["syntax"][k]["upload_s"] = upload(gen[k]["files"], k)
                         res = run_radlint_audit(
                             f"s3://{S3_BUCKET}/{k}", work / f"s3-{k}.duckdb", registry, workers=workers,
-                            shard_size=shard_size, device=args.device, logdir=logdir, tag=f"s3-{k}",
+                            device=args.device, logdir=logdir, tag=f"s3-{k}",
                         )
                         results["syntax"][k]["s3"] = res
                         say(f"radlint S3 {k}: {res['img_s']:.2f} img/s end-to-end, {fmt(res['in_task_img_s'])} in-task "
@@ -974,7 +973,7 @@ def main(argv=None) -> int:
                 n_all = n_per * len(keys)
                 db = work / "full.duckdb"
                 full = run_radlint_audit(
-                    str(real), db, registry, workers=workers, shard_size=None,
+                    str(real), db, registry, workers=workers,
                     device=args.device, logdir=logdir, tag="full",
                 )
                 n_add = max(1, math.ceil(0.01 * n_all))
@@ -982,7 +981,6 @@ def main(argv=None) -> int:
                 add_new_objects(src, real / "new", n_add, gen_counter + 1)
                 again = run_radlint_audit(
                     str(real), Path(full["db"]), registry, workers=workers,
-                    shard_size=None,
                     device=args.device, logdir=logdir, tag="full-rerun",
                 )
                 results["rerun"].append({
@@ -1004,7 +1002,7 @@ def main(argv=None) -> int:
                 # The full audit always on the Dask cluster: this row measures its orchestration and
                 # worker memory. The +1 % re-run below uses the default (auto), as users run it.
                 res = run_radlint_audit(
-                    str(lake), db, scale_registry, workers=workers, shard_size=None, device=args.device,
+                    str(lake), db, scale_registry, workers=workers, device=args.device,
                     logdir=logdir, tag=f"small-{n}", executor="dask",
                 )
                 db = Path(res["db"])
@@ -1020,7 +1018,7 @@ def main(argv=None) -> int:
                 n_add = max(1, math.ceil(0.01 * n))
                 wsec2 = write_small_lake(lake / "new", n_add, uid_base=10**16 + n * 10 + 5 * n, prefix="new")
                 again = run_radlint_audit(
-                    str(lake), db, scale_registry, workers=workers, shard_size=None, device=args.device,
+                    str(lake), db, scale_registry, workers=workers, device=args.device,
                     logdir=logdir, tag=f"small-{n}-rerun",
                 )
                 entry_scale["rerun"] = again

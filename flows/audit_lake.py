@@ -117,12 +117,13 @@ def audit_lake(
     infer.verify(entry)
     label_table = labels.read_label_file(labels_file) if labels_file else None
 
+    workers = workers or settings.default_workers()
     with write.audit_lock(db, wait_seconds=lock_wait_seconds), contextlib.ExitStack() as stack:
         cluster: BackgroundCluster | None = None
         if executor == "dask" and not dask_address and not write.has_predictions(db, entry.sha256):
             # A first audit with this model: every object listed is new, so the cluster will be
             # needed; its workers start while the lake is listed.
-            cluster = stack.enter_context(BackgroundCluster(workers or settings.default_workers()))
+            cluster = stack.enter_context(BackgroundCluster(workers))
         objects = discover.discover(lake)
         run_id = write.new_run_id()
         con = write.connect(db, wait_seconds=0)
@@ -143,7 +144,7 @@ def audit_lake(
         logger.info("listed %d objects, %d to audit", len(objects), len(todo))
 
         where = _choose_executor(executor, dask_address, todo)
-        n_workers = 1 if where == "local" else (workers or settings.default_workers())
+        n_workers = 1 if where == "local" else workers
         shards = list(discover.make_shards(todo, discover.shard_size_for(todo, n_workers, shard_size)))
         n_workers = max(1, min(n_workers, len(shards)))
         if where == "dask" and not dask_address and cluster is None and shards:

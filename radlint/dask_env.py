@@ -3,11 +3,10 @@
 Starting a LocalCluster costs ~2 s, and a spawned worker then spends ~4 s of one core importing
 Prefect's task engine, the flow module and the decoders before it can run its first shard (~10 s
 where site-packages have no compiled bytecode); a fork server (used where available) does those
-imports once for all workers. The
-flow starts the cluster as soon as it knows it will need one, so that this overlaps the listing of
-the lake and the database work, and closes it while the flow loads the parts into DuckDB.
-The workers import those modules as a Dask preload, that is while the cluster starts, not when the
-first task arrives.
+imports once for all workers. The flow starts the cluster as soon as it knows it will need one, so
+that this overlaps the listing of the lake and the database work, and closes it while the flow
+loads the parts into DuckDB. The workers import those modules as a Dask preload, that is while the
+cluster starts, not when the first task arrives.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def header_json(ds: Dataset) -> str:
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
         try:
-            if tag.is_private or tag.group == 0x7FE0 or _deferred(ds, tag):
+            if tag.is_private or tag.group == 0x7FE0 or _deferred(ds.get_item(tag, keep_deferred=True)):
                 continue  # a value parse left unread is over DEFER_BYTES: bulk data, not read to drop it
             elem = ds[tag]
             if elem.VR in _BULK_VRS:
@@ -173,9 +173,9 @@ def header_json(ds: Dataset) -> str:
     return json.dumps(out, ensure_ascii=False, sort_keys=True)
 
 
-def _deferred(ds: Dataset, tag) -> bool:
-    raw = ds.get_item(tag, keep_deferred=True)
-    return raw is not None and getattr(raw, "value", b"") is None and bool(getattr(raw, "length", 0))
+def _deferred(elem) -> bool:
+    """Whether ``elem`` (from ``Dataset.get_item(..., keep_deferred=True)``) is a value parse left unread."""
+    return elem is not None and getattr(elem, "value", b"") is None and bool(getattr(elem, "length", 0))
 
 
 def _looks_like_dicom_without_preamble(head: bytes) -> bool:
@@ -411,7 +411,7 @@ def _strided_native(ds: Dataset, byteorder: str, stride: int, raw: bytes | None 
     dtype = np.dtype(f"{byteorder}{'i' if signed else 'u'}{allocated // 8}")
     need = rows * cols * dtype.itemsize
     elem = ds.get_item("PixelData", keep_deferred=True)
-    if raw is not None and _deferred(ds, "PixelData") and elem.value_tell is not None:
+    if raw is not None and _deferred(elem) and elem.value_tell is not None:
         data, offset = raw, int(elem.value_tell)  # deferred: still in the object's bytes
         if elem.length < need:
             return None

@@ -102,7 +102,10 @@ def model_input(pixels: np.ndarray, size: int) -> np.ndarray:
     return normalize(letterbox(to_uint8(pixels), size))
 
 
-def thumbnail_jpeg(display_u8: np.ndarray, max_side: int = 192, quality: int = 80) -> dict:
+THUMBNAIL_SIDE = 192  # longest side of the review report's thumbnails
+
+
+def thumbnail_jpeg(display_u8: np.ndarray, max_side: int = THUMBNAIL_SIDE, quality: int = 80) -> dict:
     """A small grayscale JPEG of the image as stored, for the review report."""
     import io
 

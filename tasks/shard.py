@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 16  # objects fetched together; the next chunk is fetched while this one decodes
 FETCH_ATTEMPTS = 4
-THUMBNAIL_SIDE = 192
 
 
 @dataclass
@@ -170,9 +169,7 @@ def audit_shard(
                     x = preprocess.normalize(preprocess.pad_square(small, entry.input_size))
                     # The model's resized image is already thumbnail-sized: shrinking it (or
                     # nothing) is cheaper than a second resize of the decoded image.
-                    thumb = preprocess.thumbnail_jpeg(
-                        small if max(small.shape) >= THUMBNAIL_SIDE else display, max_side=THUMBNAIL_SIDE
-                    )
+                    thumb = preprocess.thumbnail_jpeg(small if max(small.shape) >= preprocess.THUMBNAIL_SIDE else display)
                 except dicom_io.Skip as skip:
                     skipped.add(_skip_row(obj, skip.reason, skip.detail, run_id, now))
                     continue

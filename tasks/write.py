@@ -366,31 +366,31 @@ def ensure_schema(con) -> None:
         DatabaseError: the database was written by a newer radlint.
     """
     meta = _meta(con)
-    row = (meta["schema_version"],) if "schema_version" in meta else None
-    if row is not None and int(row[0]) > int(SCHEMA_VERSION):
+    version = meta.get("schema_version")
+    if version is not None and int(version) > int(SCHEMA_VERSION):
         raise DatabaseError(
-            f"database schema version {row[0]} is newer than this radlint ({SCHEMA_VERSION}); upgrade radlint"
+            f"database schema version {version} is newer than this radlint ({SCHEMA_VERSION}); upgrade radlint"
         )
     digest = _sql_digest("tables")
-    if row is not None and row[0] == SCHEMA_VERSION and meta.get("tables_sha256") == digest:
+    if version == SCHEMA_VERSION and meta.get("tables_sha256") == digest:
         # The same DDL was applied before: skip re-running it (~3 ms a file) unless a table is gone.
         if {p.stem.lstrip("0123456789_") for p in sql_files("tables")} <= _tables(con):
             return
     for path in sql_files("tables"):
         ddl = path.read_text()
         con.execute(ddl)
-        if row is not None and int(row[0]) < int(SCHEMA_VERSION):
+        if version is not None and int(version) < int(SCHEMA_VERSION):
             columns, table = _declared_columns(ddl)
             have = {r[0] for r in con.execute(f'describe "{table}"').fetchall()}
             for name, col_type in columns:
                 if name not in have:
                     con.execute(f'alter table "{table}" add column "{name}" {col_type}')
-    if row is None:
+    if version is None:
         con.execute("insert into meta values ('schema_version', ?)", [SCHEMA_VERSION])
         con.execute("insert into meta values ('created_at', ?)", [utcnow().isoformat()])
-    elif int(row[0]) < int(SCHEMA_VERSION):
+    elif int(version) < int(SCHEMA_VERSION):
         con.execute("update meta set value = ? where key = 'schema_version'", [SCHEMA_VERSION])
-        con.execute("insert or replace into meta values ('migrated_at', ?)", [utcnow().isoformat()])
+        _set_meta(con, "migrated_at", utcnow().isoformat())
     _set_meta(con, "tables_sha256", digest)
 
 
@@ -415,8 +415,7 @@ def has_predictions(db: str | Path, model_sha256: str) -> bool:
         return False
     con = connect(db, read_only=True)
     try:
-        tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
-        if "predictions" not in tables:
+        if "predictions" not in _tables(con):
             return False
         return con.execute("select count(*) > 0 from predictions where model_sha256 = ?", [model_sha256]).fetchone()[0]
     finally:
