@@ -175,33 +175,73 @@ def _torch_dataset(trainset, plan):
     return _DS()
 
 
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def probe_rate(trainset, batch_size: int, workers: int, seconds: float = 8.0) -> float:
+    """Samples per second the loader delivers here (workers started, first batches skipped)."""
+    import torch
+
+    plan = [(0, pos, pos % len(trainset.images)) for pos in range(batch_size * 4000)]
+    loader = torch.utils.data.DataLoader(
+        _torch_dataset(trainset, plan), batch_size=batch_size, num_workers=workers,
+        prefetch_factor=4 if workers else None,
+    )
+    it = iter(loader)
+    for _ in range(max(2, workers)):
+        next(it)
+    t0, n = time.time(), 0
+    while time.time() - t0 < seconds:
+        n += len(next(it)[0])
+    del it
+    return n / (time.time() - t0)
+
+
+def _cpu_state(net) -> dict:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
-def predict_arrays(net, images, size, rotations=(0,), batch=128):
-    """Softmax outputs of the torch net for every image × rotation.
+def prepare_inputs(images, size, rotations=(0,)) -> np.ndarray:
+    """Model inputs for every image × rotation, [len(images) * len(rotations), 1, S, S]."""
+    xs = [model_input(rotate_to_orientation(img, ORIENTATION[r]), size)
+          for img in images for r in rotations]
+    return np.stack(xs) if xs else np.zeros((0, 1, size, size), np.float32)
 
-    Returns dict task -> [len(images), len(rotations), C] float32.
-    """
+
+def predict_inputs(net, xs: np.ndarray, n_rotations: int, batch=128, device="cpu"):
+    """Softmax outputs of the torch net on prepared inputs: task -> [N, n_rotations, C]."""
     import torch
 
     net.eval()
     out = {"body_part": [], "projection": [], "orientation": []}
-    xs = []
-    for img in images:
-        for r in rotations:
-            xs.append(model_input(rotate_to_orientation(img, ORIENTATION[r]), size))
     with torch.no_grad():
         for s in range(0, len(xs), batch):
-            x = torch.from_numpy(np.stack(xs[s : s + batch])).contiguous(
+            x = torch.from_numpy(xs[s : s + batch]).to(device).contiguous(
                 memory_format=torch.channels_last
             )
             b, p, o = net(x)
-            out["body_part"].append(b.softmax(1).numpy())
-            out["projection"].append(p.softmax(1).numpy())
-            out["orientation"].append(o.softmax(1).numpy())
-    n, k = len(images), len(rotations)
-    return {t: np.concatenate(v).reshape(n, k, -1) for t, v in out.items()}
+            out["body_part"].append(b.softmax(1).float().cpu().numpy())
+            out["projection"].append(p.softmax(1).float().cpu().numpy())
+            out["orientation"].append(o.softmax(1).float().cpu().numpy())
+    n = len(xs) // n_rotations
+    return {t: np.concatenate(v).reshape(n, n_rotations, -1) for t, v in out.items()}
+
+
+def predict_arrays(net, images, size, rotations=(0,), batch=128, device="cpu"):
+    """Softmax outputs of the torch net for every image × rotation.
+
+    Returns dict task -> [len(images), len(rotations), C] float32.
+    """
+    return predict_inputs(net, prepare_inputs(images, size, rotations), len(rotations), batch,
+                          device)
 
 
 def quick_metrics(pred, bps, pjs, rotations=(0, 1, 2, 3)):
@@ -256,6 +296,12 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--device", default="cpu",
+                    help="torch device for training (cpu, cuda, auto); the data stream does not "
+                         "depend on it")
+    ap.add_argument("--fit-seconds", type=float, default=None,
+                    help="set --epochs from a short data-loading probe so that training takes "
+                         "about this long here; the number chosen is printed and saved")
     ap.add_argument("--widths", default="24,48,96,160")
     ap.add_argument("--blocks", default="1,2,2,2")
     ap.add_argument("--exclude-source", default=None,
@@ -337,20 +383,44 @@ def main(argv=None) -> int:
     if args.init_from:
         net.load_state_dict(init["state_dict"])
         print(f"initialised from {args.init_from}", flush=True)
-    net = net.to(memory_format=torch.channels_last)
+    device = torch.device(resolve_device(args.device))
+    trainset = TrainSet(tr_img, tr_bp, tr_pj, args.size, args.seed)
+    steps_per_epoch = args.samples_per_epoch // args.batch_size
+    if args.fit_seconds:
+        rate = probe_rate(trainset, args.batch_size, args.workers)
+        args.epochs = max(1, int(args.fit_seconds * rate * 0.9 / (steps_per_epoch * args.batch_size)))
+        print(f"data probe {rate:.0f} samples/s -> --epochs {args.epochs}", flush=True)
+    # One plan for all epochs, drawn epoch by epoch as before, so that a single loader (workers
+    # started once) yields the same stream as one loader per epoch.
+    plan_rng = np.random.default_rng([args.seed, 1])
+    plan = []
+    for epoch in range(args.epochs):
+        idx = plan_rng.choice(len(tr_img), size=steps_per_epoch * args.batch_size, p=w)
+        plan.extend((epoch, pos, int(i)) for pos, i in enumerate(idx))
+    loader = torch.utils.data.DataLoader(
+        _torch_dataset(trainset, plan), batch_size=args.batch_size, shuffle=False,
+        num_workers=args.workers, drop_last=True, prefetch_factor=4 if args.workers else None,
+    )
+    # workers fork before the first CUDA call in this process
+    batches = iter(loader)
+    va_x = prepare_inputs(va_img, args.size, (0, 1, 2, 3))
+
+    net = net.to(device, memory_format=torch.channels_last)
     ema = copy.deepcopy(net)
     for p in ema.parameters():
         p.requires_grad_(False)
-    print(f"params {n_params(net)}", flush=True)
+    print(f"params {n_params(net)} on {device}", flush=True)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = args.samples_per_epoch // args.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=args.lr, total_steps=steps_per_epoch * args.epochs, pct_start=0.15,
         div_factor=20, final_div_factor=200,
     )
-    pj_w_t = torch.tensor(pj_w, dtype=torch.float32)
-    trainset = TrainSet(tr_img, tr_bp, tr_pj, args.size, args.seed)
-    plan_rng = np.random.default_rng([args.seed, 1])
+    pj_w_t = torch.tensor(pj_w, dtype=torch.float32, device=device)
+    ema_params, net_params = list(ema.parameters()), list(net.parameters())
+
+    def val_metrics(model):
+        return quick_metrics(predict_inputs(model, va_x, 4, device=device),
+                             [t[0] for t in va_t], [t[1] for t in va_t])
 
     log_path = out / "log.csv"
     with open(log_path, "w", newline="") as f:
@@ -359,24 +429,19 @@ def main(argv=None) -> int:
     n_seen = 0
     for epoch in range(args.epochs):
         te0 = time.time()
-        idx = plan_rng.choice(len(tr_img), size=steps_per_epoch * args.batch_size, p=w)
-        plan = [(epoch, pos, int(i)) for pos, i in enumerate(idx)]
-        loader = torch.utils.data.DataLoader(
-            _torch_dataset(trainset, plan), batch_size=args.batch_size, shuffle=False,
-            num_workers=args.workers, drop_last=True, prefetch_factor=4 if args.workers else None,
-        )
         net.train()
-        sums = np.zeros(4)
-        for x, bp, pj, ori in loader:
-            x = x.contiguous(memory_format=torch.channels_last)
+        sums = torch.zeros(4, device=device)
+        for _ in range(steps_per_epoch):
+            x, bp, pj, ori = next(batches)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            bp, pj, ori = bp.to(device), pj.to(device), ori.to(device)
             lb, lp, lo = net(x)
             loss_b = F.cross_entropy(lb, bp, label_smoothing=args.label_smoothing)
             m = pj >= 0
-            if m.any():
-                loss_p = F.cross_entropy(lp[m], pj[m], weight=pj_w_t,
-                                         label_smoothing=args.label_smoothing)
-            else:
-                loss_p = lp.sum() * 0.0
+            # masked by weight rather than by indexing, so no host sync per step
+            loss_p = (F.cross_entropy(lp, pj.clamp(min=0), weight=pj_w_t,
+                                      label_smoothing=args.label_smoothing, reduction="none")
+                      * m).sum() / (pj_w_t[pj.clamp(min=0)] * m).sum().clamp(min=1e-12)
             loss_o = F.cross_entropy(lo, ori, label_smoothing=args.label_smoothing)
             loss = ((0.0 if args.chest_only else 1.0) * loss_b + args.projection_weight * loss_p
                     + loss_o)
@@ -387,20 +452,18 @@ def main(argv=None) -> int:
             n_seen += 1
             d = min(args.ema, (1 + n_seen) / (10 + n_seen))
             with torch.no_grad():
-                for pe, pn in zip(ema.parameters(), net.parameters()):
-                    pe.mul_(d).add_(pn.detach(), alpha=1 - d)
+                torch._foreach_mul_(ema_params, d)
+                torch._foreach_add_(ema_params, [q.detach() for q in net_params], alpha=1 - d)
                 for be, bn in zip(ema.buffers(), net.buffers()):
                     be.copy_(bn)
-            sums += [loss.item(), loss_b.item(), loss_p.item(), loss_o.item()]
-        sums /= steps_per_epoch
+            sums += torch.stack([loss.detach(), loss_b.detach(), loss_p.detach(), loss_o.detach()])
+        sums = sums.cpu().numpy() / steps_per_epoch
         vm = ""
         if va_img and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            vm = json.dumps({k: round(v, 4) for k, v in quick_metrics(
-                predict_arrays(ema, va_img, args.size, (0, 1, 2, 3)),
-                [t[0] for t in va_t], [t[1] for t in va_t]).items()})
+            vm = json.dumps({k: round(v, 4) for k, v in val_metrics(ema).items()})
         dt = time.time() - te0
         # rolling checkpoint (EMA weights) so that an interrupted run can still be exported
-        torch.save({"state_dict": ema.state_dict(), "arch": arch, "size": args.size,
+        torch.save({"state_dict": _cpu_state(ema), "arch": arch, "size": args.size,
                     "args": {k: str(v) for k, v in vars(args).items()}, "weights": "ema",
                     "epoch": epoch + 1}, out / "last_ema.pt")
         with open(log_path, "a", newline="") as f:
@@ -408,14 +471,14 @@ def main(argv=None) -> int:
                                     *[round(float(s), 4) for s in sums], vm])
         print(f"epoch {epoch + 1}/{args.epochs} {dt:.0f}s loss {sums.round(3).tolist()} {vm}",
               flush=True)
+    del batches, loader
 
     # choose between the raw weights and their EMA on validation (never test)
     chosen, chosen_name, best = ema, "ema", None
     if va_img:
         scores = {}
         for name, model in (("ema", ema), ("last", net)):
-            vmx = quick_metrics(predict_arrays(model, va_img, args.size, (0, 1, 2, 3)),
-                                [t[0] for t in va_t], [t[1] for t in va_t])
+            vmx = val_metrics(model)
             keys = [k for k in ("body_part_macro_auc", "projection_macro_auc",
                                 "orientation_macro_auc") if k in vmx and not math.isnan(vmx[k])]
             scores[name] = (float(np.mean([vmx[k] for k in keys])), vmx)
@@ -424,15 +487,18 @@ def main(argv=None) -> int:
         best = scores
         print("validation selection", json.dumps(scores), flush=True)
     chosen.eval()
-    torch.save({"state_dict": chosen.state_dict(), "arch": arch, "size": args.size,
+    torch.save({"state_dict": _cpu_state(chosen), "arch": arch, "size": args.size,
                 "args": {k: str(v) for k, v in vars(args).items()}, "weights": chosen_name},
                out / "model.pt")
-    te_pred = predict_arrays(chosen, te_img, args.size, (0, 1, 2, 3))
-    test_m = quick_metrics(te_pred, [t[0] for t in te_t], [t[1] for t in te_t])
-    np.savez_compressed(out / "test_preds.npz", files=np.array([r["file"] for r in test_rows]),
-                        body_part=np.array([t[0] for t in te_t]),
-                        projection=np.array([t[1] for t in te_t]),
-                        **{f"p_{k}": v for k, v in te_pred.items()})
+    test_m = None
+    if te_img:
+        te_pred = predict_arrays(chosen, te_img, args.size, (0, 1, 2, 3), device=device)
+        test_m = quick_metrics(te_pred, [t[0] for t in te_t], [t[1] for t in te_t])
+        np.savez_compressed(out / "test_preds.npz",
+                            files=np.array([r["file"] for r in test_rows]),
+                            body_part=np.array([t[0] for t in te_t]),
+                            projection=np.array([t[1] for t in te_t]),
+                            **{f"p_{k}": v for k, v in te_pred.items()})
     summary = {"tag": args.tag, "seconds": round(time.time() - t0, 1), "params": n_params(net),
                "n_train": len(tr_img), "n_val": len(va_img), "n_test": len(te_img),
                "weights": chosen_name, "validation": best, "test_quick": test_m,
