@@ -32,11 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tasks.preprocess import model_input, rotate_to_orientation  # noqa: E402
+from tasks.preprocess import correct_orientation, model_input, rotate_to_orientation  # noqa: E402
 from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "radiographs"
 SPLIT_FILE = ROOT / "models" / "splits" / "patient_split.csv"
+# shared radiographs that a review found not stored upright (see models/README.md)
+ORIENTATION_REVIEW = ROOT / "models" / "splits" / "orientation_review.csv"
 WORK = ROOT / "models" / "_work"
 SPLIT_SEED = 20261127
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -45,9 +47,13 @@ SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 # --------------------------------------------------------------------------- data
 
 
-def read_labels(data: Path) -> list[dict]:
+def read_labels(data: Path, overrides: Path | None = None) -> list[dict]:
+    """labels.csv rows, with ``overrides`` (a review keyed by file) applied where they match."""
+    from radlint.evaluate import apply_overrides
+
     with open(data / "labels.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    return apply_overrides(rows, overrides, strict=False) if overrides else rows
 
 
 def make_split(rows: list[dict], seed: int = SPLIT_SEED, fractions=SPLIT_FRACTIONS) -> dict:
@@ -95,9 +101,10 @@ def save_split(split: dict, path: Path) -> None:
             w.writerow([pid, split[pid]])
 
 
-def decode(path: Path) -> np.ndarray:
+def decode(path: Path, orientation: str = "upright") -> np.ndarray:
+    """The image as uint8, brought upright when its stored ``orientation`` is known."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+        return correct_orientation(np.asarray(im.convert("L"), dtype=np.uint8), orientation)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -281,6 +288,10 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE)
+    ap.add_argument("--overrides", type=Path,
+                    default=ORIENTATION_REVIEW if ORIENTATION_REVIEW.exists() else None,
+                    help="CSV keyed by file (e.g. an orientation column for images not stored "
+                         "upright); default models/splits/orientation_review.csv")
     ap.add_argument("--tag", default="main")
     ap.add_argument("--size", type=int, default=192)
     ap.add_argument("--epochs", type=int, default=38)
@@ -330,7 +341,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    rows = read_labels(args.data)
+    rows = read_labels(args.data, args.overrides)
     if args.split_file.exists():
         split = load_split(args.split_file)
     else:
@@ -352,7 +363,7 @@ def main(argv=None) -> int:
         test_rows = [r for r in held if r["body_part"] == "chest" and r["view"]]
 
     def load(rs):
-        return [decode(args.data / r["file"]) for r in rs]
+        return [decode(args.data / r["file"], r.get("orientation") or "upright") for r in rs]
 
     tr_img, va_img, te_img = load(train_rows), load(val_rows), load(test_rows)
     print(f"decoded {len(tr_img)}/{len(va_img)}/{len(te_img)} images in {time.time() - t0:.1f}s",

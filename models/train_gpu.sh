@@ -35,6 +35,7 @@ done
 tar czf "$OUT/runs.tgz" models/_work/gpu_a/log.csv models/_work/gpu_a/summary.json \
   models/_work/gpu_b/log.csv models/_work/gpu_b/summary.json 2>/dev/null
 
+[ "${BENCH:-1}" = 0 ] && exit 0
 cks=()
 for f in .devdata/ck/v2.pt "$OUT/gpu_a.pt" "$OUT/gpu_b.pt"; do [ -f "$f" ] && cks+=(--checkpoint "$f"); done
 $PY bench/gpu.py --images 2048 "${cks[@]}" --out "$OUT/gpu.md" 2>&1 | tail -n 20

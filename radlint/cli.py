@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="labels.csv of a labeled image folder")
     p.add_argument("--split-file", help="patient split CSV (patient_id,split)")
     p.add_argument("--split", default="test", help="split to use with --split-file (default test)")
+    p.add_argument("--overrides", help="CSV keyed by file whose non-empty cells replace the labels' "
+                   "values (an orientation column: images not stored upright)")
     p.add_argument("--dir", required=True, help="working folder for the lake and database")
     p.add_argument("--n", type=_positive, default=100000, help="at most this many images")
     p.add_argument("--error-rate", type=float, default=0.1)

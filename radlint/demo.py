@@ -17,6 +17,8 @@ from radlint import lakegen, planted
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RADIOGRAPHS_ENV = "RADLINT_RADIOGRAPHS"
 SPLIT_FILE = PROJECT_ROOT / "models" / "splits" / "patient_split.csv"
+# shared radiographs found not stored upright on review (radlint.evaluate.apply_overrides)
+ORIENTATION_REVIEW = PROJECT_ROOT / "models" / "splits" / "orientation_review.csv"
 
 # (pydicom-data file, body part, fine label, view) for the fallback lake.
 PYDICOM_DATA_IMAGES = [
@@ -118,6 +120,16 @@ def _audit_and_score(work: Path, truth: Path, workers: int, registry: str | None
     return summary, scores
 
 
+def _review_for(labels: Path) -> Path | None:
+    """The packaged orientation review applies to the shared radiographs' labels only."""
+    if not ORIENTATION_REVIEW.exists():
+        return None
+    from radlint.evaluate import _read_csv
+
+    files = {r["file"] for r in _read_csv(labels)}
+    return ORIENTATION_REVIEW if all(r["file"] in files for r in _read_csv(ORIENTATION_REVIEW)) else None
+
+
 def run(args) -> int:
     """Build the demo lake, audit it, print the top findings and where the database is."""
     t0 = time.perf_counter()
@@ -125,7 +137,8 @@ def run(args) -> int:
     _fresh(work)
     root = radiographs_dir()
     if root is not None:
-        sources = lakegen.read_labeled_folder(root / "labels.csv", SPLIT_FILE, "test")
+        sources = lakegen.read_labeled_folder(root / "labels.csv", SPLIT_FILE, "test",
+                                              _review_for(root / "labels.csv"))
         origin = f"{root} (test split)" if SPLIT_FILE.exists() else str(root)
         sources = lakegen.stratified_sample(sources, args.n, args.seed)
     else:
@@ -158,7 +171,8 @@ def run_planted(args) -> int:
     """Planted-error evaluation on a labeled image folder (for example the held-out test split)."""
     work = Path(args.dir).resolve()
     _fresh(work)
-    sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file), args.split)
+    sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file),
+                                          args.split, getattr(args, "overrides", None))
     if not sources:
         print("radlint: no images selected (check --labels/--split-file/--split)", file=sys.stderr)
         return 2

@@ -5,6 +5,10 @@ The folder is described by a CSV in the format of ``labels.csv`` (columns ``file
 ``body_part`` and/or ``view``; ``patient_id`` when a split file is used). Body part and
 projection are scored on the image as stored; orientation is scored by rotating every image
 the four ways (tasks.preprocess.rotate_to_orientation) and asking the model which one it sees.
+An optional ``orientation`` column says how a stored image differs from upright (DESIGN.md
+vocabulary; empty = upright): such an image is brought upright before it is rotated.
+``--overrides CSV`` (keyed by ``file``) replaces the labels' values where its cells are not
+empty, e.g. models/splits/orientation_review.csv for the shared radiographs.
 """
 
 from __future__ import annotations
@@ -200,6 +204,36 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def apply_overrides(rows: list[dict], overrides: Path | None, strict: bool = True) -> list[dict]:
+    """Rows with the non-empty cells of ``overrides`` (a CSV keyed by ``file``) replacing theirs.
+
+    Raises ValueError for an unknown orientation and, when ``strict``, for an override of a file
+    the labels do not list, so a stale review file cannot pass silently (``strict=False`` for a
+    subset of the labels, such as a training copy without the test split).
+    """
+    from tasks.vocabulary import ORIENTATION
+
+    if overrides is None:
+        return rows
+    by_file = {r["file"]: r for r in rows}
+    out = {r["file"]: dict(r) for r in rows}
+    for o in _read_csv(Path(overrides)):
+        f = o.get("file", "")
+        if f not in by_file:
+            if strict:
+                raise ValueError(f"{overrides}: {f!r} is not in the labels")
+            continue
+        if o.get("orientation") and o["orientation"] not in ORIENTATION:
+            raise ValueError(f"{overrides}: unknown orientation {o['orientation']!r} for {f}")
+        out[f].update({k: v for k, v in o.items() if v and k != "file"})
+    return [out[r["file"]] for r in rows]
+
+
+def stored_orientation(row: dict) -> str:
+    """How the row's stored image differs from upright (empty or absent: upright)."""
+    return row.get("orientation") or "upright"
+
+
 def load_image(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -215,7 +249,7 @@ def predict_folder(entry, rows, root: Path, *, batch_size=64, threads=0, rotate=
     """Run the registry model over every row's image: upright outputs and, for orientation,
     the four rotations. Returns (dict task -> [N, C] upright, orientation [N, 4, 4])."""
     from tasks.infer import predict
-    from tasks.preprocess import model_input, rotate_to_orientation
+    from tasks.preprocess import correct_orientation, model_input, rotate_to_orientation
     from tasks.vocabulary import ORIENTATION
 
     size = entry.input_size
@@ -225,7 +259,7 @@ def predict_folder(entry, rows, root: Path, *, batch_size=64, threads=0, rotate=
     for s in range(0, len(rows), chunk):
         xs = []
         for r in rows[s : s + chunk]:
-            img = load_image(root / r["file"])
+            img = correct_orientation(load_image(root / r["file"]), stored_orientation(r))
             views = ORIENTATION if rotate else ORIENTATION[:1]
             for o in views:
                 xs.append(model_input(rotate_to_orientation(img, o), size))
@@ -244,13 +278,14 @@ def predict_folder(entry, rows, root: Path, *, batch_size=64, threads=0, rotate=
 
 def evaluate(labels: Path, root: Path | None = None, *, registry: Path | None = None,
              split_file: Path | None = None, split: str | None = None, n_boot: int = 1000,
-             seed: int = 0, threads: int = 0, return_predictions: bool = False) -> dict:
+             seed: int = 0, threads: int = 0, return_predictions: bool = False,
+             overrides: Path | None = None) -> dict:
     """Metrics of the registry's default model on the labeled folder (see module docstring)."""
     from tasks.infer import REGISTRY_PATH, default_model
 
     labels = Path(labels)
     root = Path(root) if root else labels.parent
-    rows = _read_csv(labels)
+    rows = apply_overrides(_read_csv(labels), overrides)
     if split_file and split:
         sp = {r["patient_id"]: r["split"] for r in _read_csv(Path(split_file))}
         rows = [r for r in rows if sp.get(r.get("patient_id", "")) == split]
@@ -259,7 +294,9 @@ def evaluate(labels: Path, root: Path | None = None, *, registry: Path | None = 
     entry = default_model(registry or REGISTRY_PATH)
     up, ori = predict_folder(entry, rows, root, threads=threads)
     result = {"model": entry.name, "sha256": entry.sha256, "n_images": len(rows),
-              "labels": str(labels), "split": split, "tasks": {}}
+              "labels": str(labels), "split": split, "tasks": {},
+              "overrides": str(overrides) if overrides else None,
+              "not_upright_as_stored": sum(stored_orientation(r) != "upright" for r in rows)}
     preds = {"rows": rows, "upright": up, "orientation": ori}
 
     bp = entry.tasks.get("body_part")
@@ -351,6 +388,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-file", type=Path, default=None,
                         help="CSV patient_id,split (e.g. models/splits/patient_split.csv)")
     parser.add_argument("--split", default=None, help="keep only patients of this split")
+    parser.add_argument("--overrides", type=Path, default=None,
+                        help="CSV keyed by file whose non-empty cells replace the labels' values "
+                             "(e.g. an orientation column for images not stored upright)")
     parser.add_argument("--registry", type=Path, default=None, help="model registry YAML")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the result as markdown (.md) or JSON (.json)")
@@ -369,7 +409,7 @@ def run(args) -> int:
     try:
         result = evaluate(args.labels, args.root, registry=args.registry,
                           split_file=args.split_file, split=args.split, n_boot=args.bootstrap,
-                          seed=args.seed, threads=args.threads)
+                          seed=args.seed, threads=args.threads, overrides=args.overrides)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"radlint evaluate: {e}")
         return 1

@@ -25,7 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tasks.preprocess import rotate_to_orientation
+from tasks.preprocess import correct_orientation, rotate_to_orientation
 from tasks.vocabulary import ORIENTATION, PROJECTION
 
 # BodyPartExamined written for each fine label of the source sets (first match wins).
@@ -59,10 +59,16 @@ class SourceImage:
     view: str
     patient_id: str
     institution: str
+    # how the stored image differs from upright (labels' optional orientation column)
+    orientation: str = "upright"
 
 
-def read_labeled_folder(labels_csv: Path, split_file: Path | None = None, split: str | None = None) -> list[SourceImage]:
-    """Rows of a labels.csv (the format of shared/data/radiographs), optionally one split only."""
+def read_labeled_folder(labels_csv: Path, split_file: Path | None = None, split: str | None = None,
+                        overrides: Path | None = None) -> list[SourceImage]:
+    """Rows of a labels.csv (the format of shared/data/radiographs), optionally one split only,
+    with ``overrides`` applied (radlint.evaluate.apply_overrides)."""
+    from radlint.evaluate import apply_overrides, stored_orientation
+
     labels_csv = Path(labels_csv)
     keep: set[str] | None = None
     if split_file and split and Path(split_file).exists():
@@ -70,20 +76,22 @@ def read_labeled_folder(labels_csv: Path, split_file: Path | None = None, split:
             keep = {r["patient_id"] for r in csv.DictReader(f) if r.get("split") == split}
     out = []
     with open(labels_csv, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if keep is not None and r["patient_id"] not in keep:
-                continue
-            out.append(
-                SourceImage(
-                    image_id=r["image_id"],
-                    path=labels_csv.parent / r["file"],
-                    body_part=r["body_part"],
-                    body_part_fine=r.get("body_part_fine", ""),
-                    view=(r.get("view") or "").upper(),
-                    patient_id=r["patient_id"],
-                    institution=r.get("institution") or "",
-                )
+        rows = apply_overrides(list(csv.DictReader(f)), overrides)
+    for r in rows:
+        if keep is not None and r["patient_id"] not in keep:
+            continue
+        out.append(
+            SourceImage(
+                image_id=r["image_id"],
+                path=labels_csv.parent / r["file"],
+                body_part=r["body_part"],
+                body_part_fine=r.get("body_part_fine", ""),
+                view=(r.get("view") or "").upper(),
+                patient_id=r["patient_id"],
+                institution=r.get("institution") or "",
+                orientation=stored_orientation(r),
             )
+        )
     return out
 
 
@@ -197,7 +205,7 @@ def build_lake(
     lake_dir.mkdir(parents=True, exist_ok=True)
     truth: list[dict[str, Any]] = []
     for k, im in enumerate(images):
-        u8 = np.asarray(Image.open(im.path).convert("L"))
+        u8 = correct_orientation(np.asarray(Image.open(im.path).convert("L")), im.orientation)
         term = _term_for(im)
         view = im.view if im.view in PROJECTION else None
         planted = {f: False for f in PLANT_FIELDS}
