@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.train import DEFAULT_DATA, SPLIT_FILE, load_split, read_labels  # noqa: E402
+from models.train import (  # noqa: E402
+    DEFAULT_DATA,
+    ORIENTATION_REVIEW,
+    SPLIT_FILE,
+    load_split,
+    read_labels,
+)
 from radlint.evaluate import (  # noqa: E402
     _fmt_ci,
     auc_ovr,
@@ -226,6 +232,50 @@ def loso_section(n_boot=1000, rows=None, split=None) -> tuple[list[str], dict]:
     return lines, out
 
 
+def _rel(path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except (ValueError, TypeError):
+        return str(path)
+
+
+def _n_rows(path) -> int:
+    if not path or not Path(path).exists():
+        return 0
+    with open(path, newline="") as f:
+        return sum(1 for _ in f) - 1
+
+
+def _review_text(summary: dict, overrides) -> str:
+    if not overrides:
+        return "."
+    listed = (f"`{_rel(overrides)}` lists {_n_rows(overrides)} images a review found not stored "
+              "upright in their source (see known weaknesses)")
+    if summary["args"].get("overrides", "None") in ("None", ""):
+        return (". This model was trained with every source image taken as upright; "
+                + listed + ", and the evaluation below brings those upright first.")
+    return ", after bringing the image upright: " + listed + "."
+
+
+def _pack_text(summary: dict) -> str:
+    pack = Path(summary["args"].get("data", "")) / "pack.json"
+    if not pack.is_absolute():
+        pack = ROOT / pack
+    if not pack.exists():
+        return ""
+    return (" Trained from a compact copy of the train and validation images (`"
+            + json.loads(pack.read_text())["command"] + "`: longest side ≤ 320 px, JPEG "
+            "re-encoded) so that it could travel to a GPU host; test images never left the "
+            "development machine and are evaluated from the originals.")
+
+
+def _hardware_text(summary: dict) -> str:
+    if summary["args"].get("device", "cpu") == "cuda":
+        return ("on one NVIDIA H100 (lent for this run; data augmentation on "
+                f"{summary['args'].get('workers', '?')} CPU worker processes)")
+    return "on 2 shared CPU cores (no GPU)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--name", default="radlint-multihead-v2")
@@ -233,9 +283,15 @@ def main(argv=None) -> int:
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE)
     ap.add_argument("--run", type=Path, default=WORK / "main")
     ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--notes", type=Path, default=MODELS / "cards" / "notes.md",
-                    help="hand-written sections (known weaknesses etc.) appended verbatim")
+    ap.add_argument("--notes", type=Path, default=None,
+                    help="hand-written sections (known weaknesses etc.) appended verbatim "
+                         "(default: cards/<name>-notes.md)")
+    ap.add_argument("--overrides", type=Path,
+                    default=ORIENTATION_REVIEW if ORIENTATION_REVIEW.exists() else None,
+                    help="label review keyed by file (default models/splits/orientation_review.csv)")
     args = ap.parse_args(argv)
+    if args.notes is None:
+        args.notes = CARDS / f"{args.name}-notes.md"
 
     CARDS.mkdir(parents=True, exist_ok=True)
     reg_path = MODELS / "registry.yaml"
@@ -243,11 +299,16 @@ def main(argv=None) -> int:
     import yaml
 
     raw = {m["name"]: m for m in yaml.safe_load(reg_path.read_text())["models"]}[args.name]
-    rows = read_labels(args.data)
+    rows = read_labels(args.data, args.overrides)
     split = load_split(args.split_file)
     result, preds = evaluate(args.data / "labels.csv", args.data, registry=reg_path,
                              split_file=args.split_file, split="test", n_boot=args.bootstrap,
-                             threads=2, return_predictions=True)
+                             threads=2, return_predictions=True, overrides=args.overrides)
+    raw_result = None
+    if args.overrides and result["not_upright_as_stored"]:
+        raw_result = evaluate(args.data / "labels.csv", args.data, registry=reg_path,
+                              split_file=args.split_file, split="test", n_boot=args.bootstrap,
+                              threads=2)
     plot_rocs(result, preds, CARDS / f"{args.name}-roc.png")
     plot_confusions(result, CARDS / f"{args.name}-confusion.png")
     src_lines, src_res = per_source_projection(preds, args.bootstrap)
@@ -283,7 +344,7 @@ def main(argv=None) -> int:
           "see its README). Labels: `body_part`; `view` for chest projection (only chest images "
           "with a view label train the projection head, the loss is masked elsewhere); "
           "orientation labels are made by rotating each image by a uniformly drawn rotation "
-          "(`rotate_to_orientation`).",
+          "(`rotate_to_orientation`)" + _review_text(summary, args.overrides) + _pack_text(summary),
           "- Split: patient-level 70/10/20 (train/val/test), stratified by source, dominant body "
           "part and view, fixed seed 20261127, saved as `models/splits/patient_split.csv` "
           "(`patient_id,split`). No patient is in two splits.",
@@ -297,13 +358,16 @@ def main(argv=None) -> int:
           "frequency. Augmentation on the uint8 upright image, before rotation: horizontal flip, "
           "rotation ±10°, random resized crop (50–100 % area, aspect 3/4–4/3), gamma 0.6–1.6, "
           "contrast/brightness, Gaussian noise.",
-          f"- Wall time: {summary['seconds'] / 60:.0f} min on 2 shared CPU cores (no GPU), "
-          "seed 0. Re-running the command gives the same split and data stream.", "",
+          f"- Wall time: {summary['seconds'] / 60:.0f} min {_hardware_text(summary)}, seed "
+          f"{summary['args']['seed']}. Re-running the command gives the same split and data "
+          "stream on any device (the weights then differ in floating-point detail).", "",
           "### Data per split (images)", ""]
     md += split_counts(rows, split)
     md += ["", "## Results on the held-out test split", "",
            f"Measured with `radlint evaluate --labels shared/data/radiographs/labels.csv "
-           f"--split-file models/splits/patient_split.csv --split test` (the ONNX model through "
+           f"--split-file models/splits/patient_split.csv --split test"
+           + (f" --overrides {_rel(args.overrides)}" if args.overrides else "")
+           + "` (the ONNX model through "
            f"`tasks.infer`). 95 % intervals: percentile bootstrap, {args.bootstrap} resamples "
            "(orientation: resampling images with their four rotations together). Accuracy per "
            "class is the recall of that class.", "",
@@ -316,7 +380,11 @@ def main(argv=None) -> int:
            "| 1.00 | 1.000 |",
            f"| projection | macro AUC (3 classes) | {_fmt_ci(pj['macro_auc'])} | ≥ 0.99 | – |",
            f"| orientation | macro AUC (4 classes) | {_fmt_ci(t['orientation']['macro_auc'])} | "
-           "≥ 0.999 | 0.997 |", "",
+           "≥ 0.999 | 0.997 |"]
+    if raw_result is not None:
+        md += [f"| orientation, source labels without the review | macro AUC | "
+               f"{_fmt_ci(raw_result['tasks']['orientation']['macro_auc'])} | | |"]
+    md += ["",
            "### Body part", ""]
     md += task_table(t["body_part"])
     md += ["", "### Chest projection (chest test images with a view label)", ""]

@@ -27,7 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.train import DEFAULT_DATA, SPLIT_FILE, decode, load_split, read_labels  # noqa: E402
+from models.train import (  # noqa: E402
+    DEFAULT_DATA,
+    ORIENTATION_REVIEW,
+    SPLIT_FILE,
+    decode,
+    load_split,
+    read_labels,
+)
 from tasks.infer import load_registry, sha256_file  # noqa: E402
 from tasks.preprocess import model_input, rotate_to_orientation  # noqa: E402
 from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION  # noqa: E402
@@ -96,14 +103,28 @@ def train_command(targs: dict) -> str:
 
     defaults = {k: str(v) for k, v in vars(parse_args([])).items()}
     flags = [f"--tag {targs['tag']}"]
+    prefix = ""
+    data = targs.get("data", defaults["data"])
+    if data != defaults["data"]:
+        flags.append(f"--data {data}")
+        pack = Path(data) / "pack.json"
+        if pack.exists():
+            prefix = json.loads(pack.read_text())["command"] + " && "
+    if "overrides" not in targs or targs["overrides"] in ("None", ""):
+        # trained on the labels as the source gives them (before or without the review)
+        flags.append("--overrides ''")
+    elif targs["overrides"] != defaults["overrides"]:
+        flags.append(f"--overrides {targs['overrides']}")
+    # --fit-seconds only chose --epochs, which is recorded; --device does not change the stream
+    skip = ("tag", "data", "split_file", "threads", "workers", "fit_seconds", "device", "overrides")
     for k, v in targs.items():
-        if k in ("tag", "data", "split_file", "threads", "workers") or str(v) == defaults.get(k):
+        if k in skip or str(v) == defaults.get(k):
             continue
         if v in ("True", True):
             flags.append(f"--{k.replace('_', '-')}")
         else:
             flags.append(f"--{k.replace('_', '-')} {v}")
-    cmd = "python models/train.py " + " ".join(flags)
+    cmd = prefix + "python models/train.py " + " ".join(flags)
     init = targs.get("init_from")
     if init and init != "None":
         parent = Path(init).parent / "summary.json"
@@ -164,7 +185,7 @@ def main(argv=None) -> int:
     onnx_path = args.registry.parent / f"{args.name}.onnx"
     export_onnx(module, size, onnx_path)
 
-    rows = read_labels(args.data)
+    rows = read_labels(args.data, ORIENTATION_REVIEW if ORIENTATION_REVIEW.exists() else None)
     split = load_split(args.split_file)
     test_rows = [r for r in rows if split[r["patient_id"]] == "test"]
     pick = np.random.default_rng(0).choice(len(test_rows), args.parity_images, replace=False)

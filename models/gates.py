@@ -96,12 +96,15 @@ def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> d
 
 
 def main(argv=None) -> int:
-    from radlint.evaluate import predict_folder
+    from radlint.evaluate import apply_overrides, predict_folder
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/radiographs/labels.csv")
     ap.add_argument("--split-file", type=Path, default=Path(__file__).resolve().parent / "splits/patient_split.csv")
     ap.add_argument("--split", default="val")
+    review = Path(__file__).resolve().parent / "splits/orientation_review.csv"
+    ap.add_argument("--overrides", type=Path, default=review if review.exists() else None,
+                    help="CSV keyed by file (default: models/splits/orientation_review.csv)")
     ap.add_argument("--registry", type=Path, default=REGISTRY_PATH)
     ap.add_argument("--target-precision", type=float, default=0.9)
     ap.add_argument("--prevalence", type=float, default=0.1)
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     with open(args.split_file, newline="") as f:
         split = {r["patient_id"]: r["split"] for r in csv.DictReader(f)}
     with open(args.labels, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if split.get(r["patient_id"]) == args.split]
+        rows = apply_overrides(list(csv.DictReader(f)), args.overrides)
+    rows = [r for r in rows if split.get(r["patient_id"]) == args.split]
     entry = default_model(args.registry)
     up, ori = predict_folder(entry, rows, args.labels.parent)
     thresholds = {t: spec.thresholds for t, spec in entry.tasks.items()}

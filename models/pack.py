@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -59,6 +60,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n, size = pack(args.data, args.out, set(args.splits.split(",")), args.split_file,
                    args.max_side, args.quality)
+    # read by models/export.py, so a model's recorded recipe starts with this step
+    (args.out / "pack.json").write_text(json.dumps(
+        {"command": f"python models/pack.py --out {args.out} --splits {args.splits} "
+                    f"--max-side {args.max_side} --quality {args.quality}", "images": n}))
     print(f"{n} images, {size / 1e6:.1f} MB in {args.out}")
     return 0
 

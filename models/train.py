@@ -341,6 +341,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
+    if args.overrides is not None and str(args.overrides) in ("", "."):
+        args.overrides = None  # --overrides '': the labels as the source gives them
     rows = read_labels(args.data, args.overrides)
     if args.split_file.exists():
         split = load_split(args.split_file)
