@@ -19,6 +19,8 @@ import yaml
 from tasks.infer import REGISTRY_PATH, default_model
 from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
+# lowest per-label gate: the model must give the label less than half its probability
+LABEL_GATE_FLOOR = 0.5
 GRID = np.round(np.concatenate([np.arange(0.0, 0.9, 0.01), np.arange(0.9, 1.0, 0.001)]), 4)
 
 
@@ -61,6 +63,42 @@ def choose_gate(neg, pos, target_precision: float, prevalence: float) -> dict:
     if reached:
         return max(reached, key=lambda r: (r["recall"], r["class_thresholds"]))
     return max(rows, key=lambda r: r["precision"])
+
+
+def choose_label_gates(neg, pos, classes, target_precision: float, prevalence: float) -> dict | None:
+    """One severity gate per labelled class, each the smallest whose flags on pairs with that
+    label reach the target precision (so the task's flags do too); under the better of the two
+    rules of :func:`choose_gate`. None when no label class has both kinds of pair.
+
+    Needed where one task mixes easy and hard confusions: a frontal chest image labelled
+    LATERAL gets severity ~0.9 (label smoothing keeps p(LATERAL) near 0.1) while a PA image
+    that looks AP gets ~0.96, so one gate cannot pass the first without the second.
+    """
+    best = None
+    for ct in (True, False):
+        gates, tp, n_pos = {}, 0.0, 0.0
+        for c, name in enumerate(classes):
+            nm, pm = neg[1] == c, pos[1] == c
+            if not nm.any() or not pm.any():
+                continue
+            sub_neg = (neg[0][nm], neg[1][nm], neg[2])
+            sub_pos = (pos[0][pm], pos[1][pm], pos[2])
+            row = _choose_gate_one(sub_neg, sub_pos, target_precision, prevalence, ct)
+            if row["precision"] < target_precision:
+                row = {"min_severity": 1.0, "recall": 0.0}  # never flag this label
+            elif row["min_severity"] < LABEL_GATE_FLOOR:
+                # a label with few validation images cannot vouch for a gate below the floor
+                row = {**row, "min_severity": LABEL_GATE_FLOOR,
+                       "recall": float(flag_rates(*sub_pos, LABEL_GATE_FLOOR, ct).mean())}
+            gates[name] = round(row["min_severity"], 4)
+            tp += row["recall"] * pm.sum()
+            n_pos += pm.sum()
+        if not gates:
+            continue
+        cand = {"by_label": gates, "recall": tp / n_pos, "class_thresholds": ct}
+        if best is None or cand["recall"] > best["recall"]:
+            best = cand
+    return best
 
 
 def _wrong_labels(probs: np.ndarray, labels: np.ndarray, candidates: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -124,9 +162,10 @@ def main(argv=None) -> int:
     header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
     data = yaml.safe_load(text)
     model = next(m for m in data["models"] if m["name"] == entry.name)
+    classes = {"body_part": BODY_PART, "projection": PROJECTION, "orientation": ORIENTATION}
     for task, (neg, pos) in sims.items():
         g = choose_gate(neg, pos, args.target_precision, args.prevalence)
-        model["tasks"][task]["gate"] = {
+        gate = {
             "min_severity": round(g["min_severity"], 4),
             "target_precision": args.target_precision,
             "prevalence": args.prevalence,
@@ -134,8 +173,22 @@ def main(argv=None) -> int:
             "val_recall": round(g["recall"], 4),
             "class_thresholds": bool(g["class_thresholds"]),
         }
-        print(f"{task:12s} gate {g['min_severity']:.3f}  class thresholds {str(g['class_thresholds']):5s}  "
-              f"val precision {g['precision']:.3f}  recall {g['recall']:.3f}")
+        lg = choose_label_gates(neg, pos, classes[task], args.target_precision, args.prevalence)
+        reached = g["precision"] >= args.target_precision
+        if lg is not None and lg["recall"] > 0 and (not reached or lg["recall"] > g["recall"] + 1e-9):
+            flags = [flag_rates(*sub, 0.0, lg["class_thresholds"])
+                     & (1.0 - sub[0][np.arange(len(sub[1])), sub[1]]
+                        >= np.array([lg["by_label"].get(classes[task][y], g["min_severity"]) for y in sub[1]]))
+                     for sub in (neg, pos)]
+            fpr, tpr = flags[0].mean(), flags[1].mean()
+            prec = args.prevalence * tpr / (args.prevalence * tpr + (1 - args.prevalence) * fpr) \
+                if tpr + fpr > 0 else 0.0
+            gate.update({"by_label": lg["by_label"], "class_thresholds": bool(lg["class_thresholds"]),
+                         "val_precision": round(float(prec), 4), "val_recall": round(float(tpr), 4)})
+        model["tasks"][task]["gate"] = gate
+        print(f"{task:12s} gate {gate['min_severity']:.3f}  by label {gate.get('by_label')}  "
+              f"class thresholds {str(gate['class_thresholds']):5s}  "
+              f"val precision {gate['val_precision']:.3f}  recall {gate['val_recall']:.3f}")
     args.registry.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
     return 0
 

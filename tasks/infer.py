@@ -34,6 +34,7 @@ class TaskSpec:
     min_severity: float = 0.0
     gate_policy: dict[str, float] = field(default_factory=dict)
     class_thresholds: bool = True  # False: the severity gate alone decides a flag
+    label_gates: dict[str, float] = field(default_factory=dict)  # labelled class -> its own gate
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
     gate = dict(spec.get("gate") or {})
     min_severity = float(gate.pop("min_severity", 0.0))
     class_thresholds = bool(gate.pop("class_thresholds", True))
+    label_gates = {k: float(v) for k, v in (gate.pop("by_label", None) or {}).items()}
     return TaskSpec(
         name=name,
         output=spec.get("output", name),
@@ -67,6 +69,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         min_severity=min_severity,
         gate_policy={k: float(v) for k, v in gate.items()},
         class_thresholds=class_thresholds,
+        label_gates=label_gates,
     )
 
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-SCHEMA_VERSION = "3"  # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds
+SCHEMA_VERSION = "4"  # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds; 4: label_gates
 KINDS = ("images", "predictions", "skipped", "thumbnails")
 
 # Rows per Parquet row group in a part: what a worker buffers per kind before writing.
@@ -512,6 +512,12 @@ def load_thresholds(con, model_name: str, model_sha256: str, tasks: dict[str, An
          spec.gate_policy.get("target_precision"), spec.gate_policy.get("prevalence"),
          spec.class_thresholds)
         for task, spec in tasks.items()
+    ])
+    con.execute("delete from label_gates where model_sha256 = ?", [model_sha256])
+    _insert_rows(con, "label_gates", [
+        (model_name, model_sha256, task, cls, gate)
+        for task, spec in tasks.items()
+        for cls, gate in spec.label_gates.items()
     ])
 
 

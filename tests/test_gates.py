@@ -38,3 +38,43 @@ def test_choose_gate_prefers_the_rule_with_more_recall_at_the_target():
     pos2 = rng.dirichlet([1, 60, 1], size=400)
     g2 = choose_gate((neg, neg_l, thresholds), (pos2, pos_l, thresholds), 0.9, 0.1)
     assert g2["precision"] >= 0.9 and g2["recall"] > 0.9
+
+
+def test_label_gates_pass_easy_labels_that_one_task_gate_holds_back():
+    from models.gates import choose_label_gates
+
+    rng = np.random.default_rng(1)
+    thresholds = np.array([0.5, 0.5, 0.5])
+
+    def mix(a, b, n, frac):
+        k = int(n * frac)
+        return np.concatenate([rng.dirichlet(a, size=n - k), rng.dirichlet(b, size=k)])
+
+    # PA/AP (classes 0/1): a fifth of each look like the other; every frontal image keeps
+    # p(LATERAL) near 0.1, as label smoothing leaves it, so "frontal labelled LATERAL" has
+    # severity ~0.9, below the "PA that looks AP" doubts of correct labels
+    probs = np.concatenate([mix([12, 4, 1.8], [1, 14, 1.8], 300, 0.2),
+                            mix([4, 12, 1.8], [14, 1, 1.8], 300, 0.2),
+                            rng.dirichlet([0.5, 0.5, 12], size=60)])
+    truth = np.array([0] * 300 + [1] * 300 + [2] * 60)
+    neg = (probs, truth, thresholds)
+    pos_p, pos_l = [], []
+    for p, y in zip(probs, truth):
+        for w in range(3):
+            if w != y:
+                pos_p.append(p)
+                pos_l.append(w)
+    pos = (np.array(pos_p), np.array(pos_l), thresholds)
+    single = choose_gate(neg, pos, 0.95, 0.1)
+    assert single["precision"] < 0.95  # no single gate reaches the target here
+    by_label = choose_label_gates(neg, pos, ["PA", "AP", "LATERAL"], 0.95, 0.1)
+    assert by_label["recall"] > 0.4
+    assert by_label["by_label"]["LATERAL"] < by_label["by_label"]["PA"]
+    # each label's flags keep the target precision
+    for c, name in enumerate(["PA", "AP", "LATERAL"]):
+        g = by_label["by_label"][name]
+        nm, pm = truth == c, pos[1] == c
+        fpr = flag_rates(probs[nm], truth[nm], thresholds, g, by_label["class_thresholds"]).mean()
+        tpr = flag_rates(pos[0][pm], pos[1][pm], thresholds, g, by_label["class_thresholds"]).mean()
+        if tpr > 0:
+            assert 0.1 * tpr / (0.1 * tpr + 0.9 * fpr) >= 0.95

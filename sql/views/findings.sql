@@ -9,7 +9,7 @@
 -- predicted_prob: probability of predicted_class (0-1).
 -- header_class_prob: the model's probability of the labelled class (sum over accepted classes); NULL when header_class is NULL.
 -- threshold: the per-class threshold of predicted_class from the model registry; it applies only where the task's gate says class_thresholds (table gates).
--- is_mismatch: true when the label is known, the prediction is not among its accepted classes, severity >= the task's severity gate and (where the gate uses class thresholds) predicted_prob >= threshold; false when they agree or the model is not confident enough; NULL when the label is unknown.
+-- is_mismatch: true when the label is known, the prediction is not among its accepted classes, severity >= severity_gate and (where the gate uses class thresholds) predicted_prob >= threshold; false when they agree or the model is not confident enough; NULL when the label is unknown.
 -- severity: 1 - header_class_prob, 0-1, for ranking how strongly the pixels contradict the label; NULL when the label is unknown.
 -- suggested_correction: for a mismatch, the value to write (body_part/projection: the predicted class; orientation: the rotation to apply to bring the image upright, in the orientation vocabulary); else NULL.
 -- model: registry name of the model that made the prediction.
@@ -18,6 +18,7 @@
 -- modality: Modality of the image, for grouping.
 -- study_month: YYYY-MM of the study, for grouping.
 -- run_id: run that read the image.
+-- severity_gate: the severity a flag needs: the labelled class's own gate (table label_gates) where the model has one, else the task's (table gates); 0 when neither exists.
 create or replace view findings as
 with
 
@@ -144,7 +145,7 @@ scored as (
             else list_sum(list_transform(string_split(c.header_class, '|'), lambda x: coalesce(p.probabilities[x], 0.0)))
         end as header_class_prob,
         coalesce(t.threshold, 0.5) as threshold,
-        coalesce(g.min_severity, 0.0) as min_severity,
+        coalesce(lg.min_severity, g.min_severity, 0.0) as min_severity,
         coalesce(g.class_thresholds, true) as use_thresholds
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
@@ -152,6 +153,8 @@ scored as (
         on t.model_sha256 = p.model_sha256 and t.task = p.task and t.class = p.predicted
     left join gates as g
         on g.model_sha256 = p.model_sha256 and g.task = p.task
+    left join label_gates as lg
+        on lg.model_sha256 = p.model_sha256 and lg.task = p.task and lg.class = c.header_class
 ),
 
 final as (
@@ -197,7 +200,8 @@ final as (
         i.manufacturer,
         i.modality,
         i.study_month,
-        i.run_id
+        i.run_id,
+        s.min_severity as severity_gate
     from scored as s
     inner join latest_images as i on i.uri = s.uri
 )

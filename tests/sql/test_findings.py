@@ -258,3 +258,39 @@ def test_severity_gate_alone_flags_a_label_whose_probability_is_split_elsewhere(
     # NULL (a database from before schema 3) keeps the class thresholds
     con.execute("update gates set class_thresholds = null")
     assert findings(con)[("s3://b/split", "body_part")][3:] == (False, 0.96, None)
+
+
+def test_label_gate_replaces_the_task_gate_for_its_label(con):
+    # A frontal image labelled LATERAL keeps p(LATERAL) near 0.1 (severity 0.9) while a PA image
+    # that looks AP reaches severity 0.95: one task gate of 0.96 flags neither; a gate of 0.85 for
+    # the label LATERAL flags the first and leaves the PA/AP doubt under the task's gate.
+    con.execute("insert into gates values ('m', ?, 'projection', 0.96, 0.95, 0.1, false)", [SHA])
+    chest = dict(body="chest", body_src="BodyPartExamined", bpe="CHEST", proj_src="ViewPosition")
+    given(
+        con,
+        [
+            image("s3://b/lat", proj="LATERAL", vp="LL", **chest),
+            image("s3://b/pa", proj="PA", vp="PA", **chest),
+            image("s3://b/multi", proj="PA|AP", vp="FRONTAL", **chest),
+        ],
+        [
+            pred("s3://b/lat", "projection", {"PA": 0.82, "AP": 0.08, "LATERAL": 0.1}),
+            pred("s3://b/pa", "projection", {"PA": 0.05, "AP": 0.9, "LATERAL": 0.05}),
+            pred("s3://b/multi", "projection", {"PA": 0.05, "AP": 0.05, "LATERAL": 0.9}),
+        ],
+    )
+    gate = "select uri, severity_gate from findings where field = 'projection' order by uri"
+    assert findings(con)[("s3://b/lat", "projection")][3:] == (False, 0.9, None)
+    con.execute("insert into label_gates values ('m', ?, 'projection', 'LATERAL', 0.85)", [SHA])
+    con.execute("insert into label_gates values ('m', ?, 'projection', 'PA', 0.97)", [SHA])
+    f = findings(con)
+    assert f[("s3://b/lat", "projection")][3:] == (True, 0.9, "PA")
+    assert f[("s3://b/pa", "projection")][3:] == (False, 0.95, None)
+    # a label accepting several classes has no gate of its own: the task's applies
+    assert f[("s3://b/multi", "projection")][3:] == (False, 0.9, None)
+    assert con.execute(gate).fetchall() == [("s3://b/lat", pytest.approx(0.85)),
+                                            ("s3://b/multi", pytest.approx(0.96)),
+                                            ("s3://b/pa", pytest.approx(0.97))]
+    # another model's label gates do not apply
+    con.execute("update label_gates set model_sha256 = 'other'")
+    assert findings(con)[("s3://b/lat", "projection")][3:] == (False, 0.9, None)
