@@ -120,3 +120,45 @@ def test_run_rejects_missing_labels(tmp_path, capsys):
     ev.add_arguments(ap)
     assert ev.run(ap.parse_args(["--labels", str(tmp_path / "nope.csv")])) == 2
     assert "not found" in capsys.readouterr().out
+
+
+def test_overrides_replace_cells_and_reject_stale_reviews(tmp_path):
+    rows = [{"file": "a.jpg", "body_part": "chest", "view": "PA"},
+            {"file": "b.jpg", "body_part": "head", "view": ""}]
+    review = tmp_path / "review.csv"
+    review.write_text("file,orientation,note\nb.jpg,rot180,stored upside down\n")
+    out = ev.apply_overrides(rows, review)
+    assert [ev.stored_orientation(r) for r in out] == ["upright", "rot180"]
+    assert out[1]["body_part"] == "head" and "orientation" not in rows[1]  # input untouched
+    assert ev.apply_overrides(rows, None) is rows
+    stale = tmp_path / "stale.csv"
+    stale.write_text("file,orientation\ngone.jpg,rot90cw\n")
+    with pytest.raises(ValueError, match="not in the labels"):
+        ev.apply_overrides(rows, stale)
+    assert ev.apply_overrides(rows, stale, strict=False) == rows  # a subset of the labels
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,orientation\na.jpg,sideways\n")
+    with pytest.raises(ValueError, match="unknown orientation"):
+        ev.apply_overrides(rows, bad)
+
+
+def test_an_image_stored_rotated_is_scored_from_upright(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tasks.infer import default_model
+    from tasks.preprocess import rotate_to_orientation
+
+    labels = _write_folder(tmp_path)
+    with open(labels, newline="") as f:
+        rows = list(csv.DictReader(f))
+    upright = np.asarray(Image.open(tmp_path / rows[1]["file"]))
+    # store image 1 turned 90 degrees clockwise, and say so in a review file
+    Image.fromarray(rotate_to_orientation(upright, "rot90cw")).save(tmp_path / rows[1]["file"])
+    review = tmp_path / "review.csv"
+    review.write_text(f"file,orientation\n{rows[1]['file']},rot90cw\n")
+    entry = default_model()
+    _, ori_reviewed = ev.predict_folder(entry, ev.apply_overrides(rows, review), tmp_path)
+    Image.fromarray(upright).save(tmp_path / rows[1]["file"])
+    _, ori_upright = ev.predict_folder(entry, rows, tmp_path)
+    np.testing.assert_allclose(ori_reviewed, ori_upright, atol=1e-6)
+    res = ev.evaluate(labels, n_boot=5, overrides=review)
+    assert res["not_upright_as_stored"] == 1 and res["overrides"] == str(review)

@@ -1,0 +1,71 @@
+"""Tools around training that run without torch: the compact data copy, the recipe recorder and
+the GPU benchmark's CPU path."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _labelled_folder(tmp_path):
+    rows = []
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    for i, (split, size) in enumerate([("train", (500, 300)), ("val", (200, 100)), ("test", (640, 480))]):
+        arr = (np.random.default_rng(i).random(size) * 255).astype(np.uint8)
+        name = f"images/im{i}.jpg"
+        Image.fromarray(arr).save(tmp_path / "src" / name)
+        rows.append({"image_id": f"im{i}", "file": name, "patient_id": f"p{i}", "body_part": "chest",
+                     "view": "PA", "source": "s"})
+    with open(tmp_path / "src" / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    split = tmp_path / "split.csv"
+    split.write_text("patient_id,split\np0,train\np1,val\np2,test\n")
+    return tmp_path / "src", split
+
+
+def test_pack_keeps_the_chosen_splits_downscaled_and_records_its_command(tmp_path):
+    from models.pack import main
+
+    src, split = _labelled_folder(tmp_path)
+    out = tmp_path / "packed"
+    assert main(["--data", str(src), "--out", str(out), "--split-file", str(split),
+                 "--max-side", "256", "--quality", "90"]) == 0
+    with open(out / "labels.csv", newline="") as f:
+        kept = [r["image_id"] for r in csv.DictReader(f)]
+    assert kept == ["im0", "im1"]  # the test image stays behind
+    assert not (out / "images" / "im2.jpg").exists()
+    assert Image.open(out / "images" / "im0.jpg").size == (154, 256)  # 300x500 -> longest side 256
+    assert Image.open(out / "images" / "im1.jpg").size == (100, 200)  # small images are not enlarged
+    meta = json.loads((out / "pack.json").read_text())
+    assert meta["images"] == 2 and "--max-side 256" in meta["command"]
+
+
+def test_train_command_records_pack_step_and_labels_used(tmp_path):
+    from models.export import train_command  # torch is imported only by export's main
+
+    data = tmp_path / "packed"
+    data.mkdir()
+    (data / "pack.json").write_text(json.dumps({"command": "python models/pack.py --out X", "images": 2}))
+    targs = {"tag": "t", "data": str(data), "size": "256", "epochs": "91", "device": "cuda",
+             "fit_seconds": "300.0", "workers": "7", "seed": "0"}
+    cmd = train_command(targs)
+    assert cmd.startswith("python models/pack.py --out X && python models/train.py --tag t")
+    assert f"--data {data}" in cmd and "--overrides ''" in cmd and "--epochs 91" in cmd
+    assert "--fit-seconds" not in cmd and "--device" not in cmd and "--workers" not in cmd
+
+
+def test_gpu_bench_runs_the_cpu_provider(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from bench.gpu import main
+
+    out = tmp_path / "gpu.md"
+    assert main(["--images", "8", "--batches", "4,8", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| onnxruntime cpu | 4 |" in text and "| onnxruntime cpu | 8 |" in text
+    assert "1.0x" in text
