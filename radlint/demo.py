@@ -171,8 +171,12 @@ def run_planted(args) -> int:
     """Planted-error evaluation on a labeled image folder (for example the held-out test split)."""
     work = Path(args.dir).resolve()
     _fresh(work)
-    sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file),
-                                          args.split, getattr(args, "overrides", None))
+    try:
+        sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file),
+                                              args.split, getattr(args, "overrides", None))
+    except (ValueError, OSError) as e:
+        print(f"radlint: {e}", file=sys.stderr)
+        return 2
     if not sources:
         print("radlint: no images selected (check --labels/--split-file/--split)", file=sys.stderr)
         return 2

@@ -215,23 +215,32 @@ def apply_overrides(rows: list[dict], overrides: Path | None, strict: bool = Tru
 
     if overrides is None:
         return rows
-    by_file = {r["file"]: r for r in rows}
-    out = {r["file"]: dict(r) for r in rows}
+    files = {r["file"] for r in rows}
+    cells: dict[str, dict] = {}
     for o in _read_csv(Path(overrides)):
         f = o.get("file", "")
-        if f not in by_file:
+        if f not in files:
             if strict:
                 raise ValueError(f"{overrides}: {f!r} is not in the labels")
             continue
         if o.get("orientation") and o["orientation"] not in ORIENTATION:
             raise ValueError(f"{overrides}: unknown orientation {o['orientation']!r} for {f}")
-        out[f].update({k: v for k, v in o.items() if v and k != "file"})
-    return [out[r["file"]] for r in rows]
+        cells.setdefault(f, {}).update({k: v for k, v in o.items() if v and k != "file"})
+    return [dict(r, **cells[r["file"]]) if r["file"] in cells else r for r in rows]
 
 
 def stored_orientation(row: dict) -> str:
-    """How the row's stored image differs from upright (empty or absent: upright)."""
-    return row.get("orientation") or "upright"
+    """How the row's stored image differs from upright (empty or absent: upright).
+
+    Raises ValueError for a value outside the orientation vocabulary.
+    """
+    from tasks.vocabulary import ORIENTATION
+
+    value = row.get("orientation") or "upright"
+    if value not in ORIENTATION:
+        raise ValueError(f"unknown orientation {value!r} for {row.get('file', '?')} "
+                         f"(expected one of {', '.join(ORIENTATION)})")
+    return value
 
 
 def load_image(path: Path) -> np.ndarray:

@@ -140,6 +140,11 @@ def test_overrides_replace_cells_and_reject_stale_reviews(tmp_path):
     bad.write_text("file,orientation\na.jpg,sideways\n")
     with pytest.raises(ValueError, match="unknown orientation"):
         ev.apply_overrides(rows, bad)
+    with pytest.raises(ValueError, match="unknown orientation 'sideways'"):
+        ev.stored_orientation({"file": "a.jpg", "orientation": "sideways"})
+    # a file listed twice keeps both rows, each with the review applied
+    twice = ev.apply_overrides(rows + [dict(rows[1], view="X")], review)
+    assert [(r["view"], r["orientation"]) for r in twice[1:]] == [("", "rot180"), ("X", "rot180")]
 
 
 def test_an_image_stored_rotated_is_scored_from_upright(tmp_path):
