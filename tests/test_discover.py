@@ -70,3 +70,24 @@ def test_automatic_shard_size():
     assert discover.shard_size_for([], workers=2) == 1
     with pytest.raises(ValueError):
         discover.shard_size_for(lake(10, 1), workers=1, requested=0)
+
+
+def test_local_listing_matches_fsspec_find(tmp_path):
+    from fsspec.implementations.local import LocalFileSystem
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    for name in ("x.dcm", "a/y.dcm", "a/b/z", "a/.hidden", "a/b/.tmp-part"):
+        (tmp_path / name).write_bytes(b"d" * (len(name) + 3))
+    (tmp_path / "link.dcm").symlink_to(tmp_path / "x.dcm")
+    (tmp_path / "linkdir").symlink_to(tmp_path / "a", target_is_directory=True)
+    fs = LocalFileSystem()
+    root = fs._strip_protocol(str(tmp_path))
+    expected = {p: (i["size"], i["mtime"]) for p, i in fs.find(root, detail=True, withdirs=False).items()
+                if i["type"] == "file"}
+    got = {p: (i["size"], i["mtime"]) for p, i in discover.find_local(root).items()}
+    assert got == expected and len(got) == 5
+    # the audit-facing listing: same uris and etags through either path
+    refs = discover.discover(str(tmp_path))
+    assert [r.uri.rsplit("/", 1)[-1] for r in refs] == ["z", "y.dcm", "x.dcm"]
+    assert all(r.etag == f"{r.size_bytes}-{expected[r.uri[len('file://'):]][1]}" for r in refs)
