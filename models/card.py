@@ -23,13 +23,14 @@ if str(ROOT) not in sys.path:
 
 from models.train import (  # noqa: E402
     DEFAULT_DATA,
-    ORIENTATION_REVIEW,
     SPLIT_FILE,
+    default_review,
     load_split,
     read_labels,
 )
 from radlint.evaluate import (  # noqa: E402
     _fmt_ci,
+    _read_csv,
     auc_ovr,
     binary_auc,
     bootstrap_ci,
@@ -239,17 +240,10 @@ def _rel(path) -> str:
         return str(path)
 
 
-def _n_rows(path) -> int:
-    if not path or not Path(path).exists():
-        return 0
-    with open(path, newline="") as f:
-        return sum(1 for _ in f) - 1
-
-
 def _review_text(summary: dict, overrides) -> str:
     if not overrides:
         return "."
-    listed = (f"`{_rel(overrides)}` lists {_n_rows(overrides)} images a review found not stored "
+    listed = (f"`{_rel(overrides)}` lists {len(_read_csv(overrides))} images a review found not stored "
               "upright in their source (see known weaknesses)")
     if summary["args"].get("overrides", "None") in ("None", ""):
         return (". This model was trained with every source image taken as upright; "
@@ -263,17 +257,18 @@ def _pack_text(summary: dict) -> str:
         pack = ROOT / pack
     if not pack.exists():
         return ""
-    return (" Trained from a compact copy of the train and validation images (`"
-            + json.loads(pack.read_text())["command"] + "`: longest side ≤ 320 px, JPEG "
-            "re-encoded) so that it could travel to a GPU host; test images never left the "
-            "development machine and are evaluated from the originals.")
+    meta = json.loads(pack.read_text())
+    return (f" Trained from a compact copy of the train and validation images (`{meta['command']}`: "
+            f"longest side ≤ {meta['max_side']} px, JPEG quality {meta['quality']}) so that it "
+            "could travel to a GPU host; test images never left the development machine and are "
+            "evaluated from the originals.")
 
 
 def _hardware_text(summary: dict) -> str:
     if summary["args"].get("device", "cpu") == "cuda":
-        return ("on one NVIDIA H100 (lent for this run; data augmentation on "
+        return (f"on one {summary.get('device_name', 'CUDA GPU')} (data augmentation on "
                 f"{summary['args'].get('workers', '?')} CPU worker processes)")
-    return "on 2 shared CPU cores (no GPU)"
+    return f"on {summary['args'].get('threads', '?')} CPU threads (no GPU)"
 
 
 def main(argv=None) -> int:
@@ -286,8 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--notes", type=Path, default=None,
                     help="hand-written sections (known weaknesses etc.) appended verbatim "
                          "(default: cards/<name>-notes.md)")
-    ap.add_argument("--overrides", type=Path,
-                    default=ORIENTATION_REVIEW if ORIENTATION_REVIEW.exists() else None,
+    ap.add_argument("--overrides", type=Path, default=default_review(),
                     help="label review keyed by file (default models/splits/orientation_review.csv)")
     args = ap.parse_args(argv)
     if args.notes is None:

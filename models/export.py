@@ -29,9 +29,9 @@ if str(ROOT) not in sys.path:
 
 from models.train import (  # noqa: E402
     DEFAULT_DATA,
-    ORIENTATION_REVIEW,
     SPLIT_FILE,
     decode,
+    default_review,
     load_split,
     read_labels,
 )
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
     onnx_path = args.registry.parent / f"{args.name}.onnx"
     export_onnx(module, size, onnx_path)
 
-    rows = read_labels(args.data, ORIENTATION_REVIEW if ORIENTATION_REVIEW.exists() else None)
+    rows = read_labels(args.data, default_review())
     split = load_split(args.split_file)
     test_rows = [r for r in rows if split[r["patient_id"]] == "test"]
     pick = np.random.default_rng(0).choice(len(test_rows), args.parity_images, replace=False)

@@ -35,12 +35,17 @@ def flag_rates(
     return (pred != labels) & confident & (1.0 - p_label >= gate)
 
 
+def _precision(tpr: float, fpr: float, prevalence: float) -> float:
+    """Expected flag precision when a share ``prevalence`` of the labels is wrong."""
+    return prevalence * tpr / (prevalence * tpr + (1 - prevalence) * fpr) if tpr + fpr > 0 else 0.0
+
+
 def _choose_gate_one(neg, pos, target_precision: float, prevalence: float, class_thresholds: bool) -> dict:
     best = None
     for g in GRID:
         fpr = flag_rates(*neg, g, class_thresholds).mean()
         tpr = flag_rates(*pos, g, class_thresholds).mean()
-        prec = prevalence * tpr / (prevalence * tpr + (1 - prevalence) * fpr) if tpr + fpr > 0 else 0.0
+        prec = _precision(tpr, fpr, prevalence)
         row = {"min_severity": float(g), "precision": float(prec), "recall": float(tpr),
                "class_thresholds": class_thresholds}
         if prec >= target_precision:
@@ -101,6 +106,18 @@ def choose_label_gates(neg, pos, classes, target_precision: float, prevalence: f
     return best
 
 
+def label_gate_rates(neg, pos, classes, by_label: dict, fallback: float, class_thresholds: bool,
+                     prevalence: float) -> tuple[float, float]:
+    """Validation precision and recall of the findings rule with per-label gates (a label without
+    one uses the task's gate, ``fallback``, as sql/views/findings.sql does)."""
+    def rate(pairs):
+        gates = np.array([by_label.get(classes[y], fallback) for y in pairs[1]])
+        return float(flag_rates(*pairs, gates, class_thresholds).mean())
+
+    tpr = rate(pos)
+    return float(_precision(tpr, rate(neg), prevalence)), tpr
+
+
 def _wrong_labels(probs: np.ndarray, labels: np.ndarray, candidates: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Each image's outputs paired with every candidate label other than its true one."""
     pos_p, pos_l = [], []
@@ -134,14 +151,14 @@ def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> d
 
 
 def main(argv=None) -> int:
+    from models.train import default_review
     from radlint.evaluate import apply_overrides, predict_folder
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/radiographs/labels.csv")
     ap.add_argument("--split-file", type=Path, default=Path(__file__).resolve().parent / "splits/patient_split.csv")
     ap.add_argument("--split", default="val")
-    review = Path(__file__).resolve().parent / "splits/orientation_review.csv"
-    ap.add_argument("--overrides", type=Path, default=review if review.exists() else None,
+    ap.add_argument("--overrides", type=Path, default=default_review(),
                     help="CSV keyed by file (default: models/splits/orientation_review.csv)")
     ap.add_argument("--registry", type=Path, default=REGISTRY_PATH)
     ap.add_argument("--target-precision", type=float, default=0.9)
@@ -176,15 +193,10 @@ def main(argv=None) -> int:
         lg = choose_label_gates(neg, pos, classes[task], args.target_precision, args.prevalence)
         reached = g["precision"] >= args.target_precision
         if lg is not None and lg["recall"] > 0 and (not reached or lg["recall"] > g["recall"] + 1e-9):
-            flags = [flag_rates(*sub, 0.0, lg["class_thresholds"])
-                     & (1.0 - sub[0][np.arange(len(sub[1])), sub[1]]
-                        >= np.array([lg["by_label"].get(classes[task][y], g["min_severity"]) for y in sub[1]]))
-                     for sub in (neg, pos)]
-            fpr, tpr = flags[0].mean(), flags[1].mean()
-            prec = args.prevalence * tpr / (args.prevalence * tpr + (1 - args.prevalence) * fpr) \
-                if tpr + fpr > 0 else 0.0
+            prec, tpr = label_gate_rates(neg, pos, classes[task], lg["by_label"], g["min_severity"],
+                                         lg["class_thresholds"], args.prevalence)
             gate.update({"by_label": lg["by_label"], "class_thresholds": bool(lg["class_thresholds"]),
-                         "val_precision": round(float(prec), 4), "val_recall": round(float(tpr), 4)})
+                         "val_precision": round(prec, 4), "val_recall": round(tpr, 4)})
         model["tasks"][task]["gate"] = gate
         print(f"{task:12s} gate {gate['min_severity']:.3f}  by label {gate.get('by_label')}  "
               f"class thresholds {str(gate['class_thresholds']):5s}  "

@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     # read by models/export.py, so a model's recorded recipe starts with this step
     (args.out / "pack.json").write_text(json.dumps(
         {"command": f"python models/pack.py --out {args.out} --splits {args.splits} "
-                    f"--max-side {args.max_side} --quality {args.quality}", "images": n}))
+                    f"--max-side {args.max_side} --quality {args.quality}", "images": n,
+         "max_side": args.max_side, "quality": args.quality}))
     print(f"{n} images, {size / 1e6:.1f} MB in {args.out}")
     return 0
 

@@ -39,6 +39,15 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "radiographs"
 SPLIT_FILE = ROOT / "models" / "splits" / "patient_split.csv"
 # shared radiographs that a review found not stored upright (see models/README.md)
 ORIENTATION_REVIEW = ROOT / "models" / "splits" / "orientation_review.csv"
+
+
+def default_review() -> Path | None:
+    """The orientation review that training, export, gates and the card apply by default."""
+    return ORIENTATION_REVIEW if ORIENTATION_REVIEW.exists() else None
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value else None  # '' turns the default off
 WORK = ROOT / "models" / "_work"
 SPLIT_SEED = 20261127
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -288,10 +297,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE)
-    ap.add_argument("--overrides", type=Path,
-                    default=ORIENTATION_REVIEW if ORIENTATION_REVIEW.exists() else None,
+    ap.add_argument("--overrides", type=_optional_path, default=default_review(),
                     help="CSV keyed by file (e.g. an orientation column for images not stored "
-                         "upright); default models/splits/orientation_review.csv")
+                         "upright); default models/splits/orientation_review.csv, '' for none")
     ap.add_argument("--tag", default="main")
     ap.add_argument("--size", type=int, default=192)
     ap.add_argument("--epochs", type=int, default=38)
@@ -341,8 +349,6 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    if args.overrides is not None and str(args.overrides) in ("", "."):
-        args.overrides = None  # --overrides '': the labels as the source gives them
     rows = read_labels(args.data, args.overrides)
     if args.split_file.exists():
         split = load_split(args.split_file)
@@ -364,8 +370,10 @@ def main(argv=None) -> int:
     if held is not None:
         test_rows = [r for r in held if r["body_part"] == "chest" and r["view"]]
 
+    from radlint.evaluate import stored_orientation
+
     def load(rs):
-        return [decode(args.data / r["file"], r.get("orientation") or "upright") for r in rs]
+        return [decode(args.data / r["file"], stored_orientation(r)) for r in rs]
 
     tr_img, va_img, te_img = load(train_rows), load(val_rows), load(test_rows)
     print(f"decoded {len(tr_img)}/{len(va_img)}/{len(te_img)} images in {time.time() - t0:.1f}s",
@@ -515,6 +523,8 @@ def main(argv=None) -> int:
     summary = {"tag": args.tag, "seconds": round(time.time() - t0, 1), "params": n_params(net),
                "n_train": len(tr_img), "n_val": len(va_img), "n_test": len(te_img),
                "weights": chosen_name, "validation": best, "test_quick": test_m,
+               "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                               else "cpu"),
                "args": {k: str(v) for k, v in vars(args).items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print("test", json.dumps(test_m), f"total {time.time() - t0:.0f}s", flush=True)

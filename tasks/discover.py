@@ -62,8 +62,8 @@ def _etag(info: dict[str, Any]) -> str:
 def find_local(root: str) -> dict[str, dict[str, Any]]:
     """The regular files under a local ``root`` with their size and mtime, as fsspec's
     ``LocalFileSystem.find(root, detail=True)`` lists them (symbolic links are neither listed nor
-    followed; unreadable folders are left out), in about a fifth of the time: one lstat per entry
-    and no full info dict (10k files: ~0.3 s less per audit)."""
+    followed; unreadable folders are left out), in about a third of the time: one lstat per entry
+    and no full info dict (100k files: 1.12 -> 0.37 s here)."""
     found: dict[str, dict[str, Any]] = {}
     stack = [root]
     while stack:
