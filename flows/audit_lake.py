@@ -64,23 +64,39 @@ def run_shards(
     return results
 
 
-# The Dask path costs ~3-4 s more before its first shard than the flow's own process (cluster start
-# with forked workers ~2.5 s, subflow ~0.4 s; bench/results.md, 2-core machine) and then uses every
-# core. Break-even on 2 cores is ~7 s of work; estimated_seconds is an upper-end guess (it counts
-# uncompressed megabytes like compressed ones, ~10x too dear), so remainders estimated below 12 s
-# run in the flow's own process.
-IN_PROCESS_MAX_SECONDS = 12.0
+# The Dask path costs ~3.5 s more before its first shard than the flow's own process (cluster
+# start with forked workers ~2.5 s, subflow ~0.4 s) and then runs a worker per core, each ~0.75 as
+# fast as the flow's process per core (it gives ONNX Runtime every core): bench/results.md and
+# bench/results-uncompressed-320.md, 2-core machine. Work estimated below the break-even runs here.
+DASK_START_SECONDS = 3.5
+DASK_EFFICIENCY = 0.75
 EXECUTORS = ("auto", "dask", "local")
 
 
-def _choose_executor(executor: str, dask_address: str | None, todo: list) -> str:
+def break_even_seconds(workers: int) -> float:
+    """Estimated seconds of work above which ``workers`` Dask processes finish first."""
+    speedup = DASK_EFFICIENCY * workers
+    return float("inf") if speedup <= 1 else DASK_START_SECONDS / (1 - 1 / speedup)
+
+
+def _choose_executor(executor: str, dask_address: str | None, todo: list, workers: int) -> tuple[str, float]:
+    """(where the shards run, cost per MB used for the estimate). Only when the choice depends on
+    the transfer syntax are a few objects' file meta read."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
+    cost = discover.SECONDS_PER_MB
     if dask_address:
-        return "dask"
-    if executor == "auto":
-        return "local" if discover.estimated_seconds(todo) <= IN_PROCESS_MAX_SECONDS else "dask"
-    return executor
+        return "dask", cost
+    if executor != "auto":
+        return executor, cost
+    limit = break_even_seconds(workers)
+    costs = discover.SECONDS_PER_MB_BY_SYNTAX.values()
+    if discover.estimated_seconds(todo, min(costs)) > limit:
+        return "dask", cost
+    if discover.estimated_seconds(todo, max(costs)) <= limit:
+        return "local", cost
+    cost = discover.probe_seconds_per_mb(todo) or cost
+    return ("local" if discover.estimated_seconds(todo, cost) <= limit else "dask"), cost
 
 
 # The flow's own runner runs shards one at a time in this process (executor "local"); the Dask
@@ -106,7 +122,9 @@ def audit_lake(
 
     ``executor``: ``dask`` runs shards on the Dask cluster at ``dask_address`` or on a new
     LocalCluster of ``workers`` processes; ``local`` runs them in this process; ``auto`` (default)
-    uses the cluster when ``dask_address`` is given or the work is more than a few seconds.
+    uses the cluster when ``dask_address`` is given or the work, estimated from the objects'
+    sizes and (where it decides) the transfer syntax of a few of them, is more than the cluster's
+    start-up time wins back.
     ``shard_size``: objects per Prefect task; None (default) sizes shards to about a minute of work
     each, 500-5,000 objects, at least two per worker.
     """
@@ -143,9 +161,15 @@ def audit_lake(
             con.close()
         logger.info("listed %d objects, %d to audit", len(objects), len(todo))
 
-        where = _choose_executor(executor, dask_address, todo)
+        where, seconds_per_mb = _choose_executor(executor, dask_address, todo, workers)
+        if todo and executor == "auto" and not dask_address:
+            logger.info("estimated %.1f s of work in one process (%.4f s per MB), break-even with %d Dask workers %.1f s",
+                        discover.estimated_seconds(todo, seconds_per_mb), seconds_per_mb, workers,
+                        break_even_seconds(workers))
         n_workers = 1 if where == "local" else workers
-        shards = list(discover.make_shards(todo, discover.shard_size_for(todo, n_workers, shard_size)))
+        size = discover.shard_size_for(todo, n_workers, shard_size, seconds_per_mb,
+                                       shards_per_worker=1 if where == "local" else 2)
+        shards = list(discover.make_shards(todo, size))
         n_workers = max(1, min(n_workers, len(shards)))
         if where == "dask" and not dask_address and cluster is None and shards:
             cluster = stack.enter_context(BackgroundCluster(n_workers))

@@ -293,6 +293,11 @@ def quick_metrics(pred, bps, pjs, rotations=(0, 1, 2, 3)):
 # --------------------------------------------------------------------------- main
 
 
+TASKS = ("body_part", "projection", "orientation")
+SELECTION_KEYS = {"body_part": "body_part_macro_auc", "projection": "projection_macro_auc",
+                  "orientation": "orientation_macro_auc"}
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -332,7 +337,16 @@ def parse_args(argv=None):
                     help="start from the weights of an earlier run's model.pt (warm restart)")
     ap.add_argument("--projection-weight", type=float, default=1.0,
                     help="multiplier of the projection loss")
-    return ap.parse_args(argv)
+    ap.add_argument("--tasks", default=",".join(TASKS),
+                    help="heads that get a loss (comma list of body_part, projection, "
+                         "orientation); one task trains a separate single-task network, as "
+                         "models/compare_heads.py does")
+    args = ap.parse_args(argv)
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    unknown = set(args.tasks) - set(TASKS)
+    if unknown or not args.tasks:
+        ap.error(f"--tasks takes a comma list of {', '.join(TASKS)}, not {args.tasks}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -437,6 +451,9 @@ def main(argv=None) -> int:
         div_factor=20, final_div_factor=200,
     )
     pj_w_t = torch.tensor(pj_w, dtype=torch.float32, device=device)
+    w_b = 1.0 if "body_part" in args.tasks and not args.chest_only else 0.0
+    w_p = args.projection_weight if "projection" in args.tasks else 0.0
+    w_o = 1.0 if "orientation" in args.tasks else 0.0
     ema_params, net_params = list(ema.parameters()), list(net.parameters())
 
     def val_metrics(model):
@@ -464,8 +481,7 @@ def main(argv=None) -> int:
                                       label_smoothing=args.label_smoothing, reduction="none")
                       * m).sum() / (pj_w_t[pj.clamp(min=0)] * m).sum().clamp(min=1e-12)
             loss_o = F.cross_entropy(lo, ori, label_smoothing=args.label_smoothing)
-            loss = ((0.0 if args.chest_only else 1.0) * loss_b + args.projection_weight * loss_p
-                    + loss_o)
+            loss = w_b * loss_b + w_p * loss_p + w_o * loss_o
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -500,8 +516,8 @@ def main(argv=None) -> int:
         scores = {}
         for name, model in (("ema", ema), ("last", net)):
             vmx = val_metrics(model)
-            keys = [k for k in ("body_part_macro_auc", "projection_macro_auc",
-                                "orientation_macro_auc") if k in vmx and not math.isnan(vmx[k])]
+            keys = [k for k in (SELECTION_KEYS[t] for t in args.tasks)
+                    if k in vmx and not math.isnan(vmx[k])]
             scores[name] = (float(np.mean([vmx[k] for k in keys])), vmx)
         chosen_name = max(scores, key=lambda k: scores[k][0])
         chosen = ema if chosen_name == "ema" else net

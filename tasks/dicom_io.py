@@ -183,6 +183,36 @@ def _looks_like_dicom_without_preamble(head: bytes) -> bool:
     return len(head) >= 4 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[3:4] == b"\x00"
 
 
+_LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+
+
+def transfer_syntax_of(head: bytes) -> str | None:
+    """TransferSyntaxUID from the first bytes of a DICOM Part 10 file (preamble, ``DICM``, file
+    meta group), or None when ``head`` does not hold one. Never raises: ``head`` may be any bytes."""
+    if head[128:132] != b"DICM":
+        return None
+    pos = 132
+    # The file meta group is always explicit VR little endian (PS3.10 7.1).
+    while pos + 8 <= len(head):
+        group, element = int.from_bytes(head[pos : pos + 2], "little"), int.from_bytes(head[pos + 2 : pos + 4], "little")
+        if group != 0x0002:
+            return None
+        vr = head[pos + 4 : pos + 6]
+        if vr in _LONG_LENGTH_VRS:
+            if pos + 12 > len(head):
+                return None
+            length, pos = int.from_bytes(head[pos + 8 : pos + 12], "little"), pos + 12
+        else:
+            length, pos = int.from_bytes(head[pos + 6 : pos + 8], "little"), pos + 8
+        if element == 0x0010:
+            if pos + length > len(head):
+                return None
+            value = head[pos : pos + length].rstrip(b"\x00 ").decode("ascii", "replace")
+            return value or None
+        pos += length
+    return None
+
+
 # Values longer than this stay in the caller's bytes until touched: native pixel data is then read
 # in place (strided) instead of being copied into the dataset first (~3 ms per 10 MB frame).
 DEFER_BYTES = 512 * 1024

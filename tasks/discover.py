@@ -131,31 +131,81 @@ def make_shards(objects: list[ObjectRef], shard_size: int) -> Iterator[list[Obje
         yield objects[start : start + shard_size]
 
 
-# Rough single-core costs of an audit, measured by bench/run.py on this project's 2-core machine:
-# ~5 ms of parsing, thumbnail and inference per object, ~30 ms per MB of compressed pixel data.
+# Rough costs of an audit in one process on this project's 2-core machine (bench/run.py in-task
+# rates, bench/results.md of stop 12, radlint-multihead-v3): ~5 ms of parsing, thumbnail and
+# inference per object, plus a cost per MB that depends on the transfer syntax, because radlint
+# decodes at reduced resolution: strided reads of native pixels cost ~1 ms per MB, JPEG-LS ~70.
+# SECONDS_PER_MB is used when the transfer syntax is unknown: a middle guess.
 SECONDS_PER_OBJECT = 0.005
 SECONDS_PER_MB = 0.03
+SECONDS_PER_MB_BY_SYNTAX = {
+    "1.2.840.10008.1.2": 0.0011,  # implicit VR little endian
+    "1.2.840.10008.1.2.1": 0.0011,  # explicit VR little endian
+    "1.2.840.10008.1.2.2": 0.0011,  # explicit VR big endian
+    "1.2.840.10008.1.2.5": 0.0052,  # RLE lossless
+    "1.2.840.10008.1.2.4.90": 0.017,  # JPEG 2000 lossless (decoded at a reduced level)
+    "1.2.840.10008.1.2.4.91": 0.017,  # JPEG 2000
+    "1.2.840.10008.1.2.4.57": 0.054,  # JPEG lossless
+    "1.2.840.10008.1.2.4.70": 0.054,  # JPEG lossless, first-order prediction
+    "1.2.840.10008.1.2.4.80": 0.070,  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": 0.070,  # JPEG-LS near-lossless
+}
+# A sample of the objects' file meta (the first few KB of each) sets the cost per MB when the
+# choice between running here and starting Dask workers depends on it.
+PROBE_OBJECTS = 8
+PROBE_BYTES = 4096
 
 
-def estimated_seconds(objects: Iterable[ObjectRef]) -> float:
-    """Single-core seconds an audit of ``objects`` is expected to take (an upper-end guess)."""
+def estimated_seconds(objects: Iterable[ObjectRef], seconds_per_mb: float = SECONDS_PER_MB) -> float:
+    """Seconds an audit of ``objects`` is expected to take in one process here."""
     n = total = 0
     for o in objects:
         n += 1
         total += o.size_bytes
-    return n * SECONDS_PER_OBJECT + total / 1e6 * SECONDS_PER_MB
+    return n * SECONDS_PER_OBJECT + total / 1e6 * seconds_per_mb
+
+
+def probe_seconds_per_mb(objects: list[ObjectRef], storage_options: dict[str, Any] | None = None,
+                         k: int = PROBE_OBJECTS) -> float | None:
+    """Cost per MB of ``objects`` from the transfer syntaxes of ``k`` of them spread over the list
+    (size-weighted; an unknown or unreadable syntax counts SECONDS_PER_MB), or None when no sampled
+    object could be read. Reads only file meta; a storage error is never raised."""
+    from tasks.dicom_io import transfer_syntax_of
+
+    if not objects:
+        return None
+    sample = objects[:: max(1, len(objects) // k)][:k]
+    try:
+        fs, _ = filesystem_for_uri(sample[0].uri, storage_options)
+        paths = [filesystem_for_uri(o.uri, storage_options)[1] for o in sample]
+        heads = fs.cat_ranges(paths, [0] * len(paths), [PROBE_BYTES] * len(paths), on_error="return")
+    except Exception:  # any backend's error: the caller falls back to the size-only estimate
+        return None
+    weighted = size = 0.0
+    for obj, head in zip(sample, heads):
+        if not isinstance(head, bytes):
+            continue
+        ts = transfer_syntax_of(head)
+        weighted += obj.size_bytes * SECONDS_PER_MB_BY_SYNTAX.get(ts or "", SECONDS_PER_MB)
+        size += obj.size_bytes
+    if size == 0:
+        return None
+    return weighted / size
 
 
 # Automatic shard size: about a minute of one core's work per shard, so the ~0.1-0.3 s each Prefect
 # task costs stays below 1 %, within DESIGN.md's 500-5,000 objects, and at least two shards per
-# worker so that none idles while another finishes a long shard.
+# Dask worker so that none idles while another finishes a long shard.
 SHARD_TARGET_SECONDS = 60.0
 SHARD_MIN_OBJECTS = 500
 SHARD_MAX_OBJECTS = 5000
 
 
-def shard_size_for(objects: list[ObjectRef], workers: int, requested: int | None = None) -> int:
-    """Objects per shard for ``objects`` on ``workers`` processes; ``requested`` overrides the estimate."""
+def shard_size_for(objects: list[ObjectRef], workers: int, requested: int | None = None,
+                   seconds_per_mb: float = SECONDS_PER_MB, shards_per_worker: int = 2) -> int:
+    """Objects per shard for ``objects`` on ``workers`` processes; ``requested`` overrides the estimate.
+    ``shards_per_worker``: at least this many shards per worker (1 where shards run one after
+    another in one process: a second shard would only add a Prefect task run)."""
     n = len(objects)
     if n == 0:
         return 1
@@ -164,9 +214,9 @@ def shard_size_for(objects: list[ObjectRef], workers: int, requested: int | None
             raise ValueError("shard_size must be >= 1")
         size = requested
     else:
-        per_object = estimated_seconds(objects) / n
+        per_object = estimated_seconds(objects, seconds_per_mb) / n
         size = min(SHARD_MAX_OBJECTS, max(SHARD_MIN_OBJECTS, round(SHARD_TARGET_SECONDS / per_object)))
-    return max(1, min(size, -(-n // (2 * max(1, workers)))))
+    return max(1, min(size, -(-n // (shards_per_worker * max(1, workers)))))
 
 
 def filesystem_for_uri(uri: str, storage_options: dict[str, Any] | None = None):
@@ -180,6 +230,7 @@ __all__ = [
     "diff",
     "discover",
     "estimated_seconds",
+    "probe_seconds_per_mb",
     "shard_size_for",
     "filesystem_for_uri",
     "normalize_lake",

@@ -236,3 +236,22 @@ def test_header_json_is_the_same_whether_or_not_parse_deferred_large_values(monk
         assert want <= set(json.loads(deferred)), (name, sorted(want - set(json.loads(deferred))))
     large = dicom_io.parse(payloads["large synthetic CR"])
     assert large.get_item("PixelData", keep_deferred=True).value is None
+
+
+def test_transfer_syntax_from_the_first_bytes(make_dicom):
+    from pydicom.data import get_testdata_file
+
+    heads = {ts: make_dicom(ts)[:4096] for ts in (ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless)}
+    for ts, head in heads.items():
+        assert dicom_io.transfer_syntax_of(head) == ts
+    for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
+        path = get_testdata_file(name)
+        expected = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert dicom_io.transfer_syntax_of(Path(path).read_bytes()[:4096]) == expected
+    # anything else is None, never an exception: cut anywhere, no preamble, not DICOM at all
+    full = heads[JPEGLSLossless]
+    for cut in range(0, 400, 7):
+        assert dicom_io.transfer_syntax_of(full[:cut]) in (None, JPEGLSLossless)
+    assert dicom_io.transfer_syntax_of(full[128:]) is None
+    assert dicom_io.transfer_syntax_of(b"\x00" * 128 + b"DICM" + b"\xff" * 64) is None
+    assert dicom_io.transfer_syntax_of(b"") is None

@@ -65,6 +65,13 @@ def test_automatic_shard_size():
     assert abs(discover.estimated_seconds(lake(size, 2_000_000)) - discover.SHARD_TARGET_SECONDS) < 1
     # a small run still gets two shards per worker; an explicit size is honoured up to that
     assert discover.shard_size_for(lake(1000, 8_000), workers=2) == 250
+    # shards that run one after another in the flow's process: one shard when it is enough
+    assert discover.shard_size_for(lake(10, 8_000), workers=1, shards_per_worker=1) == 10
+    assert discover.shard_size_for(lake(10, 8_000), workers=1) == 5
+    # the probed cost per MB sizes shards too: 10 MB of native pixels is ~0.016 s, not ~0.3 s
+    native = discover.SECONDS_PER_MB_BY_SYNTAX["1.2.840.10008.1.2.1"]
+    assert discover.shard_size_for(lake(100_000, 10_000_000), workers=2, seconds_per_mb=native) == round(
+        discover.SHARD_TARGET_SECONDS / (discover.SECONDS_PER_OBJECT + 10 * native))
     assert discover.shard_size_for(lake(100_000, 8_000), workers=2, requested=7) == 7
     assert discover.shard_size_for(lake(10, 8_000), workers=4, requested=100) == 2
     assert discover.shard_size_for([], workers=2) == 1

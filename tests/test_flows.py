@@ -113,20 +113,57 @@ def test_small_remainder_runs_in_process_with_the_same_rows(tmp_path, make_dicom
         b.close()
 
 
-def test_executor_choice():
-    from flows.audit_lake import IN_PROCESS_MAX_SECONDS, _choose_executor
+def test_executor_choice(tmp_path, make_dicom):
+    from flows.audit_lake import _choose_executor, break_even_seconds
     from tasks.discover import ObjectRef
 
-    small = [ObjectRef(f"file:///l/{i}.dcm", 20_000, "e") for i in range(10)]
-    big = [ObjectRef(f"file:///l/{i}.dcm", 10_000_000, "e") for i in range(100)]
-    assert discover.estimated_seconds(small) <= IN_PROCESS_MAX_SECONDS < discover.estimated_seconds(big)
-    assert _choose_executor("auto", None, small) == "local"
-    assert _choose_executor("auto", None, big) == "dask"
-    assert _choose_executor("auto", "tcp://scheduler:8786", small) == "dask"
-    assert _choose_executor("local", None, big) == "local"
-    assert _choose_executor("dask", None, small) == "dask"
+    assert break_even_seconds(1) == float("inf")
+    assert break_even_seconds(16) < break_even_seconds(4) < break_even_seconds(2) < 12
+
+    def lake(n: int, size_bytes: int, files: list[Path]) -> list[ObjectRef]:
+        # listed sizes as a lake of 2500x2000 radiographs would have; the probe reads file meta
+        return [ObjectRef(files[i % len(files)].as_uri(), size_bytes, "e") for i in range(n)]
+
+    def write_files(name: str, syntax) -> list[Path]:
+        files = []
+        for i in range(3):
+            path = tmp_path / f"{name}{i}.dcm"
+            path.write_bytes(make_dicom(syntax, seed=i))
+            files.append(path)
+        return files
+
+    native = write_files("native", ExplicitVRLittleEndian)
+    jpegls = write_files("jpegls", JPEGLSLossless)
+    not_dicom = [tmp_path / "notes.txt"]
+    not_dicom[0].write_text("not a DICOM file " * 300)
+    missing = [tmp_path / "gone.dcm"]
+
+    two = 2
+    # clear either way: no object is read
+    assert _choose_executor("auto", None, lake(10, 20_000, missing), two)[0] == "local"
+    assert _choose_executor("auto", None, lake(5000, 10_000_000, missing), two)[0] == "dask"
+    # 400 radiographs of 10 MB: seconds of strided reads, minutes of JPEG-LS decoding
+    where, cost = _choose_executor("auto", None, lake(400, 10_000_000, native), two)
+    assert where == "local" and cost == discover.SECONDS_PER_MB_BY_SYNTAX[ExplicitVRLittleEndian]
+    where, cost = _choose_executor("auto", None, lake(400, 10_000_000, jpegls), two)
+    assert where == "dask" and cost == discover.SECONDS_PER_MB_BY_SYNTAX[JPEGLSLossless]
+    # unknown or unreadable: the middle guess
+    for files in (not_dicom, missing):
+        assert _choose_executor("auto", None, lake(400, 10_000_000, files), two) == ("dask", discover.SECONDS_PER_MB)
+    # a mixed lake is costed by the sampled objects' sizes
+    mixed = lake(4, 10_000_000, native) + lake(4, 30_000_000, jpegls)
+    by_syntax = discover.SECONDS_PER_MB_BY_SYNTAX
+    expected = (10 * by_syntax[ExplicitVRLittleEndian] + 30 * by_syntax[JPEGLSLossless]) / 40
+    assert discover.probe_seconds_per_mb(mixed) == pytest.approx(expected)
+    # one worker cannot gain from a cluster
+    assert _choose_executor("auto", None, lake(400, 10_000_000, jpegls), 1)[0] == "local"
+
+    small = lake(10, 20_000, native)
+    assert _choose_executor("auto", "tcp://scheduler:8786", small, two)[0] == "dask"
+    assert _choose_executor("local", None, lake(5000, 10_000_000, native), two)[0] == "local"
+    assert _choose_executor("dask", None, small, two)[0] == "dask"
     with pytest.raises(ValueError):
-        _choose_executor("threads", None, small)
+        _choose_executor("threads", None, small, two)
 
 
 def test_cli_exit_codes(tmp_path, tiny_registry):
