@@ -184,6 +184,7 @@ def audit_lake(
             "device": device,
             "max_pixels": max_pixels,
             "threads": max(1, (os.cpu_count() or 1) // n_workers),
+            "decode_threads": max(1, (os.cpu_count() or 1) // n_workers),
         }
         results: list[dict] = []
         if shards:

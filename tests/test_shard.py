@@ -32,3 +32,35 @@ def test_audit_shard_writes_parts_and_skips(tmp_path, make_dicom, tiny_registry)
     assert result["parts"]["images"].endswith("images/run_id=r1/part-00007.parquet")
     # no temporary files are left behind
     assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_threaded_native_decode_writes_what_one_thread_writes(tmp_path, make_dicom, tiny_registry):
+    from pydicom.uid import RLELossless
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for i in range(6):
+        (lake / f"native{i}.dcm").write_bytes(make_dicom(seed=i, monochrome1=i % 2 == 1))
+    (lake / "rle.dcm").write_bytes(make_dicom(RLELossless, seed=7))  # decoded in the shard's own thread
+    truncated = make_dicom(seed=8)
+    (lake / "truncated.dcm").write_bytes(truncated[: len(truncated) - 4000])  # native, fails in a decode thread
+    objects = discover.discover(str(lake))
+    assert shard._threads_help((lake / "native0.dcm").read_bytes())
+    assert not shard._threads_help((lake / "rle.dcm").read_bytes())
+
+    def run(threads):
+        result = shard.audit_shard(
+            objects, out_dir=str(tmp_path / f"out{threads}"), run_id="r", shard_id="00000",
+            registry_path=str(tiny_registry), salt="s", batch_size=3, device="cpu", decode_threads=threads,
+        )
+        tables = {k: pq.read_table(result["parts"][k]).drop_columns(
+            [c for c in ("audited_at", "predicted_at", "skipped_at") if c in pq.read_schema(result["parts"][k]).names])
+            for k in ("images", "predictions", "thumbnails", "skipped")}
+        return result, tables
+
+    one, one_tables = run(1)
+    two, two_tables = run(2)
+    assert (one["n_images"], one["n_skipped"]) == (two["n_images"], two["n_skipped"]) == (7, 1)
+    for kind in one_tables:
+        assert one_tables[kind].equals(two_tables[kind]), kind
+    assert one_tables["skipped"].column("uri").to_pylist()[0].endswith("truncated.dcm")

@@ -69,3 +69,26 @@ def test_gpu_bench_runs_the_cpu_provider(tmp_path, capsys):
     text = out.read_text()
     assert "| onnxruntime cpu | 4 |" in text and "| onnxruntime cpu | 8 |" in text
     assert "1.0x" in text
+
+
+def test_compare_heads_table_sets_each_task_against_its_single_task_network():
+    from models.compare_heads import table
+
+    def summary(val, test):
+        return {"weights": "ema", "validation": {"ema": [12, val]}, "test_quick": test}
+
+    summaries = {
+        "multi-head": summary({"body_part_macro_auc": 0.90, "orientation_macro_auc": 0.80},
+                              {"body_part_macro_auc": 0.88}),
+        "multi-head, 3x samples": summary({"body_part_macro_auc": 0.95, "orientation_macro_auc": 0.97},
+                                          {"body_part_macro_auc": 0.93}),
+        "body_part only": summary({"body_part_macro_auc": 0.92}, {"body_part_macro_auc": 0.91}),
+        "projection only (chest images)": summary({}, {}),
+        "orientation only": summary({"orientation_macro_auc": 0.98}, None),
+    }
+    rows = table(summaries).splitlines()[2:]
+    assert rows == [
+        "| body_part_macro_auc | validation | 0.9000 | 0.9500 | 0.9200 | -0.0200 | +0.0300 |",
+        "| body_part_macro_auc | test | 0.8800 | 0.9300 | 0.9100 | -0.0300 | +0.0200 |",
+        "| orientation_macro_auc | validation | 0.8000 | 0.9700 | 0.9800 | -0.1800 | -0.0100 |",
+    ]  # a metric missing from any run (orientation test here) gets no row
