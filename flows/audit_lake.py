@@ -176,6 +176,7 @@ def audit_lake(
         if shards:
             logger.info("auditing %d shards %s", len(shards),
                         "in this process" if where == "local" else f"on Dask ({dask_address or f'{n_workers} local workers'})")
+        cores_per_worker = max(1, (os.cpu_count() or 1) // n_workers)
         shard_kwargs = {
             "out_dir": out_dir,
             "registry_path": str(entry.path.parent / "registry.yaml") if registry is None else registry,
@@ -183,8 +184,8 @@ def audit_lake(
             "batch_size": batch_size,
             "device": device,
             "max_pixels": max_pixels,
-            "threads": max(1, (os.cpu_count() or 1) // n_workers),
-            "decode_threads": max(1, (os.cpu_count() or 1) // n_workers),
+            "threads": cores_per_worker,
+            "decode_threads": cores_per_worker,
         }
         results: list[dict] = []
         if shards:

@@ -25,12 +25,12 @@ if str(ROOT) not in sys.path:
 
 from models import train  # noqa: E402
 
-RUNS = {  # name: (tag suffix, train.py flags)
-    "multi-head": ("multi", ["--tasks", "body_part,projection,orientation"]),
-    "multi-head, 3x samples": ("multi-x3", ["--tasks", "body_part,projection,orientation"]),
-    "body_part only": ("body_part", ["--tasks", "body_part"]),
-    "projection only (chest images)": ("projection", ["--tasks", "projection", "--chest-only"]),
-    "orientation only": ("orientation", ["--tasks", "orientation"]),
+RUNS = {  # name: (tag suffix, epochs as a multiple of --epochs, train.py flags)
+    "multi-head": ("multi", 1, ["--tasks", "body_part,projection,orientation"]),
+    "multi-head, 3x samples": ("multi-x3", 3, ["--tasks", "body_part,projection,orientation"]),
+    "body_part only": ("body_part", 1, ["--tasks", "body_part"]),
+    "projection only (chest images)": ("projection", 1, ["--tasks", "projection", "--chest-only"]),
+    "orientation only": ("orientation", 1, ["--tasks", "orientation"]),
 }
 METRICS = {
     "body_part": ["body_part_macro_auc", "body_part_acc"],
@@ -69,15 +69,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "cards" / "compare-heads.md")
     ap.add_argument("--reuse", action="store_true", help="keep runs whose summary.json exists")
     args, extra = ap.parse_known_args(argv)
-    common = ["--epochs", str(args.epochs), "--samples-per-epoch", str(args.samples_per_epoch),
-              "--size", str(args.size), "--eval-every", str(args.epochs), *extra]
     summaries, commands = {}, {}
     started = time.time()
-    for name, (suffix, flags) in RUNS.items():
+    for name, (suffix, factor, flags) in RUNS.items():
         tag = f"{args.tag_prefix}-{suffix}"
-        argv_run = ["--tag", tag, *common, *flags]
-        if suffix == "multi-x3":
-            argv_run += ["--epochs", str(3 * args.epochs), "--eval-every", str(3 * args.epochs)]
+        epochs = str(factor * args.epochs)
+        argv_run = ["--tag", tag, "--epochs", epochs, "--samples-per-epoch", str(args.samples_per_epoch),
+                    "--size", str(args.size), "--eval-every", epochs, *extra, *flags]
         commands[name] = "python models/train.py " + " ".join(argv_run)
         path = train.WORK / tag / "summary.json"
         if not (args.reuse and path.exists()):

@@ -6,6 +6,7 @@ directly, and each bad object becomes a `skipped` row instead of an exception.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -87,10 +88,24 @@ def _chunks(objects: list[ObjectRef], storage_options: dict | None) -> Iterator[
             yield group, payloads
 
 
+def prepare_object(
+    payload: bytes, *, input_size: int, salt: str = "", max_pixels: int = dicom_io.DEFAULT_MAX_PIXELS
+) -> tuple[dicom_io.DicomImage, np.ndarray, dict]:
+    """One object's decoded image, model input and thumbnail. Raises dicom_io.Skip."""
+    image = dicom_io.read_dicom(payload, salt=salt, max_pixels=max_pixels, target_size=input_size)
+    display = preprocess.to_uint8(image.pixels)
+    small = preprocess.resize_longest(display, input_size)
+    x = preprocess.normalize(preprocess.pad_square(small, input_size))
+    # The model's resized image is already thumbnail-sized: shrinking it (or
+    # nothing) is cheaper than a second resize of the decoded image.
+    thumb = preprocess.thumbnail_jpeg(small if max(small.shape) >= preprocess.THUMBNAIL_SIDE else display)
+    return image, x, thumb
+
+
 def _threads_help(payload) -> bool:
-    """Native pixel data decodes in NumPy, which releases the GIL: two threads read ~1.7x as many
-    per second on 2 cores. The codecs here (OpenJPEG, CharLS, GDCM, RLE) hold it, and two threads
-    were 0.6-0.95x of one (stop 13, 16 bench files per syntax)."""
+    """Native pixel data decodes in NumPy, which releases the GIL: two threads prepared 1.2-1.7x as
+    many objects per second as one on 2 cores. The codecs here (OpenJPEG, CharLS, GDCM, RLE) hold
+    it: two threads were 0.6-1.1x of one (bench/decode_threads.py, stop 13, four runs)."""
     return isinstance(payload, bytes) and dicom_io.transfer_syntax_of(payload[:4096]) in dicom_io.NATIVE_SYNTAXES
 
 
@@ -164,16 +179,7 @@ def audit_shard(
         pending_inputs.clear()
         pending_meta.clear()
 
-    def prepare(payload: bytes) -> tuple[dicom_io.DicomImage, np.ndarray, dict]:
-        image = dicom_io.read_dicom(payload, salt=salt, max_pixels=max_pixels, target_size=entry.input_size)
-        display = preprocess.to_uint8(image.pixels)
-        small = preprocess.resize_longest(display, entry.input_size)
-        x = preprocess.normalize(preprocess.pad_square(small, entry.input_size))
-        # The model's resized image is already thumbnail-sized: shrinking it (or
-        # nothing) is cheaper than a second resize of the decoded image.
-        thumb = preprocess.thumbnail_jpeg(small if max(small.shape) >= preprocess.THUMBNAIL_SIDE else display)
-        return image, x, thumb
-
+    prepare = functools.partial(prepare_object, input_size=entry.input_size, salt=salt, max_pixels=max_pixels)
     decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="radlint-decode") if decode_threads > 1 else None
     try:
         for group, payloads in _chunks(objects, storage_options):
