@@ -8,7 +8,8 @@ In one run it
      MONOCHROME1 and MONOCHROME2) in five transfer syntaxes into a temporary folder;
   2. times (a) a naive loop (pydicom ``pixel_array`` full decode, tasks.preprocess.model_input,
      ONNX Runtime at batch 1, one process) and (b) ``radlint audit`` (radlint.cli.run_audit) on a
-     local folder and on a loopback S3 server (SeaweedFS ``weed mini``), per transfer syntax;
+     local folder and on a loopback S3 server (SeaweedFS ``weed mini``), per transfer syntax; the
+     naive loop runs on both too (on S3: each object read whole with s3fs's defaults);
   3. times a full audit of all realistic images, then a re-run after +1 % new objects;
   4. builds lakes of 1k, 10k and 100k small DICOMs (10k at most with --quick) and reports
      listing time, diff time, orchestration overhead and peak RSS per Dask worker.
@@ -354,8 +355,10 @@ def tiny_registry(folder: Path, size: int) -> Path:
 # (a) the naive loop
 
 
-def naive_loop(files: list[Path], entry) -> dict:
-    """pydicom pixel_array (full decode), model_input (resize), ONNX Runtime at batch 1, one process."""
+def naive_loop(files: list, entry, read=None) -> dict:
+    """pydicom pixel_array (full decode), model_input (resize), ONNX Runtime at batch 1, one process.
+
+    ``read``: how a file is opened for pydicom (default: the local path itself)."""
     import onnxruntime as ort
 
     from tasks.preprocess import model_input
@@ -366,7 +369,7 @@ def naive_loop(files: list[Path], entry) -> dict:
     sess.run(outs, {entry.input_name: warm})
     t0 = time.perf_counter()
     for f in files:
-        ds = pydicom.dcmread(f)
+        ds = pydicom.dcmread(read(f) if read else f)
         arr = ds.pixel_array
         if str(ds.PhotometricInterpretation).upper() == "MONOCHROME1":
             arr = int(arr.max()) + int(arr.min()) - arr.astype(np.int32)
@@ -374,6 +377,16 @@ def naive_loop(files: list[Path], entry) -> dict:
         sess.run(outs, {entry.input_name: x})
     wall = time.perf_counter() - t0
     return {"n": len(files), "wall_s": wall, "img_s": len(files) / wall}
+
+
+def naive_s3_loop(keys: list[str], entry) -> dict:
+    """The naive loop over the loopback S3 server: each object read whole by s3fs with its
+    default settings (one GET, botocore's response checks as shipped), as a user's script would."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.cat_file(keys[0])  # connection and client set up before the clock, like the ONNX session
+    return naive_loop(keys, entry, read=lambda key: io.BytesIO(fs.cat_file(key)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -714,8 +727,10 @@ def render(results: dict) -> str:
              f"Both sides import their modules and create their ONNX session before their clocks start "
              f"(radlint's: {fmt(r.get('flow_import_s'))} s, once per process, for shards run in the flow's "
              f"own process; Dask workers create theirs inside the timings).\n")
-    L.append("| transfer syntax | MB/file | radlint decodes at | (a) naive img/s | (b) local img/s | b/a local | (b) S3 img/s | b/a S3 | local in-task img/s | in-task/a | S3 in-task img/s |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    L.append("(a) naive S3 = the naive loop reading each object whole from the same S3 server with s3fs's "
+             "defaults; b/a S3 divides (b) S3 by the naive loop on local files, b/a S3-S3 by the naive loop on S3.\n")
+    L.append("| transfer syntax | MB/file | radlint decodes at | (a) naive img/s | (b) local img/s | b/a local | (a) naive S3 img/s | (b) S3 img/s | b/a S3 | b/a S3-S3 | local in-task img/s | in-task/a | S3 in-task img/s |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for key, label, _ in SYNTAXES:
         row = r["syntax"].get(key)
@@ -724,16 +739,18 @@ def render(results: dict) -> str:
         rows.append((label, row, row.get("local") or {}, row.get("s3") or {}, "x".join(map(str, row["radlint_decode_shape"]))))
     for label, row, loc, s3, shape in rows:
         a = row["naive"]["img_s"]
+        a_s3 = (row.get("naive_s3") or {}).get("img_s")
         L.append(
             f"| {label} | {row['mean_mb']:.2f} | {shape} | {fmt(a)} | {fmt(loc.get('img_s'))} | "
-            f"{fmtx(loc.get('img_s') / a if loc.get('img_s') else None)} | {fmt(s3.get('img_s'))} | "
-            f"{fmtx(s3.get('img_s') / a if s3.get('img_s') else None)} | {fmt(loc.get('in_task_img_s'))} | "
+            f"{fmtx(loc.get('img_s') / a if loc.get('img_s') else None)} | {fmt(a_s3)} | {fmt(s3.get('img_s'))} | "
+            f"{fmtx(s3.get('img_s') / a if s3.get('img_s') else None)} | "
+            f"{fmtx(s3.get('img_s') / a_s3 if s3.get('img_s') and a_s3 else None)} | {fmt(loc.get('in_task_img_s'))} | "
             f"{fmtx(loc.get('in_task_img_s') / a if loc.get('in_task_img_s') else None)} | {fmt(s3.get('in_task_img_s'))} |"
         )
     L.append("")
     L.append("Wall seconds of each audit (local / S3) and seconds before the first shard started:\n")
-    L.append("| transfer syntax | naive wall s | local wall s | local before 1st shard s | S3 wall s | S3 before 1st shard s | upload s | shards ran (local / S3) |")
-    L.append("|---|---|---|---|---|---|---|---|")
+    L.append("| transfer syntax | naive wall s | local wall s | local before 1st shard s | naive S3 wall s | S3 wall s | S3 before 1st shard s | upload s | shards ran (local / S3) |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for key, label, _ in SYNTAXES:
         row = r["syntax"].get(key)
         if not row or "naive" not in row:
@@ -742,7 +759,7 @@ def render(results: dict) -> str:
         s3 = row.get("s3") or {}
         L.append(
             f"| {label} | {fmt(row['naive']['wall_s'])} | {fmt(loc.get('wall_s'))} | {fmt(loc.get('before_first_shard_s'))} | "
-            f"{fmt(s3.get('wall_s'))} | {fmt(s3.get('before_first_shard_s'))} | {fmt(row.get('upload_s'))} | "
+            f"{fmt((row.get('naive_s3') or {}).get('wall_s'))} | {fmt(s3.get('wall_s'))} | {fmt(s3.get('before_first_shard_s'))} | {fmt(row.get('upload_s'))} | "
             f"{_where(loc)} / {_where(s3)} |"
         )
     L.append("")
@@ -807,9 +824,11 @@ def targets(r: dict) -> list[dict]:
         e2e, it = ratio(key, "img_s"), ratio(key, "in_task_img_s")
         s3row = (r["syntax"].get(key) or {}).get("s3") or {}
         s3 = s3row.get("img_s") / r["syntax"][key]["naive"]["img_s"] if s3row.get("img_s") and "naive" in r["syntax"][key] else None
+        a_s3 = ((r["syntax"].get(key) or {}).get("naive_s3") or {}).get("img_s")
+        s3_s3 = s3row.get("img_s") / a_s3 if s3row.get("img_s") and a_s3 else None
         out.append({
             "target": f">= {want:g}x naive on {label}",
-            "measured": f"end-to-end local {fmt(e2e)}x, S3 {fmt(s3)}x; in-task {fmt(it)}x",
+            "measured": f"end-to-end local {fmt(e2e)}x, S3 {fmt(s3)}x (vs naive on S3 {fmt(s3_s3)}x); in-task {fmt(it)}x",
             "met": "yes" if e2e is not None and e2e >= want else ("in-task only" if it is not None and it >= want else "no"),
         })
     if r.get("rerun"):
@@ -962,6 +981,10 @@ def main(argv=None) -> int:
                     say(f"SeaweedFS S3 at {endpoint}")
                     for k in keys:
                         results["syntax"][k]["upload_s"] = upload(gen[k]["files"], k)
+                        if "naive" not in skip:
+                            res = naive_s3_loop([f"{S3_BUCKET}/{k}/{p.name}" for p in gen[k]["files"]], entry)
+                            results["syntax"][k]["naive_s3"] = res
+                            say(f"naive S3 {k}: {res['img_s']:.2f} img/s ({res['wall_s']:.1f} s)")
                         res = run_radlint_audit(
                             f"s3://{S3_BUCKET}/{k}", work / f"s3-{k}.duckdb", registry, workers=workers,
                             device=args.device, logdir=logdir, tag=f"s3-{k}",
