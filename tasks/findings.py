@@ -29,7 +29,7 @@ def top_suspects(con, limit: int = 10, field: str | None = None, source: str = "
     """Mismatches ordered by severity, most certain first."""
     sql = f"""
         select uri, field, header_value, header_class, predicted_class,
-               round(predicted_prob, 3) as predicted_prob, round(severity, 3) as severity,
+               round(predicted_prob::double, 3) as predicted_prob, round(severity::double, 3) as severity,
                suggested_correction
         from {source}
         where is_mismatch and (? is null or field = ?)
@@ -92,8 +92,8 @@ def export_corrections(con, out: str | Path, min_severity: float = 0.0) -> int:
         """
         select f.uri, f.sop_instance_uid, i.study_instance_uid, i.series_instance_uid, f.field,
                f.header_value as current_value, f.header_class as current_class,
-               f.suggested_correction, round(f.predicted_prob, 4) as confidence,
-               round(f.severity, 4) as severity, f.label_source, f.model, f.run_id
+               f.suggested_correction, round(f.predicted_prob::double, 4) as confidence,
+               round(f.severity::double, 4) as severity, f.label_source, f.model, f.run_id
         from findings as f
         join images as i on i.uri = f.uri and i.run_id = f.run_id
         where f.is_mismatch and f.severity >= ?

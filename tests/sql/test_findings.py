@@ -200,6 +200,10 @@ def test_export_corrections_csv(con, tmp_path):
         ("s3://b/1", "body_part", "SKULL", "lower_limb"),
     ]
     assert float(rows[0]["severity"]) == 0.95 and rows[1]["sop_instance_uid"] == "1"
+    # Probabilities are stored as FLOAT: rounded as such they would print as 0.8999999761581421.
+    assert rows[1]["confidence"] == "0.9" and rows[0]["confidence"] == "0.95"
+    top = findings_mod.top_suspects(con)
+    assert [(t["predicted_prob"], t["severity"]) for t in top] == [(0.95, 0.95), (0.9, 0.9)]
 
 
 def test_readme_sql_cookbook_runs(con):
