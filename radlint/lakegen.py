@@ -157,6 +157,11 @@ def make_dataset(
     ds.SeriesDescription = description
     ds.InstitutionName = institution[:64]
     ds.Manufacturer = manufacturer
+    if not all(str(v).isascii() for v in (description, institution, manufacturer)):
+        # Without a declared character set pydicom writes "?" for every kanji, and the Japanese
+        # descriptions this lake is meant to exercise would never reach the header parser.
+        # "\ISO 2022 IR 87" (JIS X 0208) is what Japanese modalities commonly send.
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
     if body_part_examined:
         ds.BodyPartExamined = body_part_examined
     if view_position:

@@ -40,3 +40,23 @@ def test_reviewed_image_is_brought_upright_before_planting(tmp_path):
         assert px[:30].mean() > px[40:].mean(), path.name  # the bright band is on top
     with open(truth, newline="") as f:
         assert {r["true_class"] for r in csv.DictReader(f) if r["field"] == "orientation"} == {"upright"}
+
+
+def test_japanese_descriptions_survive_the_round_trip():
+    import warnings
+
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from tasks import dicom_io
+
+    ds = lakegen.make_dataset(
+        np.zeros((64, 64), np.uint8), patient_id="p1", body_part_examined=None, view_position=None,
+        description="胸部臥位正面", institution="H1", manufacturer="FUJIFILM Corporation", study_date="20260101",
+        monochrome1=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom only warns when it writes "?" for characters it cannot encode
+        payload = lakegen.encode(ds, ExplicitVRLittleEndian)
+    header = dicom_io.read_dicom(payload, target_size=64).header
+    assert header["study_description"] == "胸部臥位正面"
+    assert (header["label_body_part"], header["label_projection"]) == ("chest", "AP")
