@@ -223,13 +223,17 @@ def loso_section(n_boot=1000, rows=None, split=None) -> tuple[list[str], dict]:
         out[src] = {"pa_vs_ap": pa_ap, "frontal_vs_lateral": fl, "acc": acc,
                     "n_train": s["n_train"], "epochs": s["args"]["epochs"],
                     "minutes": round(s["seconds"] / 60, 1), "counts": counts}
-        lines.append(f"| {src} (all its labelled chest images) | {counts} | {_fmt_ci(pa_ap)} | "
+        a = s["args"]
+        network = (f"widths {a.get('widths', '24,48,96,160')}, {a.get('size', 192)} px, "
+                   f"{int(s['params']) / 1e6:.2f} M parameters" if s.get("params") else "")
+        out[src]["network"] = network
+        lines.append(f"| {src} (all its labelled chest images) | {network} | {counts} | {_fmt_ci(pa_ap)} | "
                      f"{_fmt_ci(fl)} | {_fmt_ci(acc)} | {trained}, "
-                     f"{s['args']['epochs']} epochs, {s['seconds'] / 60:.0f} min |")
+                     f"{a['epochs']} epochs × {a.get('samples_per_epoch', '?')} samples, {s['seconds'] / 60:.0f} min |")
     if lines:
-        lines = ["| held-out source | n (PA/AP/LATERAL) | PA-vs-AP AUC [95% CI] | "
+        lines = ["| held-out source | network | n (PA/AP/LATERAL) | PA-vs-AP AUC [95% CI] | "
                  "frontal-vs-lateral AUC [95% CI] | 3-class accuracy [95% CI] | trained on |",
-                 "|---|---|---|---|---|---|"] + lines
+                 "|---|---|---|---|---|---|---|"] + lines
     return lines, out
 
 
@@ -395,10 +399,10 @@ def main(argv=None) -> int:
     if loso_lines:
         md += ["A projection-capable model was trained without one source (its images removed "
                "from train and validation; chest images only, projection + orientation heads, "
-               "same recipe but a shorter run) and tested on every labelled chest image of the "
-               "left-out source. These are shorter runs than the shipped model and are reported "
-               "to show how projection transfers to an unseen hospital, not as the shipped "
-               "model's accuracy.", ""]
+               "the shipped recipe's augmentation and losses but a much shorter CPU run) and "
+               "tested on every labelled chest image of the left-out source; the network column "
+               "names the architecture and input size. These runs show how projection transfers "
+               "to an unseen hospital, not the shipped model's accuracy.", ""]
         md += loso_lines
         md += ["", "For comparison, the shipped model on the test-split images of the same "
                "sources (which it saw in training) is in the by-source table above."]

@@ -92,3 +92,28 @@ def test_compare_heads_table_sets_each_task_against_its_single_task_network():
         "| body_part_macro_auc | test | 0.8800 | 0.9300 | 0.9100 | -0.0300 | +0.0200 |",
         "| orientation_macro_auc | validation | 0.8000 | 0.9700 | 0.9800 | -0.1800 | -0.0100 |",
     ]  # a metric missing from any run (orientation test here) gets no row
+
+
+def test_leave_one_source_out_table_names_each_network(tmp_path, monkeypatch):
+    from models import card
+
+    run = tmp_path / "loso_x"
+    run.mkdir()
+    # projection classes 0 PA, 1 AP, 2 LATERAL; the model tells PA from AP perfectly and never
+    # calls a frontal image lateral
+    y = np.array([0, 0, 1, 1, 2, 0, 1, 2])
+    p = np.zeros((len(y), 3))
+    p[np.arange(len(y)), y] = 0.8
+    p[p == 0] = 0.1
+    np.savez(run / "test_preds.npz", projection=y, p_projection=p[:, None, :])
+    (run / "summary.json").write_text(json.dumps({
+        "n_train": 100, "seconds": 600, "params": 2328000,
+        "args": {"exclude_source": "site_b", "epochs": "15", "samples_per_epoch": "1024",
+                 "widths": "32,64,128,224", "size": "256"},
+    }))
+    monkeypatch.setattr(card, "WORK", tmp_path)
+    lines, res = card.loso_section(n_boot=50)
+    assert lines[0].split(" | ")[1] == "network"
+    assert "widths 32,64,128,224, 256 px, 2.33 M parameters" in lines[2]
+    assert "15 epochs × 1024 samples, 10 min" in lines[2]
+    assert res["site_b"]["pa_vs_ap"][0] == 1.0 and res["site_b"]["counts"] == "3/3/2"
