@@ -8,6 +8,7 @@ created on first use (never at import time).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import yaml
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 REGISTRY_PATH = MODELS_DIR / "registry.yaml"
+log = logging.getLogger(__name__)
 
 
 class RegistryError(RuntimeError):
@@ -132,6 +134,26 @@ def providers_for(device: str = "auto") -> list[str]:
 
 _SESSIONS: dict[tuple[str, str, int], Any] = {}
 _LOCK = threading.Lock()
+_PRELOADED: list[bool] = []
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """Load CUDA and cuDNN from pip's nvidia-* packages before the CUDA provider needs them.
+
+    onnxruntime-gpu's CUDA provider links libcudart/libcublas by soname; where those come from
+    pip wheels (``onnxruntime-gpu[cuda,cudnn]``, or a PyTorch install) they are not on the loader's
+    path, and without this the session silently falls back to the CPU provider. Once per process.
+    """
+    if _PRELOADED:
+        return
+    _PRELOADED.append(True)
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a host with CUDA on the loader's path needs none of this
+        log.debug("onnxruntime.preload_dlls failed: %r", exc)
 
 
 def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
@@ -147,9 +169,10 @@ def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
             if threads:
                 opts.intra_op_num_threads = threads
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sess = ort.InferenceSession(
-                os.fspath(entry.path), sess_options=opts, providers=providers_for(device)
-            )
+            providers = providers_for(device)
+            if "CUDAExecutionProvider" in providers:
+                _preload_cuda_libraries(ort)
+            sess = ort.InferenceSession(os.fspath(entry.path), sess_options=opts, providers=providers)
             _SESSIONS[key] = sess
     return sess
 

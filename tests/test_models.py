@@ -97,3 +97,30 @@ def test_onnx_model_runs_on_synthetic_batch():
     # batching does not change the result
     single = predict(entry, x[:1], device="cpu", batch_size=1)
     np.testing.assert_allclose(single["body_part"], out["body_part"][:1], atol=1e-5)
+
+
+def test_cuda_request_preloads_pip_cuda_libraries_once_and_falls_back_to_cpu(monkeypatch):
+    """Where onnxruntime lists a CUDA provider, CUDA/cuDNN from pip's nvidia-* wheels are loaded
+    before the first CUDA session (else it silently runs on CPU). This host has no CUDA provider:
+    onnxruntime's provider list and preload are replaced, the session and its outputs are real."""
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    from tasks import infer
+
+    calls = []
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: calls.append(1), raising=False)
+    monkeypatch.setattr(infer, "_PRELOADED", [])
+    monkeypatch.setattr(infer, "_SESSIONS", {})
+    entry = default_model()
+    x = np.stack([model_input(np.full((64, 48), 100 + i, np.uint8), entry.input_size) for i in range(2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxruntime warns that the CUDA provider it was asked for is absent
+        auto = infer.predict(entry, x, device="auto", batch_size=2)
+        infer.predict(entry, x, device="cuda", batch_size=2)
+    assert calls == [1]
+    monkeypatch.setattr(infer, "_SESSIONS", {})
+    cpu = infer.predict(entry, x, device="cpu", batch_size=2)
+    assert calls == [1]
+    np.testing.assert_allclose(auto["body_part"], cpu["body_part"], atol=1e-6)
