@@ -4,8 +4,8 @@
 # The host's image has PyTorch built for CUDA 13 (its nvidia-* CUDA 13 libraries included) and the
 # CPU build of onnxruntime. onnxruntime-gpu 1.31.1 is built for CUDA 13 too (its CUDA provider
 # needs libcudart.so.13, libcublas.so.13, libcurand.so.10; cuDNN 9 for CUDA 13), but its wheel is
-# 255.6 MB and a device call carries at most 64 MiB with the working tree. xz -6 only gets the CUDA provider library from
-# 284 to 186 MB, so the wheel travels as byte parts, one per call, while the machine stays warm
+# 255.6 MB and a device call carries at most 64 MiB with the working tree. xz -6 only gets the
+# CUDA provider library from 284 to 186 MB, so the wheel travels as byte parts, one per call, while the machine stays warm
 # (ignored files a call brought stay there until the machine is given back).
 #
 # Here:   bash bench/ort_gpu_parts.sh split      # downloads the wheel, writes .whl/part-00 ...
@@ -35,7 +35,7 @@ split)
 join)
   name=$(awk '{print $2}' "$DIR/SHA256")
   cat "$DIR"/part-* >"/tmp/$name"
-  (cd /tmp && sha256sum -c <(cat "$OLDPWD/$DIR/SHA256"))
+  (cd /tmp && sha256sum -c) <"$DIR/SHA256"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "/tmp/$name"
   PYTHONPATH=/tmp/site python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
   ;;

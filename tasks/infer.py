@@ -7,6 +7,7 @@ created on first use (never at import time).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -134,19 +135,18 @@ def providers_for(device: str = "auto") -> list[str]:
 
 _SESSIONS: dict[tuple[str, str, int], Any] = {}
 _LOCK = threading.Lock()
-_PRELOADED: list[bool] = []
 
 
-def _preload_cuda_libraries(ort) -> None:
+@functools.cache
+def _preload_cuda_libraries() -> None:
     """Load CUDA and cuDNN from pip's nvidia-* packages before the CUDA provider needs them.
 
     onnxruntime-gpu's CUDA provider links libcudart/libcublas by soname; where those come from
     pip wheels (``onnxruntime-gpu[cuda,cudnn]``, or a PyTorch install) they are not on the loader's
     path, and without this the session silently falls back to the CPU provider. Once per process.
     """
-    if _PRELOADED:
-        return
-    _PRELOADED.append(True)
+    import onnxruntime as ort
+
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
         return
@@ -171,7 +171,7 @@ def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             providers = providers_for(device)
             if "CUDAExecutionProvider" in providers:
-                _preload_cuda_libraries(ort)
+                _preload_cuda_libraries()
             sess = ort.InferenceSession(os.fspath(entry.path), sess_options=opts, providers=providers)
             _SESSIONS[key] = sess
     return sess

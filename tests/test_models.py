@@ -111,7 +111,7 @@ def test_cuda_request_preloads_pip_cuda_libraries_once_and_falls_back_to_cpu(mon
     calls = []
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: calls.append(1), raising=False)
-    monkeypatch.setattr(infer, "_PRELOADED", [])
+    infer._preload_cuda_libraries.cache_clear()
     monkeypatch.setattr(infer, "_SESSIONS", {})
     entry = default_model()
     x = np.stack([model_input(np.full((64, 48), 100 + i, np.uint8), entry.input_size) for i in range(2)])
@@ -124,3 +124,4 @@ def test_cuda_request_preloads_pip_cuda_libraries_once_and_falls_back_to_cpu(mon
     cpu = infer.predict(entry, x, device="cpu", batch_size=2)
     assert calls == [1]
     np.testing.assert_allclose(auto["body_part"], cpu["body_part"], atol=1e-6)
+    infer._preload_cuda_libraries.cache_clear()  # later sessions in this process preload for real
