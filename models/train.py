@@ -332,6 +332,9 @@ def parse_args(argv=None):
                     help="leave-one-source-out: drop this source from train/val, test on it")
     ap.add_argument("--chest-only", action="store_true",
                     help="train on chest images only (projection + orientation)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: forward pass under bfloat16 autocast (weights, optimizer and losses "
+                         "stay float32); ~3x faster steps on CPUs with AMX-BF16")
     ap.add_argument("--eval-every", type=int, default=8)
     ap.add_argument("--init-from", type=Path, default=None,
                     help="start from the weights of an earlier run's model.pt (warm restart)")
@@ -473,7 +476,9 @@ def main(argv=None) -> int:
             x, bp, pj, ori = next(batches)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             bp, pj, ori = bp.to(device), pj.to(device), ori.to(device)
-            lb, lp, lo = net(x)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                lb, lp, lo = net(x)
+            lb, lp, lo = lb.float(), lp.float(), lo.float()
             loss_b = F.cross_entropy(lb, bp, label_smoothing=args.label_smoothing)
             m = pj >= 0
             # masked by weight rather than by indexing, so no host sync per step
