@@ -5,8 +5,9 @@
 # CPU build of onnxruntime. onnxruntime-gpu 1.31.1 is built for CUDA 13 too (its CUDA provider
 # needs libcudart.so.13, libcublas.so.13, libcurand.so.10; cuDNN 9 for CUDA 13), but its wheel is
 # 255.6 MB and a device call carries at most 64 MiB with the working tree. xz -6 only gets the
-# CUDA provider library from 284 to 186 MB, so the wheel travels as byte parts, one per call, while the machine stays warm
-# (ignored files a call brought stay there until the machine is given back).
+# CUDA provider library from 284 to 186 MB, so the wheel travels as byte parts, one per call,
+# while the machine stays warm (ignored files a call brought stay there until the machine is
+# given back).
 #
 # Here:   bash bench/ort_gpu_parts.sh split      # downloads the wheel, writes .whl/part-00 ...
 #         (add /.whl/ to .git/info/exclude once, so the parts stay out of git)
