@@ -1,4 +1,5 @@
-"""models/train.py end to end on a tiny synthetic folder, in float32 and under bfloat16 autocast.
+"""models/train.py end to end on a tiny synthetic folder, in float32 and under bfloat16 autocast,
+then models/export.py on the trained network.
 
 Needs torch (the `train` extra); CI installs a local CPU build when it finds one."""
 
@@ -64,3 +65,44 @@ def test_training_run_writes_a_model_chosen_on_validation(tmp_path, monkeypatch,
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     # weights stay float32 whatever the forward pass ran in, so export and parity are unchanged
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_export_registers_an_onnx_model_with_parity_and_validation_thresholds(tmp_path, monkeypatch):
+    """models/export.py on a freshly trained network: ONNX with a dynamic batch axis and softmax
+    outputs, PyTorch parity on the folder's test images, thresholds from its validation split,
+    and a registry entry the audit's loader accepts (file present, sha256 matching)."""
+    import models.export as export
+    import models.train as train
+    from tasks.infer import load_registry, predict, sha256_file, verify
+    from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
+
+    split = _folder(tmp_path)
+    monkeypatch.setattr(train, "WORK", tmp_path / "work")
+    assert train.main(["--data", str(tmp_path), "--split-file", str(split), "--overrides", "",
+                       "--tag", "t", "--size", "64", "--epochs", "2", "--samples-per-epoch", "32",
+                       "--batch-size", "16", "--widths", "8,8,8,8", "--threads", "1", "--workers", "0",
+                       "--eval-every", "1"]) == 0
+    run = tmp_path / "work" / "t"
+    registry = tmp_path / "reg" / "registry.yaml"
+    registry.parent.mkdir()
+    assert export.main(["--run", str(run), "--name", "tiny", "--registry", str(registry),
+                        "--data", str(tmp_path), "--split-file", str(split),
+                        "--parity-images", "3"]) == 0
+
+    record = json.loads((run / "export.json").read_text())
+    assert record["parity_inputs"] == 12  # the 3 test images in their four rotations
+    assert record["parity_max_abs_diff"] < 1e-4
+    (entry,) = load_registry(registry)
+    verify(entry)
+    assert entry.sha256 == sha256_file(registry.parent / "tiny.onnx") == record["sha256"]
+    assert entry.input_size == 64
+    classes = {"body_part": BODY_PART, "projection": PROJECTION, "orientation": ORIENTATION}
+    assert {t: list(s.classes) for t, s in entry.tasks.items()} == {t: list(c) for t, c in classes.items()}
+    for spec in entry.tasks.values():
+        assert set(spec.thresholds) == set(spec.classes)
+        assert all(0.5 <= v <= 0.99 for v in spec.thresholds.values())
+    for n in (1, 5):  # the batch axis is dynamic and every output is a distribution
+        out = predict(entry, np.random.default_rng(n).standard_normal((n, 1, 64, 64)).astype(np.float32))
+        for task, p in out.items():
+            assert p.shape == (n, len(classes[task]))
+            np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
