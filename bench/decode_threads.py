@@ -1,6 +1,6 @@
 """Per-object decode work (tasks.shard.prepare_object) on one thread vs a thread pool, per syntax.
 
-    .venv/bin/python bench/decode_threads.py [--n 16] [--threads 2]
+    .venv/bin/python -m bench.decode_threads [--n 16] [--threads 2]
 
 Why tasks.shard gives only native pixel data to its decode threads: it prints images/s for each
 transfer syntax of bench/run.py's realistic files (2500x2000, 16-bit), one thread (the baseline)
@@ -18,12 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "bench"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 
-import run as bench  # noqa: E402
-from tasks.shard import prepare_object  # noqa: E402
+from bench import run as bench
+from radlint.tasks.shard import prepare_object
 
 
 def main(argv=None) -> int:

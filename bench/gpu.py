@@ -1,6 +1,6 @@
 """Model throughput on each execution provider this host has, through radlint's own inference path.
 
-    python bench/gpu.py [--registry models/registry.yaml] [--batches 64,256] [--images 2048]
+    python -m bench.gpu [--registry models/registry.yaml] [--batches 64,256] [--images 2048]
                         [--checkpoint models/_work/TAG/model.pt] [--out FILE.md]
 
 For every device of ``tasks.infer`` this host can run (``cpu`` always, ``cuda`` when ONNX Runtime
@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from tasks import infer  # noqa: E402
+from radlint.tasks import infer
 
 
 def _time(fn, images: int, repeats: int = 3) -> float:
@@ -57,7 +55,7 @@ def onnx_rows(entry, x: np.ndarray, batches: list[int], threads: int) -> list[di
 def torch_rows(checkpoint: Path, n_images: int, batches: list[int]) -> list[dict]:
     import torch
 
-    from models.net import SoftmaxExport, build, n_params
+    from radlint.models.net import SoftmaxExport, build, n_params
 
     if not torch.cuda.is_available():
         return []

@@ -13,7 +13,7 @@
 #         (add /.whl/ to .git/info/exclude once, so the parts stay out of git)
 # There:  call k carries .whl/part-0k (k = 0 .. n-1, back to back: the machine goes idle after
 #         ~30 s); the last call then runs
-#         bash bench/ort_gpu_parts.sh join && export PYTHONPATH=/tmp/site && python3 bench/gpu.py
+#         bash bench/ort_gpu_parts.sh join && export PYTHONPATH=/tmp/site && python3 -m bench.gpu
 # `join` checks the sha256 that `split` recorded before installing, so a missing part fails loudly.
 set -euo pipefail
 VERSION=${ORT_GPU_VERSION:-1.31.1}

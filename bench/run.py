@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """radlint throughput and scale benchmark (issue 5). One command:
 
-    .venv/bin/python bench/run.py [--quick] [--registry PATH] [--out bench/results.md]
+    .venv/bin/python -m bench.run [--quick] [--registry PATH] [--out bench/results.md]
 
 In one run it
   1. generates realistic CR DICOMs (about 2000x2500, 16-bit allocated / 12-bit stored,
@@ -36,15 +36,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # workers inherit it
 os.environ.setdefault("RADLINT_PATIENT_SALT", "radlint-bench")
 
-import numpy as np  # noqa: E402
-import pydicom  # noqa: E402
-from pydicom.uid import (  # noqa: E402
+import numpy as np
+import pydicom
+from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLosslessSV1,
@@ -52,9 +51,9 @@ from pydicom.uid import (  # noqa: E402
     RLELossless,
 )
 
-from radlint import lakegen  # noqa: E402
-from radlint.prefect_env import apply_quiet_defaults  # noqa: E402
-from radlint.tinymodel import build_tiny_model  # noqa: E402
+from radlint import lakegen
+from radlint.prefect_env import apply_quiet_defaults
+from radlint.tinymodel import build_tiny_model
 
 apply_quiet_defaults()
 
@@ -325,8 +324,8 @@ def write_small_lake(root: Path, n: int, uid_base: int, per_dir: int = 1000, pre
 def tiny_registry(folder: Path, size: int) -> Path:
     import yaml
 
-    from tasks import infer
-    from tasks.vocabulary import TASKS
+    from radlint.tasks import infer
+    from radlint.tasks.vocabulary import TASKS
 
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = folder / "tiny.onnx"
@@ -361,7 +360,7 @@ def naive_loop(files: list, entry, read=None) -> dict:
     ``read``: how a file is opened for pydicom (default: the local path itself)."""
     import onnxruntime as ort
 
-    from tasks.preprocess import model_input
+    from radlint.tasks.preprocess import model_input
 
     sess = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"])
     outs = [t.output for t in entry.tasks.values()]
@@ -444,7 +443,7 @@ def _run_radlint_audit_once(
 ) -> dict:
     import dask
 
-    import shard_probe
+    from bench import shard_probe
     from radlint.cli import run_audit
 
     log = logdir / f"shards-{tag}.jsonl"
@@ -626,7 +625,7 @@ def upload(local_files: list[Path], prefix: str) -> float:
 
 def load_time(db: Path, scratch: Path) -> dict:
     """Seconds to load the run's Parquet parts into a fresh database (what the flow does at the end)."""
-    from tasks import write
+    from radlint.tasks import write
 
     out_dir = str(db.with_suffix("")) + "_parts"
     con = write.connect(scratch)
@@ -645,7 +644,7 @@ def load_time(db: Path, scratch: Path) -> dict:
 
 
 def listing_and_diff(lake: str, db: Path, sha: str) -> dict:
-    from tasks import discover, write
+    from radlint.tasks import discover, write
 
     t0 = time.perf_counter()
     objs = discover.discover(lake)
@@ -875,7 +874,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from radlint.prefect_env import prefect_api
-    from tasks import infer, settings
+    from radlint.tasks import infer, settings
 
     compiled_s = ensure_bytecode()
 
@@ -933,7 +932,7 @@ def main(argv=None) -> int:
         keys = [k for k, _, _ in SYNTAXES if k in chosen]
         gen = generate_realistic(real, n_per, n_distinct, keys)
         gen_counter = gen.pop("_counter")
-        from tasks import dicom_io
+        from radlint.tasks import dicom_io
 
         for k in keys:
             shape = dicom_io.read_dicom(gen[k]["files"][0].read_bytes(), target_size=entry.input_size).pixels.shape
@@ -956,7 +955,7 @@ def main(argv=None) -> int:
             # The naive loop's imports and ONNX session are ready before its clock starts; so are
             # radlint's modules (the flow, Prefect's engine, prefect-dask) before the first audit.
             t_imp = time.perf_counter()
-            import flows.audit_lake  # noqa: F401
+            import radlint.flows.audit_lake  # noqa: F401
 
             # Likewise the ONNX session that shards run in this process use (executor local: one
             # worker, every core); Dask workers create their own, inside the timings.

@@ -49,7 +49,7 @@ def _sample_rss(interval: float = 0.1) -> None:
 def dask_setup(worker) -> None:  # called by distributed in each worker process (and by run.py in its own)
     import threading
 
-    import tasks.shard as shard
+    import radlint.tasks.shard as shard
 
     threading.Thread(target=_sample_rss, name="bench-rss", daemon=True).start()
 

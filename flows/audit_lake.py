@@ -18,7 +18,7 @@ from prefect_dask import DaskTaskRunner
 from radlint.dask_env import BackgroundCluster
 from radlint.progress import Progress
 
-from tasks import discover, findings, infer, labels, settings, shard, write
+from radlint.tasks import discover, findings, infer, labels, settings, shard, write
 
 
 @task(name="audit-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

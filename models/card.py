@@ -1,6 +1,6 @@
 """Write the model card (markdown + PNG plots) from measurements on the held-out TEST split.
 
-    python models/card.py --name radlint-multihead-v2
+    python -m radlint.models.card --name radlint-multihead-v2
 
 Every number comes from running the registered ONNX model (tasks.infer) over the test split
 through radlint.evaluate, the code behind ``radlint evaluate``; leave-one-source-out figures
@@ -18,17 +18,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from models.train import (  # noqa: E402
+from radlint.models.train import (
     DEFAULT_DATA,
     SPLIT_FILE,
     default_review,
     load_split,
     read_labels,
 )
-from radlint.evaluate import (  # noqa: E402
+from radlint.evaluate import (
     _fmt_ci,
     _read_csv,
     auc_ovr,
@@ -38,8 +36,8 @@ from radlint.evaluate import (  # noqa: E402
     roc_curve,
     accuracy,
 )
-from tasks.infer import load_registry  # noqa: E402
-from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION  # noqa: E402
+from radlint.tasks.infer import load_registry
+from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
 MODELS = ROOT / "models"
 CARDS = MODELS / "cards"

@@ -1,6 +1,6 @@
 """Export a trained checkpoint to ONNX, check parity, choose thresholds on validation, register.
 
-    python models/export.py --run models/_work/v3 --name radlint-multihead-v2
+    python -m radlint.models.export --run models/_work/v3 --name radlint-multihead-v2
 
 Steps:
 1. ONNX export (opset 17, dynamic batch axis; input ``image`` [N,1,S,S]; outputs ``body_part``,
@@ -24,10 +24,8 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from models.train import (  # noqa: E402
+from radlint.models.train import (
     DEFAULT_DATA,
     SPLIT_FILE,
     decode,
@@ -35,9 +33,9 @@ from models.train import (  # noqa: E402
     load_split,
     read_labels,
 )
-from tasks.infer import load_registry, sha256_file  # noqa: E402
-from tasks.preprocess import model_input, rotate_to_orientation  # noqa: E402
-from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION  # noqa: E402
+from radlint.tasks.infer import load_registry, sha256_file
+from radlint.tasks.preprocess import model_input, rotate_to_orientation
+from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
 MODELS = ROOT / "models"
 REGISTRY = MODELS / "registry.yaml"
@@ -99,7 +97,7 @@ def throughput(onnx_path: Path, size: int, threads: int = 2, batch: int = 64, re
 def train_command(targs: dict) -> str:
     """The train.py command line(s) that reproduce a run: its non-default flags, preceded by the
     command of the run it was warm-started from (``--init-from``)."""
-    from models.train import parse_args
+    from radlint.models.train import parse_args
 
     defaults = {k: str(v) for k, v in vars(parse_args([])).items()}
     flags = [f"--tag {targs['tag']}"]
@@ -124,7 +122,7 @@ def train_command(targs: dict) -> str:
             flags.append(f"--{k.replace('_', '-')}")
         else:
             flags.append(f"--{k.replace('_', '-')} {v}")
-    cmd = prefix + "python models/train.py " + " ".join(flags)
+    cmd = prefix + "python -m radlint.models.train " + " ".join(flags)
     init = targs.get("init_from")
     if init and init != "None":
         parent = Path(init).parent / "summary.json"
@@ -171,7 +169,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from models.net import SoftmaxExport, build, n_params
+    from radlint.models.net import SoftmaxExport, build, n_params
     from radlint.evaluate import choose_thresholds, predict_folder
 
     torch.set_num_threads(2)

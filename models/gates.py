@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tasks.infer import REGISTRY_PATH, default_model
-from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
+from radlint.tasks.infer import REGISTRY_PATH, default_model
+from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
 # lowest per-label gate: the model must give the label less than half its probability
 LABEL_GATE_FLOOR = 0.5
@@ -151,7 +151,7 @@ def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> d
 
 
 def main(argv=None) -> int:
-    from models.train import default_review
+    from radlint.models.train import default_review
     from radlint.evaluate import apply_overrides, predict_folder
 
     ap = argparse.ArgumentParser(description=__doc__)

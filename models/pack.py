@@ -1,6 +1,6 @@
 """Write a compact copy of a labelled radiograph folder for training elsewhere (a lent GPU host).
 
-    python models/pack.py --out .devdata/radiographs --splits train,val --max-side 320 --quality 90
+    python -m radlint.models.pack --out .devdata/radiographs --splits train,val --max-side 320 --quality 90
 
 Keeps only the rows of the chosen patient-level splits (the held-out test images stay here),
 downscales each image so that its longest side is at most --max-side (Lanczos) and re-encodes it
@@ -19,10 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from models.train import DEFAULT_DATA, SPLIT_FILE, load_split, read_labels  # noqa: E402
+from radlint.models.train import DEFAULT_DATA, SPLIT_FILE, load_split, read_labels
 
 
 def pack(data: Path, out: Path, splits: set[str], split_file: Path, max_side: int,
@@ -62,7 +60,7 @@ def main(argv=None) -> int:
                    args.max_side, args.quality)
     # read by models/export.py, so a model's recorded recipe starts with this step
     (args.out / "pack.json").write_text(json.dumps(
-        {"command": f"python models/pack.py --out {args.out} --splits {args.splits} "
+        {"command": f"python -m radlint.models.pack --out {args.out} --splits {args.splits} "
                     f"--max-side {args.max_side} --quality {args.quality}", "images": n,
          "max_side": args.max_side, "quality": args.quality}))
     print(f"{n} images, {size / 1e6:.1f} MB in {args.out}")

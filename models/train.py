@@ -1,6 +1,6 @@
 """Train radlint's three-head classifier (body part, chest projection, orientation) from scratch.
 
-    python models/train.py --data ../shared/data/radiographs --tag main
+    python -m radlint.models.train --data ../shared/data/radiographs --tag main
 
 Seeded and reproducible on CPU: the patient-level split (models/splits/patient_split.csv) is
 made once from a fixed seed and reused; every augmentation draw comes from a generator seeded
@@ -29,11 +29,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from tasks.preprocess import correct_orientation, model_input, rotate_to_orientation  # noqa: E402
-from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION  # noqa: E402
+from radlint.tasks.preprocess import correct_orientation, model_input, rotate_to_orientation
+from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "radiographs"
 SPLIT_FILE = ROOT / "models" / "splits" / "patient_split.csv"
@@ -357,7 +355,7 @@ def main(argv=None) -> int:
     import torch
     from torch.nn import functional as F
 
-    from models.net import build, n_params
+    from radlint.models.net import build, n_params
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -242,8 +242,8 @@ def convert(checkpoint: Path, kind: str, out_dir: Path, name: str | None = None,
     import numpy as np
     import torch
 
-    from tasks.infer import sha256_file
-    from tasks.vocabulary import TASKS
+    from radlint.tasks.infer import sha256_file
+    from radlint.tasks.vocabulary import TASKS
 
     if kind not in HEADS:
         raise ValueError(f"--kind must be one of {sorted(HEADS)}")
@@ -365,7 +365,7 @@ def run(args) -> int:
     except ImportError:
         print("radlint import-checkpoint: needs PyTorch (pip install 'radlint[train]')")
         return 2
-    from tasks.infer import REGISTRY_PATH
+    from radlint.tasks.infer import REGISTRY_PATH
 
     registry = Path(args.registry) if args.registry else REGISTRY_PATH
     if not Path(args.checkpoint).exists():

@@ -50,8 +50,8 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_audit_inputs(args) -> None:
-    from tasks import discover, write
-    from tasks.labels import LabelFileError, read_label_file
+    from radlint.tasks import discover, write
+    from radlint.tasks.labels import LabelFileError, read_label_file
 
     if args.labels:
         try:
@@ -83,8 +83,8 @@ def run_audit(args, quiet: bool = False) -> dict:
     from radlint.prefect_env import prefect_api
 
     _check_audit_inputs(args)
-    with prefect_api(warm_imports=("flows.audit_lake",)):
-        from flows.audit_lake import audit_lake
+    with prefect_api(warm_imports=("radlint.flows.audit_lake",)):
+        from radlint.flows.audit_lake import audit_lake
 
         return audit_lake(
             lake=args.lake,
@@ -105,7 +105,7 @@ def run_audit(args, quiet: bool = False) -> dict:
 
 
 def _print_summary(summary: dict) -> None:
-    from tasks.findings import summary_markdown
+    from radlint.tasks.findings import summary_markdown
 
     print(summary_markdown(summary))
 
@@ -123,7 +123,7 @@ def cmd_audit(args) -> int:
 
 
 def cmd_export_corrections(args) -> int:
-    from tasks import findings, write
+    from radlint.tasks import findings, write
 
     if not Path(args.db).exists():
         raise CannotRun(f"database not found: {args.db}")
@@ -230,10 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_quiet_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
-    from tasks.discover import LakeError
-    from tasks.infer import RegistryError
-    from tasks.labels import LabelFileError
-    from tasks.write import DatabaseError
+    from radlint.tasks.discover import LakeError
+    from radlint.tasks.infer import RegistryError
+    from radlint.tasks.labels import LabelFileError
+    from radlint.tasks.write import DatabaseError
 
     try:
         return int(args.func(args) or 0)

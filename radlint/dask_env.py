@@ -17,7 +17,7 @@ from typing import Any
 
 # What every shard task needs in a worker: prefect-dask runs each task through Prefect's task engine,
 # and the task function itself lives in the flow module (which imports the decoders and ONNX Runtime).
-WORKER_PRELOAD = ("prefect.task_engine", "flows.audit_lake")
+WORKER_PRELOAD = ("prefect.task_engine", "radlint.flows.audit_lake")
 
 
 def _start_method() -> str:

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,11 @@ from PIL import Image
 
 from radlint import lakegen, planted
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RADIOGRAPHS_ENV = "RADLINT_RADIOGRAPHS"
-SPLIT_FILE = PROJECT_ROOT / "models" / "splits" / "patient_split.csv"
+SPLITS = resources.files("radlint.models") / "splits"
+SPLIT_FILE = Path(str(SPLITS / "patient_split.csv"))
 # shared radiographs found not stored upright on review (radlint.evaluate.apply_overrides)
-ORIENTATION_REVIEW = PROJECT_ROOT / "models" / "splits" / "orientation_review.csv"
+ORIENTATION_REVIEW = Path(str(SPLITS / "orientation_review.csv"))
 
 # (pydicom-data file, body part, fine label, view) for the fallback lake.
 PYDICOM_DATA_IMAGES = [
@@ -28,11 +29,15 @@ PYDICOM_DATA_IMAGES = [
 
 
 def radiographs_dir() -> Path | None:
-    """The shared radiograph folder, when present (env RADLINT_RADIOGRAPHS or ../shared beside the project)."""
+    """The shared radiograph folder, when present.
+
+    RADLINT_RADIOGRAPHS when set (that folder or nothing); else ``../shared/data/radiographs``
+    beside the working directory (a checkout of the project).
+    """
     env = os.environ.get(RADIOGRAPHS_ENV)
     if env is not None:  # set explicitly: that folder or nothing
         return Path(env) if (Path(env) / "labels.csv").exists() else None
-    cand = PROJECT_ROOT.parent / "shared" / "data" / "radiographs"
+    cand = Path.cwd().parent / "shared" / "data" / "radiographs"
     return cand if (cand / "labels.csv").exists() else None
 
 
@@ -43,8 +48,8 @@ def pydicom_data_sources(work: Path) -> list[lakegen.SourceImage]:
     """
     from pydicom.data import get_testdata_file
 
-    from tasks import dicom_io
-    from tasks.preprocess import to_uint8
+    from radlint.tasks import dicom_io
+    from radlint.tasks.preprocess import to_uint8
 
     work.mkdir(parents=True, exist_ok=True)
     out = []
@@ -108,7 +113,7 @@ def _fresh(work: Path) -> None:
 
 def _audit_and_score(work: Path, truth: Path, workers: int, registry: str | None = None) -> tuple[dict, dict]:
     from radlint.cli import run_audit
-    from tasks import write
+    from radlint.tasks import write
 
     db = work / "radlint.duckdb"
     summary = run_audit(_audit_args(work / "lake", db, workers, registry))
@@ -148,7 +153,7 @@ def run(args) -> int:
     lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed)
     print(f"demo lake: {len(sources)} DICOM objects from {origin}, planted error rate {args.error_rate}")
     summary, scores = _audit_and_score(work, truth, args.workers, getattr(args, "registry", None))
-    from tasks.findings import summary_markdown
+    from radlint.tasks.findings import summary_markdown
 
     print(summary_markdown(summary))
     print("Planted errors found (precision/recall against the planted truth):")
@@ -187,7 +192,7 @@ def run_planted(args) -> int:
     summary, scores = _audit_and_score(work, truth, args.workers, getattr(args, "registry", None))
     print(planted.format_table(scores))
     if args.plot:
-        from tasks import write
+        from radlint.tasks import write
 
         con = write.connect(work / "radlint.duckdb", read_only=True)
         try:

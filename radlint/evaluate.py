@@ -211,7 +211,7 @@ def apply_overrides(rows: list[dict], overrides: Path | None, strict: bool = Tru
     the labels do not list, so a stale review file cannot pass silently (``strict=False`` for a
     subset of the labels, such as a training copy without the test split).
     """
-    from tasks.vocabulary import ORIENTATION
+    from radlint.tasks.vocabulary import ORIENTATION
 
     if overrides is None:
         return rows
@@ -234,7 +234,7 @@ def stored_orientation(row: dict) -> str:
 
     Raises ValueError for a value outside the orientation vocabulary.
     """
-    from tasks.vocabulary import ORIENTATION
+    from radlint.tasks.vocabulary import ORIENTATION
 
     value = row.get("orientation") or "upright"
     if value not in ORIENTATION:
@@ -257,9 +257,9 @@ def load_image(path: Path) -> np.ndarray:
 def predict_folder(entry, rows, root: Path, *, batch_size=64, threads=0, rotate=True):
     """Run the registry model over every row's image: upright outputs and, for orientation,
     the four rotations. Returns (dict task -> [N, C] upright, orientation [N, 4, 4])."""
-    from tasks.infer import predict
-    from tasks.preprocess import correct_orientation, model_input, rotate_to_orientation
-    from tasks.vocabulary import ORIENTATION
+    from radlint.tasks.infer import predict
+    from radlint.tasks.preprocess import correct_orientation, model_input, rotate_to_orientation
+    from radlint.tasks.vocabulary import ORIENTATION
 
     size = entry.input_size
     upright = {t: [] for t in entry.tasks}
@@ -290,7 +290,7 @@ def evaluate(labels: Path, root: Path | None = None, *, registry: Path | None = 
              seed: int = 0, threads: int = 0, return_predictions: bool = False,
              overrides: Path | None = None) -> dict:
     """Metrics of the registry's default model on the labeled folder (see module docstring)."""
-    from tasks.infer import REGISTRY_PATH, default_model
+    from radlint.tasks.infer import REGISTRY_PATH, default_model
 
     labels = Path(labels)
     root = Path(root) if root else labels.parent

@@ -25,8 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tasks.preprocess import correct_orientation, rotate_to_orientation
-from tasks.vocabulary import ORIENTATION, PROJECTION
+from radlint.tasks.preprocess import correct_orientation, rotate_to_orientation
+from radlint.tasks.vocabulary import ORIENTATION, PROJECTION
 
 # BodyPartExamined written for each fine label of the source sets (first match wins).
 FINE_TO_TERM = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.vocabulary import TASKS
+from radlint.tasks.vocabulary import TASKS
 
 
 def build_tiny_model(path: Path, size: int = 32) -> None:

@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import UID
 
-from tasks import labels
+from radlint.tasks import labels
 
 # Reason codes of the `skipped` table (DESIGN.md), plus a few more specific ones.
 NOT_DICOM = "not_dicom"

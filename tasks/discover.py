@@ -170,7 +170,7 @@ def probe_seconds_per_mb(objects: list[ObjectRef], storage_options: dict[str, An
     """Cost per MB of ``objects`` from the transfer syntaxes of ``k`` of them spread over the list
     (size-weighted; an unknown or unreadable syntax counts SECONDS_PER_MB), or None when no sampled
     object could be read. Reads only file meta; a storage error is never raised."""
-    from tasks.dicom_io import transfer_syntax_of
+    from radlint.tasks.dicom_io import transfer_syntax_of
 
     if not objects:
         return None

@@ -13,13 +13,15 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The registry and ONNX files are package data of radlint.models (installed as real files).
+MODELS_DIR = Path(str(resources.files("radlint.models")))
 REGISTRY_PATH = MODELS_DIR / "registry.yaml"
 log = logging.getLogger(__name__)
 

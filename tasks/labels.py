@@ -12,7 +12,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
-from tasks.vocabulary import BODY_PART
+from radlint.tasks.vocabulary import BODY_PART
 
 ALL_REGIONS = "|".join(BODY_PART[:-1])  # WHOLEBODY: every region but "other"
 

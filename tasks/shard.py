@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from tasks import dicom_io, infer, preprocess, write
-from tasks.discover import ObjectRef, filesystem_for_uri
+from radlint.tasks import dicom_io, infer, preprocess, write
+from radlint.tasks.discover import ObjectRef, filesystem_for_uri
 
 log = logging.getLogger(__name__)
 

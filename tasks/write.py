@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import uuid
+from importlib import resources
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -17,7 +18,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(str(resources.files("radlint.sql")))
 SCHEMA_VERSION = "4"  # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds; 4: label_gates
 KINDS = ("images", "predictions", "skipped", "thumbnails")
 
@@ -218,7 +219,7 @@ def write_manifest(shards: list[list[Any]], out_dir: str | Path, run_id: str) ->
 
 def read_manifest(path: str | Path, shard: int) -> list:
     """The objects of one shard of a manifest written by :func:`write_manifest`."""
-    from tasks.discover import ObjectRef
+    from radlint.tasks.discover import ObjectRef
 
     table = pq.ParquetFile(path).read_row_group(shard)
     return [

@@ -17,7 +17,7 @@ import pytest
 from radlint import lakegen
 from radlint.tinymodel import build_tiny_model
 from radlint.prefect_env import apply_quiet_defaults
-from tasks.vocabulary import TASKS
+from radlint.tasks.vocabulary import TASKS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED = PROJECT_ROOT.parent / "shared"

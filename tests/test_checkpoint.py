@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from radlint import checkpoint as ck  # noqa: E402
-from tasks.infer import load_registry, sha256_file  # noqa: E402
-from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION  # noqa: E402
+from radlint.tasks.infer import load_registry, sha256_file  # noqa: E402
+from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION  # noqa: E402
 
 
 def _random_checkpoint(heads: dict[str, int], seed: int = 0) -> dict:

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from tasks import write
+from radlint.tasks import write
 
 pytestmark = pytest.mark.slow
 

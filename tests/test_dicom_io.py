@@ -19,7 +19,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from tasks import dicom_io
+from radlint.tasks import dicom_io
 from tests.conftest import gradient_image, shared_path
 
 

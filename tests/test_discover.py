@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tasks import discover
+from radlint.tasks import discover
 
 
 def test_lists_files_with_size_and_version(tmp_path):

@@ -149,8 +149,8 @@ def test_overrides_replace_cells_and_reject_stale_reviews(tmp_path):
 
 def test_an_image_stored_rotated_is_scored_from_upright(tmp_path):
     pytest.importorskip("onnxruntime")
-    from tasks.infer import default_model
-    from tasks.preprocess import rotate_to_orientation
+    from radlint.tasks.infer import default_model
+    from radlint.tasks.preprocess import rotate_to_orientation
 
     labels = _write_folder(tmp_path)
     with open(labels, newline="") as f:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from tasks import discover, write
+from radlint.tasks import discover, write
 
 pytestmark = pytest.mark.slow
 
@@ -114,8 +114,8 @@ def test_small_remainder_runs_in_process_with_the_same_rows(tmp_path, make_dicom
 
 
 def test_executor_choice(tmp_path, make_dicom):
-    from flows.audit_lake import _choose_executor, break_even_seconds
-    from tasks.discover import ObjectRef
+    from radlint.flows.audit_lake import _choose_executor, break_even_seconds
+    from radlint.tasks.discover import ObjectRef
 
     assert break_even_seconds(1) == float("inf")
     assert break_even_seconds(16) < break_even_seconds(4) < break_even_seconds(2) < 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.gates import choose_gate, flag_rates
+from radlint.models.gates import choose_gate, flag_rates
 
 
 def _probs(rows):
@@ -41,7 +41,7 @@ def test_choose_gate_prefers_the_rule_with_more_recall_at_the_target():
 
 
 def test_label_gates_pass_easy_labels_that_one_task_gate_holds_back():
-    from models.gates import choose_label_gates
+    from radlint.models.gates import choose_label_gates
 
     rng = np.random.default_rng(1)
     thresholds = np.array([0.5, 0.5, 0.5])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks import labels
+from radlint.tasks import labels
 
 BODY_PART_EXAMINED = [
     ("CHEST", "chest"), ("chest", "chest"), ("THORAX", "chest"), ("RIB", "chest"), ("STERNUM", "chest"),

@@ -10,7 +10,7 @@ import pydicom
 from PIL import Image
 
 from radlint import lakegen
-from tasks.preprocess import rotate_to_orientation
+from radlint.tasks.preprocess import rotate_to_orientation
 
 
 def test_reviewed_image_is_brought_upright_before_planting(tmp_path):
@@ -47,7 +47,7 @@ def test_japanese_descriptions_survive_the_round_trip():
 
     from pydicom.uid import ExplicitVRLittleEndian
 
-    from tasks import dicom_io
+    from radlint.tasks import dicom_io
 
     ds = lakegen.make_dataset(
         np.zeros((64, 64), np.uint8), patient_id="p1", body_part_examined=None, view_position=None,

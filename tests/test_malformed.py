@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from tasks import dicom_io, discover, shard
+from radlint.tasks import dicom_io, discover, shard
 from tests.conftest import gradient_image
 
 

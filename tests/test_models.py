@@ -9,9 +9,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tasks.infer import REGISTRY_PATH, default_model, load_registry, sha256_file
-from tasks.preprocess import model_input, rotate_to_orientation
-from tasks.vocabulary import TASKS
+from radlint.tasks.infer import REGISTRY_PATH, default_model, load_registry, sha256_file
+from radlint.tasks.preprocess import model_input, rotate_to_orientation
+from radlint.tasks.vocabulary import TASKS
 
 
 def _raw_registry():
@@ -81,7 +81,7 @@ def test_preprocessing_is_deterministic_from_bytes():
 
 def test_onnx_model_runs_on_synthetic_batch():
     pytest.importorskip("onnxruntime")
-    from tasks.infer import predict
+    from radlint.tasks.infer import predict
 
     entry = default_model()
     rng = np.random.default_rng(1)
@@ -106,7 +106,7 @@ def test_cuda_request_preloads_pip_cuda_libraries_once_and_falls_back_to_cpu(mon
     ort = pytest.importorskip("onnxruntime")
     import warnings
 
-    from tasks import infer
+    from radlint.tasks import infer
 
     calls = []
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])

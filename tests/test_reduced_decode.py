@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import dicom_io, infer, preprocess
+from radlint.tasks import dicom_io, infer, preprocess
 from tests.conftest import SHARED
 
 # Stated tolerances. The predicted class must never change. Class probabilities move by less than

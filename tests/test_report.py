@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from radlint.report import corrected_jpeg, write_report
-from tasks import write
-from tasks.preprocess import rotate_to_orientation, thumbnail_jpeg
+from radlint.tasks import write
+from radlint.tasks.preprocess import rotate_to_orientation, thumbnail_jpeg
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
 SHA = "sha-test-model"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from tasks import write
+from radlint.tasks import write
 from tests.test_flows import audit_args, counts
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tasks import discover
+from radlint.tasks import discover
 from tests.test_flows import audit_args, counts
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]

@@ -31,7 +31,7 @@ def test_audit_survives_s3_faults(tmp_path, s3_server, make_dicom, tiny_registry
     import s3fs
 
     from radlint.cli import run_audit
-    from tasks import write
+    from radlint.tasks import write
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir("faulty")

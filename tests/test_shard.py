@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from tasks import discover, shard
+from radlint.tasks import discover, shard
 
 
 def test_audit_shard_writes_parts_and_skips(tmp_path, make_dicom, tiny_registry):

@@ -45,7 +45,7 @@ def _folder(tmp_path):
 
 def _train(tmp_path, monkeypatch, *extra):
     """Two tiny epochs of models/train.py on _folder's images; returns (run folder, split file)."""
-    import models.train as train
+    import radlint.models.train as train
 
     split = _folder(tmp_path)
     monkeypatch.setattr(train, "WORK", tmp_path / "work")
@@ -76,9 +76,9 @@ def test_export_registers_an_onnx_model_with_parity_and_validation_thresholds(tm
     """models/export.py on a freshly trained network: ONNX with a dynamic batch axis and softmax
     outputs, PyTorch parity on the folder's test images, thresholds from its validation split,
     and a registry entry the audit's loader accepts (file present, sha256 matching)."""
-    import models.export as export
-    from tasks.infer import load_registry, predict, verify
-    from tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
+    import radlint.models.export as export
+    from radlint.tasks.infer import load_registry, predict, verify
+    from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
     run, split = _train(tmp_path, monkeypatch)
     registry = tmp_path / "reg" / "registry.yaml"

@@ -30,7 +30,7 @@ def _labelled_folder(tmp_path):
 
 
 def test_pack_keeps_the_chosen_splits_downscaled_and_records_its_command(tmp_path):
-    from models.pack import main
+    from radlint.models.pack import main
 
     src, split = _labelled_folder(tmp_path)
     out = tmp_path / "packed"
@@ -47,15 +47,15 @@ def test_pack_keeps_the_chosen_splits_downscaled_and_records_its_command(tmp_pat
 
 
 def test_train_command_records_pack_step_and_labels_used(tmp_path):
-    from models.export import train_command  # torch is imported only by export's main
+    from radlint.models.export import train_command  # torch is imported only by export's main
 
     data = tmp_path / "packed"
     data.mkdir()
-    (data / "pack.json").write_text(json.dumps({"command": "python models/pack.py --out X", "images": 2}))
+    (data / "pack.json").write_text(json.dumps({"command": "python -m radlint.models.pack --out X", "images": 2}))
     targs = {"tag": "t", "data": str(data), "size": "256", "epochs": "91", "device": "cuda",
              "fit_seconds": "300.0", "workers": "7", "seed": "0"}
     cmd = train_command(targs)
-    assert cmd.startswith("python models/pack.py --out X && python models/train.py --tag t")
+    assert cmd.startswith("python -m radlint.models.pack --out X && python -m radlint.models.train --tag t")
     assert f"--data {data}" in cmd and "--overrides ''" in cmd and "--epochs 91" in cmd
     assert "--fit-seconds" not in cmd and "--device" not in cmd and "--workers" not in cmd
 
@@ -72,7 +72,7 @@ def test_gpu_bench_runs_the_cpu_provider(tmp_path, capsys):
 
 
 def test_compare_heads_table_sets_each_task_against_its_single_task_network():
-    from models.compare_heads import table
+    from radlint.models.compare_heads import table
 
     def summary(val, test):
         return {"weights": "ema", "validation": {"ema": [12, val]}, "test_quick": test}
@@ -95,7 +95,7 @@ def test_compare_heads_table_sets_each_task_against_its_single_task_network():
 
 
 def test_leave_one_source_out_table_names_each_network(tmp_path, monkeypatch):
-    from models import card
+    from radlint.models import card
 
     run = tmp_path / "loso_x"
     run.mkdir()

@@ -9,7 +9,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import write
+from radlint.tasks import write
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -174,7 +174,7 @@ def test_thresholds_and_gates_are_replaced_per_model(tmp_path):
 
 
 def test_manifest_roundtrip(tmp_path):
-    from tasks.discover import ObjectRef
+    from radlint.tasks.discover import ObjectRef
 
     shards = [[ObjectRef(f"s3://b/{i}", i, f"e{i}") for i in range(k, k + 3)] for k in (0, 3)]
     path = write.write_manifest(shards, tmp_path, "r9")

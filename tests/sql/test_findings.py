@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import duckdb
 import pytest
 
-from tasks import write
+from radlint.tasks import write
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 T1 = datetime(2026, 2, 1, tzinfo=timezone.utc)
@@ -178,7 +178,7 @@ def test_mismatch_rates_and_top_suspects(con):
 def test_export_corrections_csv(con, tmp_path):
     import csv
 
-    from tasks import findings as findings_mod
+    from radlint.tasks import findings as findings_mod
 
     given(
         con,

@@ -7,7 +7,7 @@ import re
 import duckdb
 import pytest
 
-from tasks import write
+from radlint.tasks import write
 
 FILES = write.sql_files("tables") + write.sql_files("views")
 
