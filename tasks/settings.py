@@ -9,6 +9,57 @@ from pathlib import Path
 SALT_ENV = "RADLINT_PATIENT_SALT"
 
 
+class SaltError(RuntimeError):
+    """No patient-key salt where a shard worker looks for it."""
+
+
+def salt_source(db: str | Path) -> str | None:
+    """Where shard workers find the salt for ``patient_key``: None when ``RADLINT_PATIENT_SALT``
+    is set here (workers read the same variable), else the path of ``<db>.salt`` beside the
+    database, created with a random salt (mode 0600) if missing.
+
+    Only this path ever travels to workers, never the salt: whatever a flow or task receives is
+    stored in plain text in Prefect's database and logs, where it would make every
+    ``patient_key`` reversible.
+    """
+    if os.environ.get(SALT_ENV):
+        return None
+    path = Path(str(db) + ".salt")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another audit of the same database created it meanwhile
+            return str(path)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(16) + "\n")
+    return str(path)
+
+
+def read_salt(salt_file: str | Path | None) -> str:
+    """The salt, read where it is used (a shard worker): ``RADLINT_PATIENT_SALT`` when set, else
+    the contents of ``salt_file``.
+
+    Raises:
+        SaltError: when neither gives one (a remote Dask worker without shared disk needs
+            ``RADLINT_PATIENT_SALT`` in its environment).
+    """
+    value = os.environ.get(SALT_ENV)
+    if value:
+        return value
+    if salt_file:
+        try:
+            value = Path(salt_file).read_text().strip()
+        except OSError as exc:
+            raise SaltError(
+                f"cannot read the patient-key salt file {salt_file} ({exc.strerror}); on workers "
+                f"without the database's disk set {SALT_ENV}"
+            ) from None
+        if value:
+            return value
+    raise SaltError(f"no patient-key salt: set {SALT_ENV} in the environment of every worker")
+
+
 def patient_salt(db: str | Path) -> str:
     """The salt for ``patient_key``.
 
@@ -16,18 +67,7 @@ def patient_salt(db: str | Path) -> str:
     otherwise a random salt kept in ``<db>.salt`` (mode 0600) beside the database, so the keys
     of one database stay stable across runs but the salt is not inside the database itself.
     """
-    value = os.environ.get(SALT_ENV)
-    if value:
-        return value
-    path = Path(str(db) + ".salt")
-    if path.exists():
-        return path.read_text().strip()
-    salt = secrets.token_hex(16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(salt + "\n")
-    return salt
+    return read_salt(salt_source(db))
 
 
 def default_workers() -> int:

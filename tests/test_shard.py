@@ -17,7 +17,7 @@ def test_audit_shard_writes_parts_and_skips(tmp_path, make_dicom, tiny_registry)
     objects.append(discover.ObjectRef(f"file://{lake}/vanished.dcm", 10, "10-1"))
     result = shard.audit_shard(
         objects, out_dir=str(tmp_path / "out"), run_id="r1", shard_id="00007",
-        registry_path=str(tiny_registry), salt="s", batch_size=2, device="cpu",
+        registry_path=str(tiny_registry), batch_size=2, device="cpu",
     )
     assert result["n_images"] == 5 and result["n_skipped"] == 2
     images = pq.read_table(result["parts"]["images"])
@@ -51,7 +51,7 @@ def test_threaded_native_decode_writes_what_one_thread_writes(tmp_path, make_dic
     def run(threads):
         result = shard.audit_shard(
             objects, out_dir=str(tmp_path / f"out{threads}"), run_id="r", shard_id="00000",
-            registry_path=str(tiny_registry), salt="s", batch_size=3, device="cpu", decode_threads=threads,
+            registry_path=str(tiny_registry), batch_size=3, device="cpu", decode_threads=threads,
         )
         tables = {k: pq.read_table(result["parts"][k]).drop_columns(
             [c for c in ("audited_at", "predicted_at", "skipped_at") if c in pq.read_schema(result["parts"][k]).names])
