@@ -18,7 +18,7 @@ from prefect_dask import DaskTaskRunner
 from radlint.dask_env import BackgroundCluster
 from radlint.progress import Progress
 
-from radlint.tasks import discover, findings, infer, labels, settings, shard, write
+from radlint.tasks import adapt, discover, findings, infer, labels, settings, shard, write
 
 
 @task(name="audit-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -156,6 +156,7 @@ def audit_lake(
                 recovered = write.load_and_record(con, orphans)
                 logger.info("loaded parts left by an interrupted run: %s", recovered)
             todo = discover.diff(objects, write.done_keys(con, [entry.sha256]))
+            sample_rate = adapt.orientation_sample_rate(len(todo), write.orientation_sampled_count(con, entry.sha256))
             write.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
         finally:
             con.close()
@@ -187,6 +188,7 @@ def audit_lake(
             "max_pixels": max_pixels,
             "threads": cores_per_worker,
             "decode_threads": cores_per_worker,
+            "orientation_sample_rate": sample_rate,
         }
         results: list[dict] = []
         if shards:
@@ -206,6 +208,8 @@ def audit_lake(
         try:
             added = write.load_and_record(con, parts)
             write.create_views(con)
+            lake_counts = adapt.adapt_lake(con, entry, run_id)
+            logger.info("lake adaptation: %s", lake_counts)
             write.finish_run(
                 con,
                 run_id,

@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive, default=2)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--plot", help="write a precision-recall plot (PNG) here")
+    p.add_argument("--unseen-source", help="keep every image of this source whatever its split: a lake imitating a "
+                   "new hospital for a model trained with --exclude-source SOURCE")
+    p.add_argument("--systematic", metavar="TRUE:WRONG", help="label every image of body part TRUE as WRONG under "
+                   "one protocol (a systematic error that group_findings should show), e.g. abdomen:spine")
     p.add_argument("--registry", help="model registry YAML (default: the packaged one)")
     p.set_defaults(func=cmd_evaluate_planted)
 

@@ -178,7 +178,8 @@ def run_planted(args) -> int:
     _fresh(work)
     try:
         sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file),
-                                              args.split, getattr(args, "overrides", None))
+                                              args.split, getattr(args, "overrides", None),
+                                              unseen_source=getattr(args, "unseen_source", None))
     except (ValueError, OSError) as e:
         print(f"radlint: {e}", file=sys.stderr)
         return 2
@@ -187,10 +188,28 @@ def run_planted(args) -> int:
         return 2
     sources = lakegen.stratified_sample(sources, args.n, args.seed)
     truth = work / "planted_errors.csv"
-    lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed)
-    print(f"lake: {len(sources)} images, planted error rate {args.error_rate} per field")
+    systematic = tuple(args.systematic.split(":", 1)) if getattr(args, "systematic", None) else None
+    lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed,
+                       systematic=systematic)
+    print(f"lake: {len(sources)} images, planted error rate {args.error_rate} per field"
+          + (f", every {systematic[0]} image labelled {systematic[1]} (one protocol)" if systematic else ""))
     summary, scores = _audit_and_score(work, truth, args.workers, getattr(args, "registry", None))
     print(planted.format_table(scores))
+    from radlint.tasks import write
+
+    con = write.connect(work / "radlint.duckdb", read_only=True)
+    try:
+        sweep = planted.rule_sweep(con, truth)
+        group = planted.systematic_group(con, truth)
+    finally:
+        con.close()
+    print("\nGeneric-only vs lake-adaptive rules (where no probe scored an image the generic verdict stands):")
+    print(planted.format_sweep(sweep))
+    if group is not None:
+        print(f"\nsystematic group: {group['n_images']} images, {group['per_image_flags']} flagged one by one; "
+              f"group_findings {'flags' if group['group_flagged'] else 'does NOT flag'} protocol "
+              f"{lakegen.SYSTEMATIC_PROTOCOL!r} (n={group['group_n']}, share disagreeing "
+              f"{group['group_share_disagree']})")
     if args.plot:
         from radlint.tasks import write
 

@@ -48,6 +48,8 @@ MANUFACTURERS = ["FUJIFILM Corporation", "Canon Inc.", "Konica Minolta", "Carest
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless]
 
 PLANT_FIELDS = ("body_part", "projection", "orientation")
+# ProtocolName shared by a systematically mislabelled group (build_lake's ``systematic``).
+SYSTEMATIC_PROTOCOL = "RAD PROTOCOL 7"
 
 
 @dataclass
@@ -64,9 +66,11 @@ class SourceImage:
 
 
 def read_labeled_folder(labels_csv: Path, split_file: Path | None = None, split: str | None = None,
-                        overrides: Path | None = None) -> list[SourceImage]:
+                        overrides: Path | None = None, unseen_source: str | None = None) -> list[SourceImage]:
     """Rows of a labels.csv (the format of shared/data/radiographs), optionally one split only,
-    with ``overrides`` applied (radlint.evaluate.apply_overrides)."""
+    with ``overrides`` applied (radlint.evaluate.apply_overrides). Every image of
+    ``unseen_source`` is kept whatever its split: a lake imitating a new hospital for a model
+    trained without that source."""
     from radlint.evaluate import apply_overrides, stored_orientation
 
     labels_csv = Path(labels_csv)
@@ -78,7 +82,7 @@ def read_labeled_folder(labels_csv: Path, split_file: Path | None = None, split:
     with open(labels_csv, newline="", encoding="utf-8") as f:
         rows = apply_overrides(list(csv.DictReader(f)), overrides)
     for r in rows:
-        if keep is not None and r["patient_id"] not in keep:
+        if keep is not None and r["patient_id"] not in keep and r.get("source") != unseen_source:
             continue
         out.append(
             SourceImage(
@@ -131,6 +135,7 @@ def make_dataset(
     monochrome1: bool,
     patient_orientation: str | None = None,
     bits_stored: int = 12,
+    protocol_name: str | None = None,
 ) -> Dataset:
     """A CR dataset with realistic headers around an 8-bit display image (stored as 12/16-bit)."""
     maxval = (1 << bits_stored) - 1
@@ -168,6 +173,8 @@ def make_dataset(
         ds.ViewPosition = view_position
     if patient_orientation:
         ds.PatientOrientation = patient_orientation.split("\\")
+    if protocol_name:
+        ds.ProtocolName = protocol_name
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
@@ -198,12 +205,17 @@ def build_lake(
     error_rate: float = 0.1,
     seed: int = 0,
     transfer_syntaxes=TRANSFER_SYNTAXES,
+    systematic: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Write one DICOM per source image under ``lake_dir`` and the planted truth to ``truth_csv``.
 
     Each field is corrupted independently with probability ``error_rate``: BodyPartExamined
     (and the descriptions) name another region; ViewPosition of a chest with a known view names
     another projection; the stored pixels are rotated while the header says upright.
+
+    ``systematic`` = (true class, wrong class) imitates a site whose protocol is mapped to the
+    wrong body part: every image of the true class gets the wrong class's BodyPartExamined and
+    one shared ProtocolName (SYSTEMATIC_PROTOCOL); the truth marks them ``systematic``.
     """
     rng = random.Random(seed)
     lake_dir = Path(lake_dir)
@@ -215,7 +227,11 @@ def build_lake(
         view = im.view if im.view in PROJECTION else None
         planted = {f: False for f in PLANT_FIELDS}
         header_term, header_view, orientation = term, view, "upright"
-        if term and rng.random() < error_rate:
+        in_group = systematic is not None and im.body_part == systematic[0]
+        if in_group:
+            header_term = WRONG_TERMS[systematic[1]]
+            planted["body_part"] = True
+        elif term and rng.random() < error_rate:
             wrong = rng.choice([c for c in WRONG_TERMS if c != im.body_part])
             header_term = WRONG_TERMS[wrong]
             planted["body_part"] = True
@@ -241,6 +257,7 @@ def build_lake(
             study_date=f"{rng.choice([2024, 2025, 2026])}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}",
             monochrome1=rng.random() < 0.3,
             patient_orientation="L\\F" if rng.random() < 0.5 else None,
+            protocol_name=SYSTEMATIC_PROTOCOL if in_group else None,
         )
         ts = transfer_syntaxes[k % len(transfer_syntaxes)]
         name = f"{im.image_id}.dcm"
@@ -261,6 +278,7 @@ def build_lake(
                     "planted": planted[f],
                     "true_class": true_value,
                     "header_value": stored_header,
+                    "systematic": f == "body_part" and in_group,
                 }
             )
     truth_csv = Path(truth_csv)

@@ -6,11 +6,76 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from radlint.lakegen import SYSTEMATIC_PROTOCOL
+
 FIELDS = ("body_part", "projection", "orientation")
 
 
 def load_truth(con, truth_csv: str | Path) -> None:
-    con.execute("create or replace temp table planted_truth as select * from read_csv(?, header = true, all_varchar = true)", [str(truth_csv)])
+    """The truth as temp table planted_truth; a systematically mislabelled group (lakegen's
+    ``systematic``) is meant to be found as a group, so its rows are not counted per image."""
+    con.execute(
+        """create or replace temp table planted_truth_all as
+           select * from read_csv(?, header = true, all_varchar = true, union_by_name = true)""",
+        [str(truth_csv)],
+    )
+    has_systematic = "systematic" in {r[0] for r in con.execute("describe planted_truth_all").fetchall()}
+    con.execute(
+        "create or replace temp table planted_truth as select * from planted_truth_all"
+        + (" where coalesce(systematic, 'False') <> 'True'" if has_systematic else "")
+    )
+
+
+def systematic_group(con, truth_csv: str | Path) -> dict[str, Any] | None:
+    """How the systematic group fared: its size, per-image flags among it, and whether
+    group_findings flags a group made of it (protocol_name dimension)."""
+    load_truth(con, truth_csv)
+    if "systematic" not in {r[0] for r in con.execute("describe planted_truth_all").fetchall()}:
+        return None
+    n, flagged = con.execute(
+        """select count(*), count(*) filter (where f.is_mismatch)
+           from planted_truth_all as t join findings as f on f.uri = t.uri and f.field = t.field
+           where t.systematic = 'True'"""
+    ).fetchone()
+    if not n:
+        return None
+    group = con.execute(
+        """select n_images, share_disagree, is_flagged from group_findings
+           where field = 'body_part' and dimension = 'protocol_name' and group_value = ?""",
+        [SYSTEMATIC_PROTOCOL],
+    ).fetchone()
+    return {"n_images": n, "per_image_flags": flagged, "group_n": group[0] if group else 0,
+            "group_share_disagree": group[1] if group else None, "group_flagged": bool(group and group[2])}
+
+
+def rule_sweep(con, truth_csv: str | Path, gates=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)) -> list[dict[str, Any]]:
+    """Precision/recall per field of the generic model's rule and of the lake rule at each gate
+    (where no probe scored an image the generic verdict stands): the data a lake gate is chosen on."""
+    load_truth(con, truth_csv)
+    rules = {"generic": "f.generic_is_mismatch"}
+    for g in gates:
+        lake = (f"(not list_contains(string_split(f.header_class, '|'), f.lake_predicted_class) "
+                f"and 1 - f.lake_label_prob >= {g})")
+        rules[f"lake>={g}"] = f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} else f.generic_is_mismatch end"
+        rules[f"both>={g}"] = (f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} and f.generic_is_mismatch "
+                               f"else f.generic_is_mismatch end")
+    out = []
+    for name, rule in rules.items():
+        rows = con.execute(
+            f"""
+            select t.field, count(*) filter (where t.planted = 'True'),
+                   count(*) filter (where coalesce({rule}, false)),
+                   count(*) filter (where coalesce({rule}, false) and t.planted = 'True')
+            from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
+            where f.header_class is not null and (t.field <> 'projection' or t.true_class is not null)
+            group by t.field order by t.field
+            """
+        ).fetchall()
+        for field, n_planted, n_flagged, tp in rows:
+            out.append({"rule": name, "field": field, "planted": n_planted, "flagged": n_flagged, "tp": tp,
+                        "precision": tp / n_flagged if n_flagged else None,
+                        "recall": tp / n_planted if n_planted else None})
+    return out
 
 
 def score(con, truth_csv: str | Path) -> dict[str, dict[str, Any]]:
@@ -62,6 +127,17 @@ def format_table(scores: dict[str, dict[str, Any]]) -> str:
             f"{f:<12} {s['checked']:>7}  {s['planted']:>7}  {s['flagged']:>7}  {s['true_positives']:>3}  "
             f"{fmt(s['precision']):>9}  {fmt(s['recall']):>6}  {fmt(s['f1'])}"
         )
+    return "\n".join(lines)
+
+
+def format_sweep(rows: list[dict[str, Any]]) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = ["rule         field        planted  flagged   TP  precision  recall"]
+    for r in rows:
+        lines.append(f"{r['rule']:<12} {r['field']:<12} {r['planted']:>7}  {r['flagged']:>7}  {r['tp']:>3}  "
+                     f"{fmt(r['precision']):>9}  {fmt(r['recall']):>6}")
     return "\n".join(lines)
 
 

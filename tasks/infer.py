@@ -40,6 +40,15 @@ class TaskSpec:
     gate_policy: dict[str, float] = field(default_factory=dict)
     class_thresholds: bool = True  # False: the severity gate alone decides a flag
     label_gates: dict[str, float] = field(default_factory=dict)  # labelled class -> its own gate
+    lake_min_severity: float | None = None  # gate on 1 - p_lake(label) where the lake probe scored
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """The ONNX output carrying the pooled features the lake-adaptation probes read."""
+
+    output: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class ModelEntry:
     input_size: int
     preprocessing: dict[str, Any]
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    embedding: EmbeddingSpec | None = None
 
 
 def sha256_file(path: Path) -> str:
@@ -66,6 +76,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
     min_severity = float(gate.pop("min_severity", 0.0))
     class_thresholds = bool(gate.pop("class_thresholds", True))
     label_gates = {k: float(v) for k, v in (gate.pop("by_label", None) or {}).items()}
+    lake = gate.pop("lake_min_severity", None)
     return TaskSpec(
         name=name,
         output=spec.get("output", name),
@@ -75,6 +86,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         gate_policy={k: float(v) for k, v in gate.items()},
         class_thresholds=class_thresholds,
         label_gates=label_gates,
+        lake_min_severity=None if lake is None else float(lake),
     )
 
 
@@ -97,6 +109,8 @@ def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
                 input_size=int(m["input"]["size"]),
                 preprocessing=dict(m.get("preprocessing") or {}),
                 tasks=tasks,
+                embedding=EmbeddingSpec(str(m["embedding"]["output"]), int(m["embedding"]["size"]))
+                if m.get("embedding") else None,
             )
         )
     return entries
@@ -191,10 +205,29 @@ def predict(
 
     Returns task name -> probabilities [N, n_classes] in the registry's class order.
     """
+    return predict_with_embedding(entry, batch, device=device, batch_size=batch_size, threads=threads,
+                                  embedding=False)[0]
+
+
+def predict_with_embedding(
+    entry: ModelEntry,
+    batch: np.ndarray,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    threads: int = 0,
+    embedding: bool = True,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """:func:`predict`, plus the registry's embedding output [N, D] float32 (None when the entry
+    names none or ``embedding`` is False)."""
     sess = session_for(entry, device, threads)
     on_cuda = sess.get_providers()[0] == "CUDAExecutionProvider"
     out_names = [t.output for t in entry.tasks.values()]
+    want_embedding = embedding and entry.embedding is not None
+    if want_embedding:
+        out_names.append(entry.embedding.output)
     results: dict[str, list[np.ndarray]] = {t: [] for t in entry.tasks}
+    vectors: list[np.ndarray] = []
     for start in range(0, len(batch), max(1, batch_size)):
         chunk = np.ascontiguousarray(batch[start : start + batch_size], dtype=np.float32)
         if on_cuda:
@@ -203,10 +236,15 @@ def predict(
             outs = sess.run(out_names, {entry.input_name: chunk})
         for task, arr in zip(entry.tasks, outs):
             results[task].append(np.asarray(arr, dtype=np.float32))
-    return {
+        if want_embedding:
+            vectors.append(np.asarray(outs[-1], dtype=np.float32).reshape(len(chunk), -1))
+    probs = {
         t: (np.concatenate(v) if v else np.zeros((0, len(entry.tasks[t].classes)), np.float32))
         for t, v in results.items()
     }
+    if not want_embedding:
+        return probs, None
+    return probs, (np.concatenate(vectors) if vectors else np.zeros((0, entry.embedding.size), np.float32))
 
 
 def _run_cuda_bound(sess, input_name: str, out_names: list[str], chunk: np.ndarray) -> list[np.ndarray]:

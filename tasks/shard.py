@@ -7,6 +7,7 @@ directly, and each bad object becomes a `skipped` row instead of an exception.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ import numpy as np
 
 from radlint.tasks import dicom_io, infer, preprocess, settings, write
 from radlint.tasks.discover import ObjectRef, filesystem_for_uri
+from radlint.tasks.vocabulary import TURNS
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,26 @@ def _threads_help(payload) -> bool:
     return isinstance(payload, bytes) and dicom_io.transfer_syntax_of(payload[:4096]) in dicom_io.NATIVE_SYNTAXES
 
 
+def orientation_sampled(uri: str, rate: float) -> bool:
+    """Whether ``uri`` is in the self-supervised orientation sample at ``rate`` (0-1).
+
+    A hash of the uri, not a random draw: the same object is in or out on every run and worker,
+    so a re-run never adds a second sample of it.
+    """
+    if rate <= 0:
+        return False
+    if rate >= 1:
+        return True
+    return int.from_bytes(hashlib.blake2b(uri.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big") < rate * 2**64
+
+
+def _embedding_rows(entry, metas: list[dict[str, Any]], vectors: np.ndarray, run_id: str) -> list[dict[str, Any]]:
+    return [
+        {"uri": m["uri"], "etag": m["etag"], "model_sha256": entry.sha256, "vector": v, "run_id": run_id}
+        for m, v in zip(metas, vectors.astype(np.float32))
+    ]
+
+
 def _prediction_rows(
     entry: infer.ModelEntry,
     metas: list[dict[str, Any]],
@@ -153,6 +175,7 @@ def audit_shard(
     storage_options: dict | None = None,
     threads: int = 0,
     decode_threads: int = 1,
+    orientation_sample_rate: float = 0.0,
 ) -> dict[str, Any]:
     """Audit ``objects`` and write their parts under ``out_dir``; returns a ShardResult dict.
 
@@ -170,18 +193,37 @@ def audit_shard(
     result = ShardResult(shard_id=shard_id, n_objects=len(objects))
     # Rows stream to their parts a row group at a time: memory does not grow with the shard size.
     # Images first, predictions next at publication: a loader that sees predictions has their image.
-    writers = {kind: write.PartWriter(out_dir, kind, run_id, shard_id) for kind in ("images", "predictions", "thumbnails", "skipped")}
-    images, predictions, thumbnails, skipped = writers.values()
+    kinds = ["images", "predictions", "thumbnails", "skipped"]
+    if entry.embedding is not None:
+        kinds += ["embeddings", "orientation_samples"]
+    writers = {kind: write.PartWriter(out_dir, kind, run_id, shard_id) for kind in kinds}
+    images, predictions, thumbnails, skipped = (writers[k] for k in ("images", "predictions", "thumbnails", "skipped"))
     pending_inputs: list[np.ndarray] = []
     pending_meta: list[dict] = []
 
     def flush() -> None:
         if not pending_inputs:
             return
-        probs = infer.predict(
-            entry, np.stack(pending_inputs), device=device, batch_size=batch_size, threads=threads
+        batch = np.stack(pending_inputs)
+        probs, vectors = infer.predict_with_embedding(
+            entry, batch, device=device, batch_size=batch_size, threads=threads
         )
         predictions.extend(_prediction_rows(entry, pending_meta, probs, run_id, write.utcnow()))
+        if vectors is not None:
+            writers["embeddings"].extend(_embedding_rows(entry, pending_meta, vectors, run_id))
+            picked = [i for i, m in enumerate(pending_meta) if orientation_sampled(m["uri"], orientation_sample_rate)]
+            if picked:
+                turned = np.stack([
+                    preprocess.rotate_to_orientation(batch[i, 0], turn)[None] for i in picked for turn in TURNS
+                ])
+                _, turned_vectors = infer.predict_with_embedding(
+                    entry, turned, device=device, batch_size=batch_size, threads=threads
+                )
+                writers["orientation_samples"].extend(
+                    {"uri": pending_meta[i]["uri"], "etag": pending_meta[i]["etag"], "model_sha256": entry.sha256,
+                     "turn": turn, "vector": turned_vectors[j * len(TURNS) + t], "run_id": run_id}
+                    for j, i in enumerate(picked) for t, turn in enumerate(TURNS)
+                )
         pending_inputs.clear()
         pending_meta.clear()
 

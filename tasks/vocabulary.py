@@ -13,5 +13,7 @@ BODY_PART = (
 )
 PROJECTION = ("PA", "AP", "LATERAL")
 ORIENTATION = ("upright", "rot90cw", "rot180", "rot90ccw")
+# The quarter turns the self-supervised orientation probe applies to sampled images.
+TURNS = ORIENTATION[1:]
 
 TASKS = {"body_part": BODY_PART, "projection": PROJECTION, "orientation": ORIENTATION}

@@ -19,8 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SQL_DIR = Path(str(resources.files("radlint.sql")))
-SCHEMA_VERSION = "4"  # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds; 4: label_gates
-KINDS = ("images", "predictions", "skipped", "thumbnails")
+# 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds; 4: label_gates;
+# 5: embeddings, orientation_samples, lake_predictions, gates.lake_min_severity
+SCHEMA_VERSION = "5"
+# Part kinds in load order: an image row is loaded before anything that refers to it.
+KINDS = ("images", "predictions", "skipped", "thumbnails", "embeddings", "orientation_samples")
 
 # Rows per Parquet row group in a part: what a worker buffers per kind before writing.
 ROW_GROUP_ROWS = 512
@@ -88,6 +91,25 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("jpeg", pa.binary()),
         ]
     ),
+    "embeddings": pa.schema(
+        [
+            ("uri", pa.string()),
+            ("etag", pa.string()),
+            ("model_sha256", pa.string()),
+            ("vector", pa.list_(pa.float32())),
+            ("run_id", pa.string()),
+        ]
+    ),
+    "orientation_samples": pa.schema(
+        [
+            ("uri", pa.string()),
+            ("etag", pa.string()),
+            ("model_sha256", pa.string()),
+            ("turn", pa.string()),
+            ("vector", pa.list_(pa.float32())),
+            ("run_id", pa.string()),
+        ]
+    ),
     "skipped": pa.schema(
         [
             ("uri", pa.string()),
@@ -107,6 +129,8 @@ LOAD_KEYS = {
     "predictions": ("uri", "etag", "task", "model_sha256"),
     "skipped": ("uri", "etag"),
     "thumbnails": ("uri", "etag"),
+    "embeddings": ("uri", "etag", "model_sha256"),
+    "orientation_samples": ("uri", "etag", "model_sha256", "turn"),
 }
 
 
@@ -442,6 +466,15 @@ def done_keys(con, model_sha256s: Iterable[str]) -> set[tuple[str, str]]:
     return done
 
 
+def orientation_sampled_count(con, model_sha256: str) -> int:
+    """Current images (latest version of each uri) already in the orientation sample of this model."""
+    return con.execute(
+        """select count(distinct s.uri) from orientation_samples as s
+           join images as i on i.uri = s.uri and i.etag = s.etag where s.model_sha256 = ?""",
+        [model_sha256],
+    ).fetchone()[0]
+
+
 def load_parts(con, parts: dict[str, list[str]]) -> dict[str, int]:
     """Insert the rows of Parquet parts that are not in the tables yet; returns rows added per kind."""
     added = {}
@@ -511,7 +544,7 @@ def load_thresholds(con, model_name: str, model_sha256: str, tasks: dict[str, An
     _insert_rows(con, "gates", [
         (model_name, model_sha256, task, spec.min_severity,
          spec.gate_policy.get("target_precision"), spec.gate_policy.get("prevalence"),
-         spec.class_thresholds)
+         spec.class_thresholds, spec.lake_min_severity)
         for task, spec in tasks.items()
     ])
     con.execute("delete from label_gates where model_sha256 = ?", [model_sha256])

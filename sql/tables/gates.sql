@@ -6,6 +6,7 @@
 -- target_precision: the precision the gate was chosen for.
 -- prevalence: the label-error rate assumed when choosing it.
 -- class_thresholds: true when a flag also needs p(predicted class) >= that class's threshold (table thresholds); false when the severity gate alone decides (whichever reached more validation recall at the target precision); NULL (databases before schema 3) counts as true.
+-- lake_min_severity: where the lake-adaptation probe scored the image, a disagreement is flagged when 1 - p_lake(labelled class) is at least this (chosen on planted-error lakes the model did not train on); NULL: 0.5.
 create table if not exists gates (
     model varchar not null,
     model_sha256 varchar not null,
@@ -13,5 +14,6 @@ create table if not exists gates (
     min_severity float not null,
     target_precision float,
     prevalence float,
-    class_thresholds boolean
+    class_thresholds boolean,
+    lake_min_severity float
 );

@@ -9,16 +9,23 @@
 -- predicted_prob: probability of predicted_class (0-1).
 -- header_class_prob: the model's probability of the labelled class (sum over accepted classes); NULL when header_class is NULL.
 -- threshold: the per-class threshold of predicted_class from the model registry; it applies only where the task's gate says class_thresholds (table gates).
--- is_mismatch: true when the label is known, the prediction is not among its accepted classes, severity >= severity_gate and (where the gate uses class thresholds) predicted_prob >= threshold; false when they agree or the model is not confident enough; NULL when the label is unknown.
--- severity: 1 - header_class_prob, 0-1, for ranking how strongly the pixels contradict the label; NULL when the label is unknown.
--- suggested_correction: for a mismatch, the value to write (body_part/projection: the predicted class; orientation: the rotation to apply to bring the image upright, in the orientation vocabulary); else NULL.
+-- is_mismatch: the flag. Where the lake probe scored the image (lake_method lake_oof or lake_fit) it decides: true when its most probable class is not among the label's accepted classes and 1 - lake_label_prob >= lake_gate. Elsewhere the generic model decides (generic_is_mismatch). NULL when the label is unknown.
+-- severity: for ranking, 0-1: 1 - lake_label_prob where the lake probe scored the image, else 1 - header_class_prob; NULL when the label is unknown.
+-- suggested_correction: for a mismatch, the value to write (body_part/projection: the deciding basis's most probable class; orientation: the rotation to apply to bring the image upright, in the orientation vocabulary); else NULL.
 -- model: registry name of the model that made the prediction.
 -- institution_name: InstitutionName of the image, for grouping.
 -- manufacturer: Manufacturer of the image, for grouping.
 -- modality: Modality of the image, for grouping.
 -- study_month: YYYY-MM of the study, for grouping.
 -- run_id: run that read the image.
--- severity_gate: the severity a flag needs: the labelled class's own gate (table label_gates) where the model has one, else the task's (table gates); 0 when neither exists.
+-- severity_gate: the severity the generic model's flag needs: the labelled class's own gate (table label_gates) where the model has one, else the task's (table gates); 0 when neither exists.
+-- lake_label_prob: the lake probe's probability of the labelled class (sum over accepted classes); NULL where no probe scored the image or the label is unknown.
+-- lake_predicted_class: the lake probe's most probable class; NULL where no probe scored the image.
+-- lake_method: how the lake probability was made (table lake_predictions): lake_oof, lake_fit, or generic (no probe: the generic model decides); NULL before the first adaptation.
+-- lake_fallback_reason: why lake_method is generic (no_embedding, too_few_images, one_class, class_too_rare, too_few_samples); else NULL.
+-- generic_is_mismatch: the generic model's own verdict (label known, prediction not among its classes, past the task's severity gate and, where used, the class threshold); shown beside the flag for transparency.
+-- flag_basis: for a mismatch, which view decided it: both (the lake probe flagged and the generic model agrees), lake (the lake probe alone), generic (no lake probe for this image; the generic model alone); NULL when not flagged.
+-- lake_gate: the severity a lake-probe flag needs (table gates, lake_min_severity; 0.5 when unset).
 create or replace view findings as
 with
 
@@ -146,7 +153,8 @@ scored as (
         end as header_class_prob,
         coalesce(t.threshold, 0.5) as threshold,
         coalesce(lg.min_severity, g.min_severity, 0.0) as min_severity,
-        coalesce(g.class_thresholds, true) as use_thresholds
+        coalesce(g.class_thresholds, true) as use_thresholds,
+        coalesce(g.lake_min_severity, 0.5) as lake_gate
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
     left join thresholds as t
@@ -157,53 +165,100 @@ scored as (
         on lg.model_sha256 = p.model_sha256 and lg.task = p.task and lg.class = c.header_class
 ),
 
-final as (
+adapted as (
     select
-        -- ids
-        s.uri,
-        i.sop_instance_uid,
-        s.field,
-        -- label
-        s.header_value,
-        s.header_class,
-        s.label_source,
-        -- prediction
-        s.predicted_class,
-        s.predicted_prob,
-        s.header_class_prob,
-        s.threshold,
-        -- verdict
+        s.*,
+        lp.method as lake_method,
+        lp.fallback_reason as lake_fallback_reason,
+        lp.predicted as lake_predicted_class,
+        coalesce(lp.method in ('lake_oof', 'lake_fit') and lp.probabilities is not null, false) as lake_ok,
+        case
+            when s.header_class is null or lp.probabilities is null then null
+            else list_sum(list_transform(string_split(s.header_class, '|'), lambda x: coalesce(lp.probabilities[x], 0.0)))
+        end as lake_label_prob,
+        -- the generic model's verdict (the rule before lake adaptation)
         case
             when s.header_class is null or s.predicted_class is null then null
             else not list_contains(string_split(s.header_class, '|'), s.predicted_class)
                 and (not s.use_thresholds or s.predicted_prob >= s.threshold)
                 and 1.0 - s.header_class_prob >= s.min_severity
-        end as is_mismatch,
-        case when s.header_class_prob is null then null else greatest(0.0, 1.0 - s.header_class_prob) end as severity,
+        end as generic_is_mismatch
+    from scored as s
+    inner join latest_images as i on i.uri = s.uri
+    left join lake_predictions as lp on lp.uri = s.uri and lp.etag = i.etag and lp.task = s.field
+),
+
+decided as (
+    select
+        a.*,
+        -- where the lake probe scored the image it decides; elsewhere the generic model does
         case
-            when s.header_class is null or s.predicted_class is null then null
-            when list_contains(string_split(s.header_class, '|'), s.predicted_class) then null
-            when s.use_thresholds and s.predicted_prob < s.threshold then null
-            when 1.0 - s.header_class_prob < s.min_severity then null
-            when s.field = 'orientation' then
-                case s.predicted_class
+            when a.header_class is null or a.predicted_class is null then null
+            when a.lake_ok then
+                not list_contains(string_split(a.header_class, '|'), a.lake_predicted_class)
+                and 1.0 - a.lake_label_prob >= a.lake_gate
+            else a.generic_is_mismatch
+        end as is_mismatch
+    from adapted as a
+),
+
+final as (
+    select
+        -- ids
+        d.uri,
+        i.sop_instance_uid,
+        d.field,
+        -- label
+        d.header_value,
+        d.header_class,
+        d.label_source,
+        -- prediction
+        d.predicted_class,
+        d.predicted_prob,
+        d.header_class_prob,
+        d.threshold,
+        -- verdict
+        d.is_mismatch,
+        case
+            when d.lake_ok and d.lake_label_prob is not null then greatest(0.0, 1.0 - d.lake_label_prob)
+            when d.header_class_prob is null then null
+            else greatest(0.0, 1.0 - d.header_class_prob)
+        end as severity,
+        case
+            when not coalesce(d.is_mismatch, false) then null
+            when d.field = 'orientation' then
+                case case when d.lake_ok then d.lake_predicted_class else d.predicted_class end
                     when 'rot90cw' then 'rot90ccw'
                     when 'rot90ccw' then 'rot90cw'
                     when 'rot180' then 'rot180'
                     else 'upright'
                 end
-            else s.predicted_class
+            when d.lake_ok then d.lake_predicted_class
+            else d.predicted_class
         end as suggested_correction,
-        s.model,
+        d.model,
         -- grouping
         i.institution_name,
         i.manufacturer,
         i.modality,
         i.study_month,
         i.run_id,
-        s.min_severity as severity_gate
-    from scored as s
-    inner join latest_images as i on i.uri = s.uri
+        d.min_severity as severity_gate,
+        -- lake adaptation
+        d.lake_label_prob,
+        d.lake_predicted_class,
+        d.lake_method,
+        d.lake_fallback_reason,
+        d.generic_is_mismatch,
+        case
+            when not coalesce(d.is_mismatch, false) then null
+            when d.lake_ok and d.generic_is_mismatch then 'both'
+            when d.lake_ok then 'lake'
+            else 'generic'
+        end as flag_basis,
+        d.lake_gate
+    from decided as d
+    inner join latest_images as i on i.uri = d.uri
 )
 
 select * from final

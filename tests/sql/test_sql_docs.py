@@ -45,9 +45,13 @@ def test_contract_columns_present(con):
         "institution_name manufacturer rows columns photometric_interpretation transfer_syntax_uid header_json run_id",
         "predictions": "uri sop_instance_uid task predicted probability probabilities model model_sha256 run_id",
         "findings": "uri sop_instance_uid field header_value header_class predicted_class predicted_prob "
-        "header_class_prob is_mismatch severity suggested_correction",
+        "header_class_prob is_mismatch severity suggested_correction lake_label_prob flag_basis",
         "skipped": "uri reason detail run_id",
         "runs": "run_id started_at finished_at lake",
+        "embeddings": "uri etag model_sha256 vector",
+        "lake_predictions": "uri etag task probabilities method fallback_reason model_sha256 fitted_run_id",
+        "group_findings": "field dimension group_value header_class predicted_class n_images n_disagree "
+        "share_disagree is_flagged",
     }
     for table, cols in contract.items():
         have = {r[0] for r in con.execute(f"describe {table}").fetchall()}

@@ -1,0 +1,346 @@
+"""Lake adaptation: probes fitted on the lake's own images, so flags hold up on a hospital the model never saw.
+
+A generic model is confidently wrong on kinds of film it never trained on, and gates chosen on its
+own validation data believe it. Most of a lake's labels are right, so a classifier fitted on the
+lake's embeddings against the lake's labels learns what this site's films look like; scored
+out-of-fold, an image whose label disagrees with what its look-alikes are labelled stands out
+(confident learning, Northcutt et al., JAIR 2021).
+
+- body_part, projection: a multinomial logistic regression on the model's pooled features plus
+  its log-probabilities, fitted on the current labels (labels file, else header), K folds grouped
+  by patient (patient_key, else study, else the object) so no patient is in both halves of a fold.
+- orientation: headers rarely say anything, so the probe is self-supervised: a sample of the
+  lake's images, run turned by each quarter turn during the audit (table orientation_samples),
+  teaches it what each turn looks like here; the stored images are then scored.
+
+Fallback rules (the row's ``method`` is ``generic`` and ``fallback_reason`` says why):
+- ``no_embedding``: the image has no vector from the current model (e.g. read by an older model).
+- ``too_few_images``: fewer than MIN_IMAGES images with a single-class label for the task.
+- ``one_class``: fewer than two classes with MIN_CLASS_IMAGES labelled images each.
+- ``class_too_rare``: the image's label is a class with fewer than MIN_CLASS_IMAGES images: the
+  probe cannot learn it, and would flag every such image.
+- ``too_few_samples``: fewer than MIN_ORIENTATION_SAMPLES images in the orientation sample.
+
+Everything runs in the flow process after the load, from the tables alone: a re-run refits over
+all current images without reading a pixel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from radlint.tasks import preprocess, write
+from radlint.tasks.vocabulary import ORIENTATION, TURNS
+
+MIN_IMAGES = 30
+MIN_CLASS_IMAGES = 8
+MIN_ORIENTATION_SAMPLES = 24
+N_FOLDS = 5
+# Strong regularisation: the probe must follow the lake's majority, not memorise its errors.
+PROBE_C = 0.1
+# Orientation sample: enough images for a stable probe on any lake, then a small share of each
+# run's new objects (each sampled image costs three more forward passes in its shard).
+ORIENTATION_SAMPLE_TARGET = 2000
+ORIENTATION_SAMPLE_MIN_RATE = 1 / 64
+
+GENERIC = "generic"
+LAKE_OOF = "lake_oof"
+LAKE_FIT = "lake_fit"
+
+
+def orientation_sample_rate(n_new: int, n_sampled: int) -> float:
+    """Share of this run's new objects to turn for the orientation probe, given how many current
+    images are already sampled."""
+    if n_new <= 0:
+        return 0.0
+    need = max(0, ORIENTATION_SAMPLE_TARGET - n_sampled)
+    return float(min(1.0, max(need / n_new, ORIENTATION_SAMPLE_MIN_RATE)))
+
+
+@dataclass
+class ProbeResult:
+    """Per-image probabilities of one task (rows aligned with the input), and how each was made."""
+
+    probs: np.ndarray  # [N, n_classes], NaN rows where method is generic
+    method: list[str]
+    reason: list[str | None]
+
+
+def _probe():
+    return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=300))
+
+
+def _fit_predict(model, x_fit, y_fit, x_pred):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x_fit, y_fit)
+    return model.predict_proba(x_pred), list(model.classes_)
+
+
+def cross_fitted_probe(
+    features: np.ndarray, labels: list[str | None], groups: list[str], classes: tuple[str, ...],
+    *, n_folds: int = N_FOLDS, min_images: int = MIN_IMAGES, min_class: int = MIN_CLASS_IMAGES,
+) -> ProbeResult:
+    """Out-of-fold probabilities for labelled rows, full-fit ones for the others.
+
+    ``labels[i]`` is a class of ``classes``, or None (unlabelled or ambiguous: scored, not fitted).
+    Folds are grouped by ``groups`` (patients), stratified by label.
+    """
+    n = len(labels)
+    probs = np.full((n, len(classes)), np.nan, dtype=np.float32)
+    method = [GENERIC] * n
+    reason: list[str | None] = [None] * n
+    counts: dict[str, int] = {}
+    for lab in labels:
+        if lab is not None:
+            counts[lab] = counts.get(lab, 0) + 1
+    learnable = sorted(c for c, k in counts.items() if k >= min_class)
+    train = np.array([lab in learnable for lab in labels], dtype=bool)
+    if sum(counts.values()) < min_images or train.sum() < min_images:
+        return ProbeResult(probs, method, ["too_few_images"] * n)
+    if len(learnable) < 2:
+        return ProbeResult(probs, method, ["one_class"] * n)
+    y = np.array([lab if lab is not None else "" for lab in labels], dtype=object)
+    g = np.asarray(groups, dtype=object)
+    col = {c: i for i, c in enumerate(classes)}
+
+    def place(rows, p, fitted_classes):
+        for j, c in enumerate(fitted_classes):
+            probs[rows, col[c]] = p[:, j]
+        probs[rows] = np.nan_to_num(probs[rows], nan=0.0)
+
+    idx = np.flatnonzero(train)
+    k = min(n_folds, len(set(g[idx])))
+    if k >= 2:
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0)
+        with warnings.catch_warnings():  # a class in fewer groups than folds only warns
+            warnings.simplefilter("ignore", UserWarning)
+            folds = list(splitter.split(features[idx], y[idx], g[idx]))
+        for fit_i, held_i in folds:
+            fit_rows, held_rows = idx[fit_i], idx[held_i]
+            if len(set(y[fit_rows])) < 2:
+                continue
+            p, fitted = _fit_predict(_probe(), features[fit_rows], y[fit_rows], features[held_rows])
+            place(held_rows, p, fitted)
+            for r in held_rows:
+                method[r] = LAKE_OOF
+    rest = np.array([m == GENERIC for m in method]) & np.array(
+        [lab is None or lab not in counts for lab in labels], dtype=bool
+    )
+    rest_rows = np.flatnonzero(rest)
+    if len(rest_rows):
+        p, fitted = _fit_predict(_probe(), features[idx], y[idx], features[rest_rows])
+        place(rest_rows, p, fitted)
+        for r in rest_rows:
+            method[r] = LAKE_FIT
+    for r in range(n):
+        if method[r] == GENERIC:
+            reason[r] = "class_too_rare" if labels[r] in counts and labels[r] not in learnable else "too_few_images"
+    return ProbeResult(probs, method, reason)
+
+
+def _compose(stored: str, turn: str) -> str:
+    """The orientation label of a stored image turned by ``turn``."""
+    k = (preprocess.ORIENTATION_K[stored] + preprocess.ORIENTATION_K[turn]) % 4
+    return next(o for o, v in preprocess.ORIENTATION_K.items() if v % 4 == k)
+
+
+def orientation_probe(
+    stored: np.ndarray, stored_labels: list[str], groups: list[str], sampled: np.ndarray,
+    turned: dict[str, np.ndarray], *, n_folds: int = N_FOLDS, min_samples: int = MIN_ORIENTATION_SAMPLES,
+) -> ProbeResult:
+    """Self-supervised orientation probabilities for every stored image.
+
+    ``stored`` [N, D]: embeddings of the images as stored; ``sampled``: indices of the images that
+    were also run turned; ``turned[turn]`` [len(sampled), D] their turned embeddings. A sampled
+    image's stored label (``stored_labels``, 'upright' unless a label says otherwise) composed with
+    each turn is the training target. Sampled images are scored out-of-fold (grouped by patient).
+    """
+    n = len(stored)
+    classes = tuple(ORIENTATION)
+    probs = np.full((n, len(classes)), np.nan, dtype=np.float32)
+    if len(sampled) < min_samples:
+        return ProbeResult(probs, [GENERIC] * n, ["too_few_samples"] * n)
+    method = [LAKE_FIT] * n
+    turns = ("upright", *turned)
+    x = np.concatenate([stored[sampled], *(turned[t] for t in turns[1:])])
+    y = np.array([_compose(stored_labels[i], t) for t in turns for i in sampled], dtype=object)
+    g = np.array([groups[i] for _ in turns for i in sampled], dtype=object)
+    col = {c: i for i, c in enumerate(classes)}
+
+    def place(rows, p, fitted):
+        block = np.zeros((len(rows), len(classes)), np.float32)
+        for j, c in enumerate(fitted):
+            block[:, col[c]] = p[:, j]
+        probs[rows] = block
+
+    k = min(n_folds, len(set(g)))
+    if k >= 2:
+        base = np.arange(len(sampled))
+        for fit_g, held_g in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(x, y, g):
+            held_images = sorted(set(base[held_g[held_g < len(sampled)]]))
+            if not held_images:
+                continue
+            p, fitted = _fit_predict(_probe(), x[fit_g], y[fit_g], stored[sampled[held_images]])
+            place(sampled[held_images], p, fitted)
+            for i in sampled[held_images]:
+                method[i] = LAKE_OOF
+    others = np.array([m == LAKE_FIT for m in method])
+    if others.any():
+        p, fitted = _fit_predict(_probe(), x, y, stored[others])
+        place(np.flatnonzero(others), p, fitted)
+    return ProbeResult(probs, method, [None] * n)
+
+
+# ---------------------------------------------------------------------------------------------
+# From the database and back
+
+
+_CURRENT_SQL = """
+    with i as (
+        select * from images
+        qualify row_number() over (partition by uri order by audited_at desc, run_id desc) = 1
+    )
+    select i.uri, i.etag, coalesce(i.patient_key, i.study_instance_uid, i.uri) as grp,
+           e.vector,
+           max(f.header_class) filter (where f.field = 'body_part') as body_part_label,
+           max(f.header_class) filter (where f.field = 'projection') as projection_label,
+           max(f.header_class) filter (where f.field = 'orientation') as orientation_label,
+           bool_or(f.field = 'projection') as projection_checked
+    from i
+    left join findings as f on f.uri = i.uri
+    left join embeddings as e on e.uri = i.uri and e.etag = i.etag and e.model_sha256 = ?
+    group by all
+    order by i.uri
+"""
+
+
+def _single(label: str | None, classes) -> str | None:
+    return label if label is not None and "|" not in label and label in classes else None
+
+
+def _generic_logprobs(con, uris_etags, model_sha256: str, task: str, classes) -> np.ndarray:
+    con.register("_adapt_keys", pa.table({"uri": [u for u, _ in uris_etags], "etag": [e for _, e in uris_etags],
+                                          "row": list(range(len(uris_etags)))}))
+    try:
+        rows = con.execute(
+            """select k.row, p.probabilities from _adapt_keys as k
+               join predictions as p on p.uri = k.uri and p.etag = k.etag and p.task = ? and p.model_sha256 = ?""",
+            [task, model_sha256],
+        ).fetchall()
+    finally:
+        con.unregister("_adapt_keys")
+    out = np.full((len(uris_etags), len(classes)), 1.0 / len(classes), np.float32)
+    for r, m in rows:
+        out[r] = [m.get(c, 0.0) for c in classes]
+    return np.log(np.clip(out, 1e-6, 1.0))
+
+
+def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
+    """Fit the probes over every current image and replace ``lake_predictions``; returns counts
+    of rows per task and method (the flow logs them)."""
+    cur = con.execute(_CURRENT_SQL, [entry.sha256])
+    rows = cur.fetchall()
+    names = [d[0] for d in cur.description]
+    data = {k: [r[i] for r in rows] for i, k in enumerate(names)}
+    n = len(rows)
+    con.execute("delete from lake_predictions")
+    if n == 0 or entry.embedding is None:
+        return {}
+    has = np.array([v is not None for v in data["vector"]], dtype=bool)
+    dim = entry.embedding.size
+    emb = np.zeros((n, dim), np.float32)
+    if has.any():
+        emb[has] = np.asarray([v for v in data["vector"] if v is not None], dtype=np.float32)
+    keys = list(zip(data["uri"], data["etag"]))
+    groups = data["grp"]
+    out: list[dict] = []
+    now = write.utcnow()
+    counts: dict[str, dict[str, int]] = {}
+
+    def emit(task, classes, rows_idx, result: ProbeResult, reasons_override=None):
+        for local, i in enumerate(rows_idx):
+            m = result.method[local]
+            reason = result.reason[local] if m == GENERIC else None
+            p = result.probs[local]
+            row = {"uri": keys[i][0], "etag": keys[i][1], "task": task, "method": m, "fallback_reason": reason,
+                   "model_sha256": entry.sha256, "fitted_run_id": run_id, "fitted_at": now,
+                   "predicted": None, "probability": None, "probabilities": None}
+            if m != GENERIC:
+                best = int(np.argmax(p))
+                row.update(predicted=classes[best], probability=float(p[best]),
+                           probabilities=list(zip(classes, (float(v) for v in p))))
+            out.append(row)
+            counts.setdefault(task, {}).setdefault(m if m != GENERIC else f"generic:{reason}", 0)
+            counts[task][m if m != GENERIC else f"generic:{reason}"] += 1
+
+    for task in ("body_part", "projection"):
+        if task not in entry.tasks:
+            continue
+        classes = entry.tasks[task].classes
+        scope = np.arange(n) if task == "body_part" else np.flatnonzero([bool(v) for v in data["projection_checked"]])
+        with_emb = scope[has[scope]]
+        without = scope[~has[scope]]
+        emit(task, classes, without, ProbeResult(np.zeros((len(without), len(classes))), [GENERIC] * len(without),
+                                                 ["no_embedding"] * len(without)))
+        if len(with_emb) == 0:
+            continue
+        feats = np.concatenate([emb[with_emb], _generic_logprobs(con, [keys[i] for i in with_emb], entry.sha256,
+                                                                 task, classes)], axis=1)
+        labels = [_single(data[f"{task}_label"][i], classes) for i in with_emb]
+        result = cross_fitted_probe(feats, labels, [groups[i] for i in with_emb], classes)
+        emit(task, classes, with_emb, result)
+
+    if "orientation" in entry.tasks:
+        classes = tuple(ORIENTATION)
+        with_emb = np.flatnonzero(has)
+        without = np.flatnonzero(~has)
+        emit("orientation", classes, without, ProbeResult(np.zeros((len(without), 4)), [GENERIC] * len(without),
+                                                          ["no_embedding"] * len(without)))
+        if len(with_emb):
+            turned_rows = con.execute(
+                """select s.uri, s.turn, s.vector from orientation_samples as s
+                   join images as i on i.uri = s.uri and i.etag = s.etag
+                   where s.model_sha256 = ?""",
+                [entry.sha256],
+            ).fetchall()
+            position = {keys[i][0]: j for j, i in enumerate(with_emb)}
+            by_uri: dict[str, dict[str, list[float]]] = {}
+            for uri, turn, vec in turned_rows:
+                if uri in position:
+                    by_uri.setdefault(uri, {})[turn] = vec
+            complete = sorted(position[u] for u, t in by_uri.items() if all(x in t for x in TURNS))
+            sampled = np.asarray(complete, dtype=int)
+            uri_of = [keys[i][0] for i in with_emb]
+            turned = {t: np.asarray([by_uri[uri_of[j]][t] for j in sampled], np.float32).reshape(len(sampled), dim)
+                      for t in TURNS}
+            stored_labels = [_single(data["orientation_label"][i], classes) or "upright" for i in with_emb]
+            result = orientation_probe(emb[with_emb], stored_labels, [groups[i] for i in with_emb], sampled, turned)
+            emit("orientation", classes, with_emb, result)
+
+    if out:
+        table = pa.Table.from_pylist(out, schema=LAKE_SCHEMA)
+        con.register("_lake_rows", table)
+        try:
+            con.execute(f"insert into lake_predictions ({', '.join(LAKE_SCHEMA.names)}) "
+                        f"select {', '.join(LAKE_SCHEMA.names)} from _lake_rows")
+        finally:
+            con.unregister("_lake_rows")
+    return counts
+
+
+LAKE_SCHEMA = pa.schema([
+    ("uri", pa.string()), ("etag", pa.string()), ("task", pa.string()), ("predicted", pa.string()),
+    ("probability", pa.float32()), ("probabilities", write.PROBABILITIES_TYPE), ("method", pa.string()),
+    ("fallback_reason", pa.string()), ("model_sha256", pa.string()), ("fitted_run_id", pa.string()),
+    ("fitted_at", pa.timestamp("us", tz="UTC")),
+])

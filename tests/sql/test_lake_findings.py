@@ -1,0 +1,107 @@
+"""findings with lake-adaptive probabilities, and group_findings, on tiny inline tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.sql.test_findings import SHA, T0, con, given, image, pred  # noqa: F401  (con is a fixture)
+
+
+def lake(con, uri, task, probs: dict | None, method="lake_oof", reason=None, etag="e1"):
+    best = max(probs, key=probs.get) if probs else None
+    con.execute(
+        "insert into lake_predictions values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'r1', ?)",
+        [uri, etag, task, best, probs[best] if probs else None, probs, method, reason, SHA, T0],
+    )
+
+
+def rows(con):
+    out = con.execute(
+        "select uri, field, is_mismatch, flag_basis, round(severity, 2), suggested_correction, lake_method, "
+        "round(lake_label_prob, 2), generic_is_mismatch from findings where field = 'body_part' order by uri"
+    ).fetchall()
+    return {r[0]: r[1:] for r in out}
+
+
+def test_lake_probe_decides_where_it_scored(con):
+    given(
+        con,
+        [
+            image("s3://b/ood", body="spine", body_src="BodyPartExamined", bpe="SPINE"),
+            image("s3://b/real", body="head", body_src="BodyPartExamined", bpe="SKULL"),
+            image("s3://b/lakeonly", body="chest", body_src="BodyPartExamined", bpe="CHEST"),
+            image("s3://b/nolake", body="pelvis", body_src="BodyPartExamined", bpe="PELVIS"),
+            image("s3://b/agree", body="chest", body_src="BodyPartExamined", bpe="CHEST"),
+        ],
+        [
+            pred("s3://b/ood", "body_part", {"chest": 0.97, "spine": 0.03}),  # generic confidently wrong
+            pred("s3://b/real", "body_part", {"lower_limb": 0.95, "head": 0.05}),  # a real error
+            pred("s3://b/lakeonly", "body_part", {"chest": 0.9, "abdomen": 0.1}),
+            pred("s3://b/nolake", "body_part", {"chest": 0.9, "pelvis": 0.1}),
+            pred("s3://b/agree", "body_part", {"chest": 0.99, "head": 0.01}),
+        ],
+    )
+    lake(con, "s3://b/ood", "body_part", {"spine": 0.9, "chest": 0.1})
+    lake(con, "s3://b/real", "body_part", {"lower_limb": 0.8, "head": 0.2})
+    lake(con, "s3://b/lakeonly", "body_part", {"abdomen": 0.7, "chest": 0.3}, method="lake_fit")
+    lake(con, "s3://b/nolake", "body_part", None, method="generic", reason="class_too_rare")
+    lake(con, "s3://b/agree", "body_part", {"chest": 0.95, "head": 0.05})
+    r = rows(con)
+    # the generic model's confident error on an unknown kind of film is not a flag any more
+    assert r["s3://b/ood"] == ("body_part", False, None, 0.1, None, "lake_oof", 0.9, True)
+    # both views see the real error; the correction is the lake's class
+    assert r["s3://b/real"] == ("body_part", True, "both", 0.8, "lower_limb", "lake_oof", 0.2, True)
+    # the lake probe alone
+    assert r["s3://b/lakeonly"] == ("body_part", True, "lake", 0.7, "abdomen", "lake_fit", 0.3, False)
+    # no probe for this class: the generic model decides, and says so
+    assert r["s3://b/nolake"] == ("body_part", True, "generic", 0.9, "chest", "generic", None, True)
+    assert r["s3://b/agree"][1:3] == (False, None)
+
+
+def test_lake_gate_from_gates_table(con):
+    given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
+          [pred("s3://b/x", "body_part", {"chest": 0.9, "abdomen": 0.1})])
+    lake(con, "s3://b/x", "body_part", {"abdomen": 0.7, "chest": 0.3})
+    assert rows(con)["s3://b/x"][1] is True  # default lake gate 0.5
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8)", [SHA])
+    assert rows(con)["s3://b/x"][1] is False  # 1 - 0.3 < 0.8
+
+
+def test_lake_rows_of_an_older_version_are_ignored(con):
+    given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST", etag="e2")],
+          [pred("s3://b/x", "body_part", {"chest": 0.9, "abdomen": 0.1}, etag="e2")])
+    lake(con, "s3://b/x", "body_part", {"abdomen": 0.99, "chest": 0.01}, etag="e1")
+    assert rows(con)["s3://b/x"][1:3] == (False, None)
+    assert rows(con)["s3://b/x"][5] is None  # no lake method: the image's version was not scored
+
+
+def test_group_findings_flags_a_group_the_model_disagrees_with(con):
+    imgs, preds = [], []
+    for i in range(6):  # one institution labels abdomen films as spine
+        uri = f"s3://b/sys{i}"
+        imgs.append(image(uri, body="spine", body_src="BodyPartExamined", bpe="SPINE", institution="Site Z"))
+        preds.append(pred(uri, "body_part", {"abdomen": 0.9, "spine": 0.1}))
+    for i in range(6):  # another one is right, with one real error
+        uri = f"s3://b/ok{i}"
+        imgs.append(image(uri, body="spine", body_src="BodyPartExamined", bpe="SPINE", institution="Site Y"))
+        preds.append(pred(uri, "body_part", {"spine": 0.9, "chest": 0.1} if i else {"chest": 0.9, "spine": 0.1}))
+    given(con, imgs, preds)
+    got = {
+        (r[0], r[1], r[2]): r[3:]
+        for r in con.execute(
+            "select field, dimension, group_value, header_class, predicted_class, n_images, n_disagree, "
+            "round(share_disagree, 3), is_flagged from group_findings where field = 'body_part'"
+        ).fetchall()
+    }
+    assert got[("body_part", "institution_name", "Site Z")] == ("spine", "abdomen", 6, 6, 1.0, True)
+    assert got[("body_part", "institution_name", "Site Y")] == ("spine", "chest", 6, 1, 0.167, False)
+    assert got[("body_part", "header_value", "SPINE")] == ("spine", "abdomen", 12, 7, 0.583, True)
+
+
+@pytest.mark.parametrize("n,flagged", [(4, False), (5, True)])
+def test_group_findings_needs_five_images(con, n, flagged):
+    imgs = [image(f"s3://b/g{i}", body="spine", body_src="BodyPartExamined", bpe="SPINE", institution="Z")
+            for i in range(n)]
+    given(con, imgs, [pred(f"s3://b/g{i}", "body_part", {"abdomen": 0.9, "spine": 0.1}) for i in range(n)])
+    got = con.execute("select is_flagged from group_findings where dimension = 'institution_name'").fetchone()
+    assert got == (flagged,)

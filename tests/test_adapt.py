@@ -1,0 +1,268 @@
+"""Lake adaptation: cross-fitted probes, the self-supervised orientation probe, their fallbacks,
+and the stage end to end through the audit flow."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from radlint.tasks import adapt, write
+from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, TURNS
+
+
+def clusters(n_per_class: int, classes, dim: int = 16, seed: int = 0, spread: float = 0.6):
+    rng = np.random.default_rng(seed)
+    centres = {c: rng.normal(size=dim) * 3 for c in classes}
+    x, y = [], []
+    for c in classes:
+        x.append(centres[c] + rng.normal(scale=spread, size=(n_per_class, dim)))
+        y += [c] * n_per_class
+    return np.concatenate(x).astype(np.float32), y
+
+
+def test_probe_exposes_flipped_labels_out_of_fold():
+    classes = ("head", "chest", "lower_limb")
+    x, truth = clusters(80, classes)
+    rng = np.random.default_rng(1)
+    labels = list(truth)
+    flipped = rng.choice(len(labels), size=24, replace=False)
+    for i in flipped:
+        labels[i] = next(c for c in classes if c != truth[i])
+    groups = [f"p{i // 2}" for i in range(len(labels))]  # two images per patient
+    r = adapt.cross_fitted_probe(x, labels, groups, classes)
+    assert set(r.method) == {adapt.LAKE_OOF}
+    p_label = np.array([r.probs[i, classes.index(lab)] for i, lab in enumerate(labels)])
+    flagged = set(np.flatnonzero(p_label < 0.5))
+    assert len(flagged & set(flipped)) >= 22  # recall >= 0.9
+    assert len(flagged - set(flipped)) <= 2  # precision >= 0.9
+    assert np.allclose(r.probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_folds_never_split_a_patient(monkeypatch):
+    classes = ("head", "chest")
+    x, labels = clusters(40, classes)
+    groups = [f"p{i % 10}" for i in range(len(labels))]
+    seen = []
+    real = adapt._fit_predict
+
+    def spy(model, x_fit, y_fit, x_pred):
+        seen.append((x_fit, x_pred))
+        return real(model, x_fit, y_fit, x_pred)
+
+    monkeypatch.setattr(adapt, "_fit_predict", spy)
+    adapt.cross_fitted_probe(x, labels, groups, classes)
+    row_of = {x[i].tobytes(): groups[i] for i in range(len(x))}
+    for x_fit, x_pred in seen:
+        fit_groups = {row_of[v.tobytes()] for v in x_fit}
+        pred_groups = {row_of[v.tobytes()] for v in x_pred}
+        assert not fit_groups & pred_groups
+
+
+def test_fallbacks_small_lake_one_class_rare_class():
+    x, labels = clusters(3, ("head", "chest"))
+    r = adapt.cross_fitted_probe(x[:5], labels[:5], [str(i) for i in range(5)], BODY_PART)
+    assert r.method == [adapt.GENERIC] * 5 and set(r.reason) == {"too_few_images"}
+
+    x, labels = clusters(40, ("chest",))
+    r = adapt.cross_fitted_probe(x, labels, [str(i) for i in range(40)], BODY_PART)
+    assert set(r.method) == {adapt.GENERIC} and set(r.reason) == {"one_class"}
+
+    x, labels = clusters(30, ("head", "chest", "pelvis"))
+    keep = list(range(60)) + [60, 61, 62]  # only three pelvis images
+    labels = [labels[i] for i in keep] + [None]
+    x = np.concatenate([x[keep], x[:1]])
+    r = adapt.cross_fitted_probe(x, labels, [str(i) for i in range(len(labels))], BODY_PART)
+    assert [r.method[i] for i in (60, 61, 62)] == [adapt.GENERIC] * 3
+    assert {r.reason[i] for i in (60, 61, 62)} == {"class_too_rare"}
+    assert set(r.method[:60]) == {adapt.LAKE_OOF}
+    assert r.method[-1] == adapt.LAKE_FIT  # unlabelled: scored by the probe fitted on the others
+    assert r.probs[0, BODY_PART.index("pelvis")] == 0.0  # a class the probe did not learn
+
+
+def turned_lake(n: int, share_rotated: float = 0.15, dim: int = 12, seed: int = 0):
+    """Embeddings = content + a vector per orientation, as a model's features roughly are."""
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(n, dim))
+    direction = {o: rng.normal(size=dim) * 2.5 for o in ORIENTATION}
+    stored_truth = ["upright"] * n
+    for i in rng.choice(n, size=int(n * share_rotated), replace=False):
+        stored_truth[i] = rng.choice(TURNS)
+
+    def emb(i, orientation):
+        return content[i] + direction[orientation] + rng.normal(scale=0.3, size=dim)
+
+    stored = np.array([emb(i, stored_truth[i]) for i in range(n)], np.float32)
+    return stored, stored_truth, emb
+
+
+def test_orientation_probe_finds_rotated_images_without_labels():
+    n = 200
+    stored, truth, emb = turned_lake(n)
+    sampled = np.arange(0, n, 2)  # half the lake was run turned
+    turned = {t: np.array([emb(i, adapt._compose(truth[i], t)) for i in sampled], np.float32) for t in TURNS}
+    r = adapt.orientation_probe(stored, ["upright"] * n, [f"p{i}" for i in range(n)], sampled, turned)
+    assert {r.method[i] for i in sampled} == {adapt.LAKE_OOF}
+    assert {r.method[i] for i in range(1, n, 2)} == {adapt.LAKE_FIT}
+    predicted = [ORIENTATION[int(k)] for k in r.probs.argmax(axis=1)]
+    rotated = {i for i in range(n) if truth[i] != "upright"}
+    flagged = {i for i in range(n) if r.probs[i, 0] < 0.5}
+    assert len(flagged & rotated) >= 0.9 * len(rotated)
+    assert len(flagged - rotated) <= 0.05 * n
+    assert sum(predicted[i] == truth[i] for i in rotated) >= 0.9 * len(rotated)
+
+
+def test_orientation_probe_needs_a_sample():
+    stored, truth, emb = turned_lake(40)
+    sampled = np.arange(5)
+    turned = {t: np.array([emb(i, t) for i in sampled], np.float32) for t in TURNS}
+    r = adapt.orientation_probe(stored, ["upright"] * 40, [str(i) for i in range(40)], sampled, turned)
+    assert set(r.method) == {adapt.GENERIC} and set(r.reason) == {"too_few_samples"}
+
+
+def test_turn_composition_matches_the_image_rotation():
+    from radlint.tasks.preprocess import rotate_to_orientation
+
+    img = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for stored in ORIENTATION:
+        for turn in TURNS:
+            composed = adapt._compose(stored, turn)
+            assert np.array_equal(rotate_to_orientation(rotate_to_orientation(img, stored), turn),
+                                  rotate_to_orientation(img, composed))
+
+
+def test_sample_rate():
+    assert adapt.orientation_sample_rate(0, 0) == 0.0
+    assert adapt.orientation_sample_rate(500, 0) == 1.0  # a small lake: every image
+    assert adapt.orientation_sample_rate(100_000, 0) == pytest.approx(adapt.ORIENTATION_SAMPLE_TARGET / 100_000)
+    assert adapt.orientation_sample_rate(1_000_000, 0) == pytest.approx(adapt.ORIENTATION_SAMPLE_MIN_RATE)
+    assert adapt.orientation_sample_rate(1000, 5000) == pytest.approx(adapt.ORIENTATION_SAMPLE_MIN_RATE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the flow, with a small model that has an embedding output
+
+
+def build_embedding_model(path: Path, size: int = 32) -> None:
+    """Average-pool to a 4x4 grid (16 numbers: they change under a quarter turn), then linear heads."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from radlint.tasks.vocabulary import TASKS
+
+    rng = np.random.default_rng(0)
+    k = size // 4
+    nodes = [
+        helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[k, k], strides=[k, k]),
+        helper.make_node("Flatten", ["pooled"], ["embedding"], axis=1),
+    ]
+    inits, outputs = [], [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 16])]
+    for task, classes in TASKS.items():
+        w = rng.normal(size=(16, len(classes))).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"{task}_w"))
+        nodes += [helper.make_node("MatMul", ["embedding", f"{task}_w"], [f"{task}_logits"]),
+                  helper.make_node("Softmax", [f"{task}_logits"], [task], axis=1)]
+        outputs.append(helper.make_tensor_value_info(task, TensorProto.FLOAT, ["N", len(classes)]))
+    graph = helper.make_graph(nodes, "emb", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                           ["N", 1, size, size])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def embedding_registry(tmp_path_factory) -> Path:
+    import yaml
+
+    from radlint.tasks.vocabulary import TASKS
+
+    folder = tmp_path_factory.mktemp("emb_model")
+    build_embedding_model(folder / "emb.onnx")
+    registry = {"schema": 1, "models": [{
+        "name": "emb-test", "file": "emb.onnx",
+        "sha256": hashlib.sha256((folder / "emb.onnx").read_bytes()).hexdigest(),
+        "input": {"name": "image", "size": 32, "channels": 1},
+        "embedding": {"output": "embedding", "size": 16},
+        "preprocessing": {"letterbox": True, "scale": "minmax_uint8", "mean": 0.5, "std": 0.5},
+        "tasks": {t: {"output": t, "classes": list(c), "thresholds": {k: 0.5 for k in c}} for t, c in TASKS.items()},
+    }]}
+    path = folder / "registry.yaml"
+    path.write_text(yaml.safe_dump(registry, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embedding_registry, prefect_api):
+    from radlint.cli import run_audit
+    from tests.test_flows import audit_args
+
+    lake_dir = tmp_path / "lake"
+    lake_dir.mkdir()
+    for i in range(40):
+        (lake_dir / f"img{i:03d}.dcm").write_bytes(make_dicom(seed=i, patient_id=f"P{i}"))
+    db = tmp_path / "a.duckdb"
+    args = dict(executor="local", shard_size=20)
+    summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, **args))
+    assert summary["status"] == "completed"
+    con = write.connect(db, read_only=True)
+    try:
+        assert con.execute("select count(*), min(len(vector)), max(len(vector)) from embeddings").fetchone() == (40, 16, 16)
+        # a lake of 40 new objects is turned whole for the orientation probe
+        assert con.execute("select count(distinct uri), count(*) from orientation_samples").fetchone() == (40, 120)
+        methods = dict(con.execute("select task, list(distinct method) from lake_predictions group by task").fetchall())
+        assert set(methods) == {"body_part", "projection", "orientation"} or set(methods) == {"body_part", "orientation"}
+        assert methods["orientation"] == ["lake_oof"]
+        fitted_first = con.execute("select distinct fitted_run_id from lake_predictions").fetchall()
+        # every findings row says how it was decided
+        assert con.execute("select count(*) from findings where lake_method is null").fetchone()[0] == 0
+    finally:
+        con.close()
+
+    # one new object: it alone is read; the probes are refitted over all 41 images
+    (lake_dir / "new.dcm").write_bytes(make_dicom(seed=99, patient_id="P99"))
+    summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, **args))
+    assert summary["n_new"] == 1
+    con = write.connect(db, read_only=True)
+    try:
+        assert con.execute("select count(*) from embeddings").fetchone()[0] == 41
+        n, runs = con.execute("select count(distinct uri), list(distinct fitted_run_id) from lake_predictions").fetchone()
+        assert n == 41 and len(runs) == 1 and [runs[0]] != [r[0] for r in fitted_first]
+    finally:
+        con.close()
+
+
+def test_adapt_without_embeddings_falls_back_per_row():
+    """Rows read by an older model have no vector of the current one: generic, and said so."""
+    import duckdb
+
+    from tests.sql.test_findings import SHA, given, image, pred
+
+    con = duckdb.connect()
+    write.ensure_schema(con)
+    write.create_views(con)
+    imgs, preds = [], []
+    for i in range(40):
+        uri = f"s3://b/{i}"
+        cls = ("head", "chest")[i % 2]
+        imgs.append(image(uri, body=cls, body_src="BodyPartExamined", bpe=cls.upper()))
+        preds.append(pred(uri, "body_part", {cls: 0.9, "other": 0.1}))
+    given(con, imgs, preds)
+    x, _ = clusters(20, ("head", "chest"), dim=8)
+    for i in range(36):  # four images lack a vector
+        vec = x[(i // 2) + (20 if i % 2 else 0)]
+        con.execute("insert into embeddings values (?, 'e1', ?, ?, 'r1')", [f"s3://b/{i}", SHA, vec.tolist()])
+
+    class Entry:
+        sha256 = SHA
+        embedding = adapt_embedding = type("E", (), {"output": "embedding", "size": 8})()
+        tasks = {"body_part": type("T", (), {"classes": BODY_PART})()}
+
+    counts = adapt.adapt_lake(con, Entry(), "r2")
+    assert counts["body_part"] == {"generic:no_embedding": 4, "lake_oof": 36}
+    got = dict(con.execute("select uri, method from lake_predictions where task = 'body_part'").fetchall())
+    assert {got[f"s3://b/{i}"] for i in range(36, 40)} == {"generic"}
+    # a second call replaces the rows rather than adding to them
+    adapt.adapt_lake(con, Entry(), "r3")
+    assert con.execute("select count(*), list(distinct fitted_run_id) from lake_predictions").fetchone() == (40, ["r3"])
