@@ -6,6 +6,7 @@ that escapes to the shard: a bad file is a data row, not a crash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -33,68 +34,30 @@ READ_ERROR = "read_error"
 
 DEFAULT_MAX_PIXELS = 80_000_000  # about 9k x 9k; larger frames are refused before decoding
 
-# Direct identifiers never stored, after DICOM PS3.15 Annex E (basic profile). PatientID is
-# replaced by the salted `patient_key`; dates are reduced to the month (`study_month`).
-PHI_KEYWORDS = frozenset(
-    {
-        "PatientName",
-        "PatientID",
-        "IssuerOfPatientID",
-        "OtherPatientIDs",
-        "OtherPatientIDsSequence",
-        "OtherPatientNames",
-        "PatientBirthName",
-        "PatientMotherBirthName",
-        "PatientBirthDate",
-        "PatientBirthTime",
-        "PatientAddress",
-        "PatientTelephoneNumbers",
-        "PatientTelecomInformation",
-        "MedicalRecordLocator",
-        "MilitaryRank",
-        "BranchOfService",
-        "PatientComments",
-        "AdditionalPatientHistory",
-        "PatientInsurancePlanCodeSequence",
-        "ReferringPhysicianName",
-        "ReferringPhysicianAddress",
-        "ReferringPhysicianTelephoneNumbers",
-        "PerformingPhysicianName",
-        "NameOfPhysiciansReadingStudy",
-        "PhysiciansOfRecord",
-        "RequestingPhysician",
-        "OperatorsName",
-        "AccessionNumber",
-        "InstitutionAddress",
-        "InstitutionalDepartmentName",
-        "StationName",
-        "DeviceSerialNumber",
-        "RequestAttributesSequence",
-        "StudyID",
-        "StudyDate",
-        "SeriesDate",
-        "AcquisitionDate",
-        "ContentDate",
-        "StudyTime",
-        "SeriesTime",
-        "AcquisitionTime",
-        "ContentTime",
-        "AcquisitionDateTime",
-        "InstanceCreationDate",
-        "InstanceCreationTime",
-        "PerformedProcedureStepStartDate",
-        "PerformedProcedureStepStartTime",
-        "PatientSize",
-        "PatientWeight",
-        "Occupation",
-        "EthnicGroup",
-        "CountryOfResidence",
-        "RegionOfResidence",
-        "PatientState",
-        "ResponsiblePerson",
-        "ResponsibleOrganization",
-    }
-)
+# The identifiers header_json never keeps: DICOM PS3.15 Annex E, basic profile (every attribute it
+# removes, replaces or cleans), as a data file because pydicom ships no copy of the table.
+# PatientID is replaced by the salted `patient_key`; dates are reduced to the month (`study_month`).
+ANNEX_E_FILE = "annex_e_basic_profile.csv"
+
+
+@functools.cache
+def annex_e_basic_profile() -> dict[int, tuple[str, str]]:
+    """``{tag: (keyword, action)}`` of every attribute PS3.15 Table E.1-1 does not simply keep."""
+    from importlib.resources import files
+
+    table: dict[int, tuple[str, str]] = {}
+    lines = files("radlint.tasks").joinpath(ANNEX_E_FILE).read_text(encoding="utf-8").splitlines()
+    rows = [line for line in lines if line.strip() and not line.startswith("#")]
+    for line in rows[1:]:  # the first is the column header
+        tag, keyword, action = (field.strip() for field in line.split(","))
+        table[int(tag, 16)] = (keyword, action)
+    return table
+
+
+def identifier_keywords() -> frozenset[str]:
+    """Keywords of the Annex E basic-profile attributes (see :func:`annex_e_basic_profile`)."""
+    return frozenset(keyword for keyword, _ in annex_e_basic_profile().values())
+
 
 # Bulk and binary VRs are left out of header_json: they are pixels, LUTs or private blobs.
 _BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
@@ -144,21 +107,40 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+# Sequences are kept to this depth and this many items each: header_json summarises a header, and a
+# structured report's content tree would otherwise grow it without bound.
+MAX_SEQUENCE_DEPTH = 8
+MAX_SEQUENCE_ITEMS = 64
+
+
+def is_identifier(elem) -> bool:
+    """Whether header_json leaves ``elem`` out as a possible identifier: an Annex E basic-profile
+    attribute, any person name (VR PN), a private tag, a curve (50xx) or overlay (60xx) group, or
+    an element pydicom's dictionary does not know (nothing says what it may hold)."""
+    tag = elem.tag
+    if tag.is_private or (tag.group & 0xFF00) in (0x5000, 0x6000):
+        return True
+    return int(tag) in annex_e_basic_profile() or elem.VR == "PN" or not elem.keyword
+
+
 def header_json(ds: Dataset) -> str:
-    """Top-level public elements as ``{keyword: text}``, without PHI, private tags or bulk data."""
+    """Public header elements as ``{keyword: text}`` (sequences as lists of such objects), without
+    identifiers (:func:`is_identifier`, at every depth) or bulk data."""
+    return json.dumps(_header_items(ds, 0), ensure_ascii=False, sort_keys=True)
+
+
+def _header_items(ds: Dataset, depth: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tag in list(ds.keys()):
         try:
             if tag.is_private or tag.group == 0x7FE0 or _deferred(ds.get_item(tag, keep_deferred=True)):
                 continue  # a value parse left unread is over DEFER_BYTES: bulk data, not read to drop it
-            elem = ds[tag]
-            if elem.VR in _BULK_VRS:
-                continue
-            keyword = elem.keyword or str(elem.tag)
-            if keyword in PHI_KEYWORDS:
+            elem = ds[tag]  # converts VR UN to the dictionary's VR, so the PN test below sees it
+            if elem.VR in _BULK_VRS or is_identifier(elem):
                 continue
             if elem.VR == "SQ":
-                out[keyword] = f"<sequence of {len(elem.value)} items>"
+                if depth + 1 < MAX_SEQUENCE_DEPTH:
+                    out[elem.keyword] = [_header_items(item, depth + 1) for item in elem.value[:MAX_SEQUENCE_ITEMS]]
                 continue
             value = elem.value
             if isinstance(value, (bytes, bytearray)):
@@ -167,10 +149,10 @@ def header_json(ds: Dataset) -> str:
                 text = "\\".join(str(v) for v in value)
             else:
                 text = str(value)
-            out[keyword] = text[:256]
+            out[elem.keyword] = text[:256]
         except Exception:  # an unreadable element is left out, not fatal
             continue
-    return json.dumps(out, ensure_ascii=False, sort_keys=True)
+    return out
 
 
 def _deferred(elem) -> bool:

@@ -78,3 +78,146 @@ def test_salt_never_reaches_prefect_or_logs_with_dask(tmp_path, make_dicom, tiny
     assert _files_containing(tmp_path, needle, skip=(salt_file,)) == []
     for p in (proc, proc2):
         assert needle not in p.stdout and needle not in p.stderr
+
+
+# Issue 22 item 2: every element it names, each with a value found nowhere else (VRs permitting).
+ISSUE_ELEMENTS = [
+    "ImageComments", "PatientAge", "PatientSex", "ContentCreatorName", "ReviewerName", "PersonName",
+    "VerifyingObserverName", "ScheduledPerformingPhysicianName", "AdmissionID", "RequestedProcedureID",
+    "RequestedProcedureDescription", "PerformedProcedureStepID", "PerformedProcedureStepDescription",
+    "ReasonForTheRequestedProcedure", "AdmittingDiagnosesDescription", "MedicalAlerts", "Allergies",
+    "LastMenstrualDate", "PregnancyStatus", "RequestingService", "SOPAuthorizationComment",
+    "DerivationDescription", "DetectorID", "PlateID", "StudyComments",
+]
+# Person names the Annex E table does not list: removed because of their VR.
+OTHER_PERSON_NAMES = ["SecondaryReviewerName", "EvaluatorName"]
+
+
+def _leaky_values(prefix: str) -> dict[str, object]:
+    """keyword -> value; text values are unique tokens (searchable), others as their VR allows."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    values: dict[str, object] = {}
+    for i, keyword in enumerate(ISSUE_ELEMENTS + OTHER_PERSON_NAMES):
+        vr = dictionary_VR(tag_for_keyword(keyword))
+        if vr == "AS":
+            values[keyword] = "093Y" if prefix == "T" else "091Y"
+        elif vr == "DA":
+            values[keyword] = "19310817" if prefix == "T" else "19290423"
+        elif vr == "US":
+            values[keyword] = 4
+        elif vr == "CS":
+            values[keyword] = "O"
+        elif vr == "PN":
+            values[keyword] = f"LEAK{prefix}{i:02d}^NAME"
+        else:
+            values[keyword] = f"LEAK{prefix}{i:02d}VALUE"
+    return values
+
+
+def _searchable(values: dict[str, object]) -> list[str]:
+    return [v for v in values.values() if isinstance(v, str) and len(v) >= 4]
+
+
+def _dicom_with_identifiers(make_dicom) -> tuple[bytes, list[str]]:
+    """A CR with every listed element at the top level and inside a kept sequence (two levels deep)."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(patient_id="LEAKPATIENTID")))
+    top, nested, deeper = _leaky_values("T"), _leaky_values("N"), _leaky_values("D")
+    for keyword, value in top.items():
+        setattr(ds, keyword, value)
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "T-D3000", "SRT", "Chest"
+    for keyword, value in nested.items():
+        setattr(item, keyword, value)
+    modifier = Dataset()
+    modifier.CodeValue, modifier.CodingSchemeDesignator, modifier.CodeMeaning = "G-A101", "SRT", "Left"
+    for keyword, value in deeper.items():
+        setattr(modifier, keyword, value)
+    item.AnatomicRegionModifierSequence = Sequence([modifier])
+    ds.AnatomicRegionSequence = Sequence([item])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue(), _searchable(top) + _searchable(nested) + _searchable(deeper) + ["LEAKPATIENTID"]
+
+
+def test_annex_e_table_resolves_and_covers_the_issue():
+    from pydicom.datadict import tag_for_keyword
+
+    table = dicom_io.annex_e_basic_profile()
+    assert len(table) >= 300
+    wrong = {k: hex(t) for t, (k, _) in table.items() if tag_for_keyword(k) != t}
+    assert wrong == {}, "keywords that do not resolve to the tag given in the file"
+    actions = {a for _, a in table.values()}
+    assert "K" not in actions and actions <= {"X", "Z", "D", "U", "C", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*", "X/Z/U"}
+    assert set(ISSUE_ELEMENTS) <= dicom_io.identifier_keywords()
+
+
+def test_header_json_drops_identifiers_at_every_depth(make_dicom):
+    import json
+
+    data, needles = _dicom_with_identifiers(make_dicom)
+    image = dicom_io.read_dicom(data, salt="s")
+    text = image.header["header_json"]
+    blob = json.loads(text)
+    assert [n for n in needles if n in text] == []
+    for keyword in ISSUE_ELEMENTS + OTHER_PERSON_NAMES + ["PatientName", "PatientID"]:
+        assert keyword not in text
+    assert blob["Modality"] == "CR" and blob["BodyPartExamined"] == "CHEST" and blob["ViewPosition"] == "PA"
+    assert blob["Rows"] == "96"
+    region = blob["AnatomicRegionSequence"][0]
+    assert region["CodeMeaning"] == "Chest"
+    assert region["AnatomicRegionModifierSequence"][0]["CodeMeaning"] == "Left"
+    # The UIDs PACS joins on stay as promoted columns (not in header_json, which the profile governs).
+    assert image.header["sop_instance_uid"] and "SOPInstanceUID" not in blob
+
+
+def _all_text_of_database(db: Path) -> str:
+    con = write.connect(db, read_only=True)
+    try:
+        tables = [r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()]
+        return "\n".join(str(con.execute(f'select * from "{t}"').fetchall()) for t in tables)
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_identifiers_reach_neither_database_nor_parts(tmp_path, make_dicom, tiny_registry, prefect_api):
+    import argparse
+
+    import pyarrow.parquet as pq
+
+    from radlint.cli import run_audit
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    data, needles = _dicom_with_identifiers(make_dicom)
+    (lake / "leaky.dcm").write_bytes(data)
+    db = tmp_path / "audit.duckdb"
+    summary = run_audit(argparse.Namespace(
+        lake=str(lake), db=str(db), out=None, labels=None, dask_address=None, workers=1, batch_size=4,
+        shard_size=None, device="cpu", max_pixels=80_000_000, registry=str(tiny_registry), executor="local",
+    ))
+    assert summary["status"] == "completed" and summary["n_images"] == 1
+
+    text = _all_text_of_database(db)
+    parts = sorted((tmp_path / "audit_parts").rglob("*.parquet"))
+    assert parts
+    text_parts = "\n".join(str(pq.read_table(p).to_pylist()) for p in parts)
+    raw = b"".join(p.read_bytes() for p in parts) + db.read_bytes()
+    for needle in needles:
+        assert needle not in text and needle not in text_parts and needle.encode() not in raw, needle
+
+    con = write.connect(db, read_only=True)
+    try:
+        kept = dict(con.execute("select keyword, value from header_fields where not is_sequence").fetchall())
+    finally:
+        con.close()
+    assert kept["Modality"] == "CR" and kept["BodyPartExamined"] == "CHEST"
+    assert kept["ViewPosition"] == "PA" and kept["Rows"] == "96"
+    assert not set(kept) & (dicom_io.identifier_keywords() | set(OTHER_PERSON_NAMES))

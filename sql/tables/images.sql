@@ -28,7 +28,7 @@
 -- label_projection_source: header element the projection label came from (ViewPosition or a description).
 -- label_orientation: rotation of the stored image implied by PatientOrientation; NULL when absent or not interpretable.
 -- label_orientation_source: PatientOrientation when label_orientation is set, else NULL.
--- header_json: public header elements as a JSON object {keyword: text}; private tags, bulk data and direct identifiers (PS3.15 basic profile) removed.
+-- header_json: public header elements as a JSON object {keyword: text}, a sequence as a list of such objects; never kept, at any depth: the attributes DICOM PS3.15 Annex E's basic profile removes, replaces or cleans (tasks/annex_e_basic_profile.csv), person names (VR PN), private tags, curves, overlays, bulk data (view header_fields lists what is kept).
 -- audited_at: when the object was read (UTC).
 -- run_id: the audit run that read the object.
 create table if not exists images (
