@@ -109,5 +109,18 @@ def export_corrections(con, out: str | Path, min_severity: float = 0.0) -> int:
     with open(out, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(names)
-        w.writerows(rows)
+        w.writerows([spreadsheet_safe(v) for v in row] for row in rows)
     return len(rows)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` with a single quote in front when it is text a spreadsheet would run as a formula
+    (header values and uris come from the lake, so anyone who can write a DICOM file chooses them).
+    Numbers are left alone: they are never text here, so numeric columns stay numeric."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
