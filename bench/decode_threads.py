@@ -17,8 +17,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from bench import run as bench
 from radlint.tasks.shard import prepare_object
 

@@ -1039,7 +1039,7 @@ def main(argv=None) -> int:
                     f"worker peak RSS {res['worker_peak_rss_mb']:.0f} MB")
                 # +1 % new objects on the same lake
                 n_add = max(1, math.ceil(0.01 * n))
-                wsec2 = write_small_lake(lake / "new", n_add, uid_base=10**16 + n * 10 + 5 * n, prefix="new")
+                write_small_lake(lake / "new", n_add, uid_base=10**16 + n * 10 + 5 * n, prefix="new")
                 again = run_radlint_audit(
                     str(lake), db, scale_registry, workers=workers, device=args.device,
                     logdir=logdir, tag=f"small-{n}-rerun",
