@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from radlint.models import train
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RUNS = {  # name: (tag suffix, epochs as a multiple of --epochs, train.py flags)
     "multi-head": ("multi", 1, ["--tasks", "body_part,projection,orientation"]),

@@ -18,8 +18,6 @@ from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from radlint.models.train import DEFAULT_DATA, SPLIT_FILE, load_split, read_labels
 
 

@@ -10,8 +10,8 @@ import contextlib
 import json
 import os
 import uuid
-from importlib import resources
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
