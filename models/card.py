@@ -3,7 +3,7 @@
     python -m radlint.models.card --name radlint-multihead-v2
 
 Every number comes from running the registered ONNX model (tasks.infer) over the test split
-through radlint.evaluate, the code behind ``radlint evaluate``; leave-one-source-out figures
+through radlint.tasks.evaluation, the code behind ``radlint evaluate``; leave-one-source-out figures
 come from models/_work/loso_*/ (written by models/train.py --exclude-source ...).
 """
 
@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from radlint.models.train import (
     DEFAULT_DATA,
     SPLIT_FILE,
@@ -26,18 +24,20 @@ from radlint.models.train import (
     load_split,
     read_labels,
 )
-from radlint.evaluate import (
-    _fmt_ci,
-    _read_csv,
+from radlint.tasks.evaluation import (
+    accuracy,
     auc_ovr,
     binary_auc,
     bootstrap_ci,
     evaluate,
+    fmt_ci,
+    read_csv,
     roc_curve,
-    accuracy,
 )
 from radlint.tasks.infer import load_registry
 from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = ROOT / "models"
 CARDS = MODELS / "cards"
@@ -115,10 +115,10 @@ def task_table(res, unit="images") -> list[str]:
     lines = ["| class | n test | AUC one-vs-rest [95% CI] | accuracy (recall) [95% CI] |",
              "|---|---|---|---|"]
     for row in res["per_class"]:
-        lines.append(f"| {row['class']} | {row['n']} | {_fmt_ci(row['auc'])} | "
-                     f"{_fmt_ci(row['acc'])} |")
+        lines.append(f"| {row['class']} | {row['n']} | {fmt_ci(row['auc'])} | "
+                     f"{fmt_ci(row['acc'])} |")
     lines.append(f"| **macro AUC / overall accuracy** | {res['n']} {unit} | "
-                 f"**{_fmt_ci(res['macro_auc'])}** | {_fmt_ci(res['accuracy'])} |")
+                 f"**{fmt_ci(res['macro_auc'])}** | {fmt_ci(res['accuracy'])} |")
     return lines
 
 
@@ -166,7 +166,7 @@ def per_source_projection(preds, n_boot=1000) -> tuple[list[str], dict]:
             else None
         counts = "/".join(str(int((yy == c).sum())) for c in range(3))
         acc = accuracy(yy, pp.argmax(1))
-        lines.append(f"| {s} | {counts} | {_fmt_ci(pa_ap)} | {_fmt_ci(fl)} | {acc:.3f} |")
+        lines.append(f"| {s} | {counts} | {fmt_ci(pa_ap)} | {fmt_ci(fl)} | {acc:.3f} |")
         out[s] = {"pa_vs_ap": pa_ap, "frontal_vs_lateral": fl, "acc": acc}
     return lines, out
 
@@ -225,8 +225,8 @@ def loso_section(n_boot=1000, rows=None, split=None) -> tuple[list[str], dict]:
         network = (f"widths {a.get('widths', '24,48,96,160')}, {a.get('size', 192)} px, "
                    f"{int(s['params']) / 1e6:.2f} M parameters" if s.get("params") else "")
         out[src]["network"] = network
-        lines.append(f"| {src} (all its labelled chest images) | {network} | {counts} | {_fmt_ci(pa_ap)} | "
-                     f"{_fmt_ci(fl)} | {_fmt_ci(acc)} | {trained}, "
+        lines.append(f"| {src} (all its labelled chest images) | {network} | {counts} | {fmt_ci(pa_ap)} | "
+                     f"{fmt_ci(fl)} | {fmt_ci(acc)} | {trained}, "
                      f"{a['epochs']} epochs × {a.get('samples_per_epoch', '?')} samples, {s['seconds'] / 60:.0f} min |")
     if lines:
         lines = ["| held-out source | network | n (PA/AP/LATERAL) | PA-vs-AP AUC [95% CI] | "
@@ -245,7 +245,7 @@ def _rel(path) -> str:
 def _review_text(summary: dict, overrides) -> str:
     if not overrides:
         return "."
-    listed = (f"`{_rel(overrides)}` lists {len(_read_csv(overrides))} images a review found not stored "
+    listed = (f"`{_rel(overrides)}` lists {len(read_csv(overrides))} images a review found not stored "
               "upright in their source (see known weaknesses)")
     if summary["args"].get("overrides", "None") in ("None", ""):
         return (". This model was trained with every source image taken as upright; "
@@ -332,11 +332,11 @@ def main(argv=None) -> int:
           "2-core development machine while other jobs ran).",
           f"- ONNX vs PyTorch parity: max abs difference {export['parity_max_abs_diff']:.1e} "
           f"over {export['parity_inputs']} real test inputs (64 test images × 4 rotations).",
-          f"- Per-class thresholds (registry): lowest t ≥ 0.5 reaching precision ≥ 0.95 among "
+          "- Per-class thresholds (registry): lowest t ≥ 0.5 reaching precision ≥ 0.95 among "
           "validation images predicted as the class (0.99 where never reached); chosen on "
           "validation, never on test.", "",
           "## Training", "",
-          f"- Data: `shared/data/radiographs` (4,356 8-bit JPEGs, 9 public sources, "
+          "- Data: `shared/data/radiographs` (4,356 8-bit JPEGs, 9 public sources, "
           "see its README). Labels: `body_part`; `view` for chest projection (only chest images "
           "with a view label train the projection head, the loss is masked elsewhere); "
           "orientation labels are made by rotating each image by a uniformly drawn rotation "
@@ -360,8 +360,8 @@ def main(argv=None) -> int:
           "### Data per split (images)", ""]
     md += split_counts(rows, split)
     md += ["", "## Results on the held-out test split", "",
-           f"Measured with `radlint evaluate --labels shared/data/radiographs/labels.csv "
-           f"--split-file models/splits/patient_split.csv --split test"
+           "Measured with `radlint evaluate --labels shared/data/radiographs/labels.csv "
+           "--split-file models/splits/patient_split.csv --split test"
            + (f" --overrides {_rel(args.overrides)}" if args.overrides else "")
            + "` (the ONNX model through "
            f"`tasks.infer`). 95 % intervals: percentile bootstrap, {args.bootstrap} resamples "
@@ -369,17 +369,17 @@ def main(argv=None) -> int:
            "class is the recall of that class.", "",
            "| task | headline | value [95% CI] | paper's level | floor (DESIGN.md) |",
            "|---|---|---|---|---|",
-           f"| body part | macro AUC (9 classes) | {_fmt_ci(t['body_part']['macro_auc'])} | ≥ 0.99 "
+           f"| body part | macro AUC (9 classes) | {fmt_ci(t['body_part']['macro_auc'])} | ≥ 0.99 "
            "| 0.992 |",
-           f"| projection | PA-vs-AP AUC | {_fmt_ci(pj.get('pa_vs_ap_auc'))} | ≥ 0.99 | 0.956 |",
-           f"| projection | frontal-vs-lateral AUC | {_fmt_ci(pj.get('frontal_vs_lateral_auc'))} "
+           f"| projection | PA-vs-AP AUC | {fmt_ci(pj.get('pa_vs_ap_auc'))} | ≥ 0.99 | 0.956 |",
+           f"| projection | frontal-vs-lateral AUC | {fmt_ci(pj.get('frontal_vs_lateral_auc'))} "
            "| 1.00 | 1.000 |",
-           f"| projection | macro AUC (3 classes) | {_fmt_ci(pj['macro_auc'])} | ≥ 0.99 | – |",
-           f"| orientation | macro AUC (4 classes) | {_fmt_ci(t['orientation']['macro_auc'])} | "
+           f"| projection | macro AUC (3 classes) | {fmt_ci(pj['macro_auc'])} | ≥ 0.99 | – |",
+           f"| orientation | macro AUC (4 classes) | {fmt_ci(t['orientation']['macro_auc'])} | "
            "≥ 0.999 | 0.997 |"]
     if raw_result is not None:
         md += [f"| orientation, source labels without the review | macro AUC | "
-               f"{_fmt_ci(raw_result['tasks']['orientation']['macro_auc'])} | | |"]
+               f"{fmt_ci(raw_result['tasks']['orientation']['macro_auc'])} | | |"]
     md += ["",
            "### Body part", ""]
     md += task_table(t["body_part"])

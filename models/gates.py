@@ -152,7 +152,7 @@ def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> d
 
 def main(argv=None) -> int:
     from radlint.models.train import default_review
-    from radlint.evaluate import apply_overrides, predict_folder
+    from radlint.tasks.evaluation import apply_overrides, predict_folder
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/radiographs/labels.csv")

@@ -18,7 +18,7 @@ from radlint import lakegen, planted
 RADIOGRAPHS_ENV = "RADLINT_RADIOGRAPHS"
 SPLITS = resources.files("radlint.models") / "splits"
 SPLIT_FILE = Path(str(SPLITS / "patient_split.csv"))
-# shared radiographs found not stored upright on review (radlint.evaluate.apply_overrides)
+# shared radiographs found not stored upright on review (radlint.tasks.evaluation.apply_overrides)
 ORIENTATION_REVIEW = Path(str(SPLITS / "orientation_review.csv"))
 
 # (pydicom-data file, body part, fine label, view) for the fallback lake.
@@ -129,10 +129,10 @@ def _review_for(labels: Path) -> Path | None:
     """The packaged orientation review applies to the shared radiographs' labels only."""
     if not ORIENTATION_REVIEW.exists():
         return None
-    from radlint.evaluate import _read_csv
+    from radlint.tasks.evaluation import read_csv
 
-    files = {r["file"] for r in _read_csv(labels)}
-    return ORIENTATION_REVIEW if all(r["file"] in files for r in _read_csv(ORIENTATION_REVIEW)) else None
+    files = {r["file"] for r in read_csv(labels)}
+    return ORIENTATION_REVIEW if all(r["file"] in files for r in read_csv(ORIENTATION_REVIEW)) else None
 
 
 def run(args) -> int:

@@ -17,11 +17,11 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
-    UID,
     generate_uid,
 )
 
@@ -68,10 +68,10 @@ class SourceImage:
 def read_labeled_folder(labels_csv: Path, split_file: Path | None = None, split: str | None = None,
                         overrides: Path | None = None, unseen_source: str | None = None) -> list[SourceImage]:
     """Rows of a labels.csv (the format of shared/data/radiographs), optionally one split only,
-    with ``overrides`` applied (radlint.evaluate.apply_overrides). Every image of
+    with ``overrides`` applied (radlint.tasks.evaluation.apply_overrides). Every image of
     ``unseen_source`` is kept whatever its split: a lake imitating a new hospital for a model
     trained without that source."""
-    from radlint.evaluate import apply_overrides, stored_orientation
+    from radlint.tasks.evaluation import apply_overrides, stored_orientation
 
     labels_csv = Path(labels_csv)
     keep: set[str] | None = None

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from radlint import evaluate as ev
+from radlint import evaluate as cli
+from radlint.tasks import evaluation as ev
 
 
 def test_auc_perfect_reversed_and_ties():
@@ -105,11 +106,11 @@ def test_evaluate_on_synthetic_folder(tmp_path):
 
     # the command-line entry point, with a split filter and JSON output
     ap = argparse.ArgumentParser()
-    ev.add_arguments(ap)
+    cli.add_arguments(ap)
     out = tmp_path / "res.json"
     args = ap.parse_args(["--labels", str(labels), "--split-file", str(tmp_path / "split.csv"),
                           "--split", "test", "--out", str(out), "--bootstrap", "10"])
-    assert ev.run(args) == 0
+    assert cli.run(args) == 0
     data = json.loads(out.read_text())
     assert data["n_images"] == 3
     assert data["tasks"]["orientation"]["n"] == 12
@@ -117,8 +118,8 @@ def test_evaluate_on_synthetic_folder(tmp_path):
 
 def test_run_rejects_missing_labels(tmp_path, capsys):
     ap = argparse.ArgumentParser()
-    ev.add_arguments(ap)
-    assert ev.run(ap.parse_args(["--labels", str(tmp_path / "nope.csv")])) == 2
+    cli.add_arguments(ap)
+    assert cli.run(ap.parse_args(["--labels", str(tmp_path / "nope.csv")])) == 2
     assert "not found" in capsys.readouterr().out
 
 
