@@ -52,8 +52,8 @@ from pydicom.uid import (
 )
 
 from radlint import lakegen
-from radlint.prefect_env import apply_quiet_defaults
-from radlint.tinymodel import build_tiny_model
+from radlint.flows.prefect_env import apply_quiet_defaults
+from tests.tinymodel import build_tiny_model
 
 apply_quiet_defaults()
 
@@ -873,7 +873,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated phases to skip: naive,local,s3,rerun,scale")
     args = ap.parse_args(argv)
 
-    from radlint.prefect_env import prefect_api
+    from radlint.flows.prefect_env import prefect_api
     from radlint.tasks import infer, settings
 
     compiled_s = ensure_bytecode()

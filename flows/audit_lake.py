@@ -15,9 +15,8 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from radlint.dask_env import BackgroundCluster
-from radlint.progress import Progress
-
+from radlint.flows.dask_env import BackgroundCluster
+from radlint.flows.progress import Progress
 from radlint.tasks import adapt, discover, findings, infer, labels, settings, shard, write
 
 

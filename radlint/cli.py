@@ -80,7 +80,7 @@ def _check_audit_inputs(args) -> None:
 
 def run_audit(args, quiet: bool = False) -> dict:
     """Validate, then run the audit_lake flow; returns its summary."""
-    from radlint.prefect_env import prefect_api
+    from radlint.flows.prefect_env import prefect_api
 
     _check_audit_inputs(args)
     with prefect_api(warm_imports=("radlint.flows.audit_lake",)):
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from radlint.prefect_env import apply_quiet_defaults
+    from radlint.flows.prefect_env import apply_quiet_defaults
 
     apply_quiet_defaults()
     parser = build_parser()

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from radlint import lakegen
-from radlint.tinymodel import build_tiny_model
-from radlint.prefect_env import apply_quiet_defaults
+from radlint.flows.prefect_env import apply_quiet_defaults
 from radlint.tasks.vocabulary import TASKS
+from tests.tinymodel import build_tiny_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED = PROJECT_ROOT.parent / "shared"

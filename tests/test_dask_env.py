@@ -1,4 +1,4 @@
-"""radlint.dask_env: the audit's own LocalCluster, started and closed in background threads."""
+"""radlint.flows.dask_env: the audit's own LocalCluster, started and closed in background threads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import dask
 import distributed
 import pytest
 
-from radlint.dask_env import WORKER_PRELOAD, BackgroundCluster
+from radlint.flows.dask_env import WORKER_PRELOAD, BackgroundCluster
 
 
 def _loaded(modules):
@@ -31,7 +31,7 @@ def test_workers_import_the_shard_modules_while_the_cluster_starts():
 
 
 def test_a_failed_start_is_raised_by_address_and_close_is_quiet(monkeypatch):
-    import radlint.dask_env as dask_env
+    import radlint.flows.dask_env as dask_env
 
     def broken(n_workers):
         raise RuntimeError("no cluster today")
@@ -53,7 +53,7 @@ def _env_and_parent(name):
 def test_workers_fork_from_a_fork_server_with_the_current_environment(monkeypatch):
     import os
 
-    from radlint import dask_env
+    from radlint.flows import dask_env
 
     assert dask_env._start_method() == "forkserver"  # Dask's default 'spawn' is replaced
     with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):

@@ -1,10 +1,10 @@
-"""radlint.progress: a bar on a terminal, plain periodic lines otherwise."""
+"""radlint.flows.progress: a bar on a terminal, plain periodic lines otherwise."""
 
 from __future__ import annotations
 
 import io
 
-from radlint.progress import Progress
+from radlint.flows.progress import Progress
 
 
 def test_plain_lines_when_not_a_terminal():
