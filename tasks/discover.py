@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
+from urllib.parse import unquote
 
+import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -43,9 +45,46 @@ def open_lake(lake: str, storage_options: dict[str, Any] | None = None):
 
 
 def uri_for(protocol: str, path: str) -> str:
+    """The ``uri`` of the object at ``path`` of a filesystem of ``protocol``: ``protocol://path``.
+
+    Local paths are bytes, not always UTF-8 (a name written as latin-1 arrives from the OS as
+    surrogate escapes, which no Parquet or DuckDB string can hold): in ``file://`` uris each byte
+    that is not valid UTF-8, and each ``%``, is written as ``%XX``, so every path has one uri and
+    :func:`path_for_uri` recovers it exactly. Other stores' keys are UTF-8 and are kept as listed.
+    """
     if protocol in ("file", "local"):
+        path = _percent_encode_path(path)
         return "file://" + path if path.startswith("/") else "file:///" + path
     return f"{protocol}://{path}"
+
+
+def _percent_encode_path(path: str) -> str:
+    if "%" not in path and path.isascii():
+        return path
+    out = []
+    for ch in path:
+        if ch == "%":
+            out.append("%25")
+        elif "\udc80" <= ch <= "\udcff":  # os.fsdecode's escape of an undecodable byte
+            out.append(f"%{ord(ch) - 0xDC00:02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def path_for_uri(uri: str) -> tuple[str, str]:
+    """(protocol, path inside its filesystem) of a uri written by :func:`uri_for`.
+
+    The path is the text after ``protocol://`` as listed, never re-parsed as a URL: ``::``
+    (fsspec's URL chaining) and ``?versionId=`` (s3fs's version syntax) are characters of a key
+    here, and parsing them would read another object.
+    """
+    protocol, sep, path = uri.partition("://")
+    if not sep:
+        raise ValueError(f"not an object uri: {uri!r}")
+    if protocol in ("file", "local"):
+        path = unquote(path, errors="surrogateescape") if "%" in path else path
+    return protocol, path
 
 
 def _etag(info: dict[str, Any]) -> str:
@@ -219,13 +258,60 @@ def shard_size_for(objects: list[ObjectRef], workers: int, requested: int | None
     return max(1, min(size, -(-n // (shards_per_worker * max(1, workers)))))
 
 
+def cat_objects(fs, paths: list[str]) -> dict[str, Any]:
+    """``{path: bytes or the exception}`` of each listed object, read by exactly that path.
+
+    Not ``fs.cat(paths)``: it expands glob characters (a key ``a[1].dcm`` reads ``a1.dcm``), and
+    s3fs cuts any key at ``?versionId=`` (``cr/k?versionId=abc.dcm`` reads ``cr/k``); such keys
+    are fetched by bucket and key instead.
+    """
+    from fsspec.asyn import AsyncFileSystem, sync
+
+    if not isinstance(fs, AsyncFileSystem):
+        out: dict[str, Any] = {}
+        for path in paths:
+            try:
+                out[path] = fs.cat_file(path)
+            except Exception as exc:  # returned per object, as fs.cat(on_error="return") would
+                out[path] = exc
+        return out
+
+    exact = "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
+
+    async def read_all() -> list:
+        import asyncio
+
+        return await asyncio.gather(
+            *(_s3_get_exact(fs, p) if exact and "?versionId=" in p else fs._cat_file(p) for p in paths),
+            return_exceptions=True,
+        )
+
+    results = sync(fs.loop, read_all)
+    for value in results:
+        if isinstance(value, BaseException) and not isinstance(value, Exception):
+            raise value  # cancellation or interrupt: not one object's failure
+    return dict(zip(paths, results))
+
+
+async def _s3_get_exact(fs, path: str) -> bytes:
+    bucket, _, key = path.partition("/")
+    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    body = resp["Body"]
+    try:
+        return await body.read()
+    finally:
+        body.close()
+
+
 def filesystem_for_uri(uri: str, storage_options: dict[str, Any] | None = None):
-    """(fs, path) for a full object URI, as written by :func:`discover`."""
-    return url_to_fs(uri, **(storage_options or {}))
+    """(fs, path) for a full object URI, as written by :func:`discover` (see :func:`path_for_uri`)."""
+    protocol, path = path_for_uri(uri)
+    return fsspec.filesystem(protocol, **(storage_options or {})), path
 
 
 __all__ = [
     "LakeError",
+    "cat_objects",
     "ObjectRef",
     "diff",
     "discover",
@@ -236,5 +322,6 @@ __all__ = [
     "normalize_lake",
     "open_lake",
     "make_shards",
+    "path_for_uri",
     "uri_for",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from radlint.tasks import dicom_io, infer, preprocess, settings, write
-from radlint.tasks.discover import ObjectRef, filesystem_for_uri
+from radlint.tasks.discover import ObjectRef, cat_objects, filesystem_for_uri
 from radlint.tasks.vocabulary import TURNS
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _fetch_chunk(objects: list[ObjectRef], storage_options: dict | None) -> list
     delay = 0.2
     for attempt in range(FETCH_ATTEMPTS):
         try:
-            got = fs.cat(pending, on_error="return")
+            got = cat_objects(fs, pending)
         except Exception as exc:  # the whole batch call failed: retry everything
             got = {p: exc for p in pending}
         if not isinstance(got, dict):  # a single path returns bytes
