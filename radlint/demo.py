@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -82,23 +81,27 @@ def pydicom_data_sources(work: Path) -> list[lakegen.SourceImage]:
     return out
 
 
-def _audit_args(lake: Path, db: Path, workers: int, registry: str | None = None) -> argparse.Namespace:
+def _audit(lake: Path, db: Path, workers: int, registry: str | None = None) -> dict:
+    """The audit flow on the lake this module just built; every option it does not set keeps the flow's default.
+
+    The flow is called directly, not through the CLI's run_audit, so that the CLI depends on this
+    module and not the other way round; the CLI's input checks have nothing to find in a fresh lake.
+    """
+    from radlint.flows.prefect_env import prefect_api
+
     n_objects = sum(1 for p in lake.rglob("*") if p.is_file())
-    return argparse.Namespace(
-        lake=str(lake),
-        db=str(db),
-        out=None,
-        labels=None,
-        dask_address=None,
-        workers=workers,
-        batch_size=32,
-        # at least two shards per worker, so every worker has work
-        shard_size=max(1, min(250, n_objects // (2 * workers) + 1)),
-        device="auto",
-        max_pixels=80_000_000,
-        registry=registry,
-        report=str(db.parent / "report.html"),
-    )
+    with prefect_api(warm_imports=("radlint.flows.audit_lake",)):
+        from radlint.flows.audit_lake import audit_lake
+
+        return audit_lake(
+            lake=str(lake),
+            db=str(db),
+            workers=workers,
+            # at least two shards per worker, so every worker has work
+            shard_size=max(1, min(250, n_objects // (2 * workers) + 1)),
+            registry=registry,
+            report=str(db.parent / "report.html"),
+        )
 
 
 def _fresh(work: Path) -> None:
@@ -112,11 +115,10 @@ def _fresh(work: Path) -> None:
 
 
 def _audit_and_score(work: Path, truth: Path, workers: int, registry: str | None = None) -> tuple[dict, dict]:
-    from radlint.cli import run_audit
     from radlint.tasks import write
 
     db = work / "radlint.duckdb"
-    summary = run_audit(_audit_args(work / "lake", db, workers, registry))
+    summary = _audit(work / "lake", db, workers, registry)
     con = write.connect(db, read_only=True)
     try:
         scores = planted.score(con, truth)
