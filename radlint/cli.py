@@ -209,23 +209,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", help="model registry YAML (default: the packaged one)")
     p.set_defaults(func=cmd_evaluate_planted)
 
+    # A missing optional dependency must be named when its subcommand is used, not make the
+    # subcommand vanish from the parser.
     try:
         from radlint import evaluate
-
-        p = sub.add_parser("evaluate", help="AUC per class of the models on a labeled image folder")
-        evaluate.add_arguments(p)
-        p.set_defaults(func=evaluate.run)
-    except ImportError:
-        pass
+    except ImportError as exc:
+        evaluate = _Unavailable("evaluate", exc)
+    p = sub.add_parser("evaluate", help="AUC per class of the models on a labeled image folder")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=evaluate.run)
     try:
         from radlint import checkpoint
-
-        p = sub.add_parser("import-checkpoint", help="convert a published PyTorch checkpoint to ONNX")
-        checkpoint.add_arguments(p)
-        p.set_defaults(func=checkpoint.run)
-    except ImportError:
-        pass
+    except ImportError as exc:
+        checkpoint = _Unavailable("import-checkpoint", exc)
+    p = sub.add_parser("import-checkpoint", help="convert a published PyTorch checkpoint to ONNX")
+    checkpoint.add_arguments(p)
+    p.set_defaults(func=checkpoint.run)
     return parser
+
+
+class _Unavailable:
+    """Stands in for a subcommand's module that could not be imported."""
+
+    def __init__(self, name: str, exc: ImportError):
+        self.name, self.exc = name, exc
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        # Take whatever follows, so that run() says what is missing instead of argparse rejecting
+        # options it cannot know without the module.
+        p.parse_known_args = lambda args=None, namespace=None: (argparse.Namespace(func=self.run), [])
+
+    def run(self, args) -> int:
+        raise CannotRun(f"{self.name} cannot run: {self.exc} "
+                        "(pip install 'radlint[train]' installs the optional packages)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
