@@ -22,6 +22,7 @@ FIELD_COLOURS = {"body_part": "#3b6fb6", "projection": "#d9822b", "orientation":
 GALLERY_LIMIT = 300
 GROUP_LIMIT = 25
 MONTH_LIMIT = 36
+GROUP_THUMBS = 6  # thumbnails shown per flagged group
 UNKNOWN = "(unknown)"
 
 # suggested_correction of an orientation finding -> Pillow transpose that applies it, and words.
@@ -80,6 +81,7 @@ def _collect(con, limit: int) -> dict[str, Any]:
         "rates": {},
         "confusion": {},
         "suspects": [],
+        "groups": [],
         "has_thumbnails": "thumbnails" in rel,
     }
     if "runs" in rel:
@@ -184,6 +186,34 @@ def _collect(con, limit: int) -> dict[str, Any]:
             from thumbnails group by uri, etag
         ) as t on t.uri = i.uri and t.etag = i.etag
         """
+    if "group_findings" in rel:
+        data["groups"] = _dicts(
+            con,
+            f"""
+            select field, dimension, group_value, header_class, predicted_class, n_images, n_disagree,
+                   share_disagree, n_flagged
+            from group_findings where is_flagged
+            order by n_disagree desc, share_disagree desc, field, dimension, group_value
+            limit {GROUP_LIMIT}
+            """,
+        )
+        # a few thumbnails of each group's disagreeing images (the latest version of each uri)
+        for g in data["groups"]:
+            g["thumbs"] = _dicts(
+                con,
+                f"""
+                select f.uri, t.jpeg, t.width, t.height
+                from _report_findings as f
+                join images as i on i.uri = f.uri and i.run_id = f.run_id
+                join thumbnails as t on t.uri = i.uri and t.etag = i.etag
+                where f.field = ? and f.header_class = ? and f.predicted_class = ?
+                  and (case ? when 'header_value' then f.header_value when 'institution_name' then i.institution_name
+                       when 'manufacturer' then i.manufacturer when 'series_description' then i.series_description
+                       else i.protocol_name end) = ?
+                order by f.uri limit {GROUP_THUMBS}
+                """,
+                [g["field"], g["header_class"], g["predicted_class"], g["dimension"], g["group_value"]],
+            ) if "thumbnails" in rel and g["predicted_class"] is not None else []
     data["suspects"] = _dicts(
         con,
         f"""
@@ -193,7 +223,8 @@ def _collect(con, limit: int) -> dict[str, Any]:
             limit {int(limit)}
         )
         select s.uri, s.field, s.header_value, s.header_class, s.label_source, s.predicted_class,
-               s.predicted_prob, s.severity, s.suggested_correction, s.institution_name,
+               s.predicted_prob, s.severity, s.suggested_correction, s.institution_name, s.flag_basis,
+               s.lake_predicted_class, s.lake_label_prob,
                s.manufacturer, s.study_month, {thumb_cols}
         from s {thumb_join}
         qualify row_number() over (partition by s.uri, s.field order by {'i.audited_at desc nulls last' if thumb_join else 's.uri'}) = 1
@@ -504,13 +535,53 @@ def _card(i: int, r: dict[str, Any]) -> str:
         f'<dt>field</dt><dd><span class="tag f-{esc(field)}">{esc(field)}</span></dd>'
         f'<dt>label</dt><dd>{hv} \u2192 <b>{esc(r["header_class"])}</b>'
         f' <span class="src">({esc(r["label_source"])})</span></dd>'
-        f'<dt>prediction</dt><dd><b>{esc(r["predicted_class"])}</b></dd>'
+        f'<dt>prediction</dt><dd><b>{esc(r["predicted_class"])}</b>{_lake_note(r)}</dd>'
         f'<dt>confidence</dt><dd>{_fmt_pct(conf)}</dd>'
         f'<dt>severity</dt><dd><span class="sev">{"" if sev is None else f"{float(sev):.3f}"}</span></dd>'
         f"<dt>institution</dt><dd>{esc(inst)}</dd>"
         f'<dt>uri</dt><dd class="uri"><code>{esc(r["uri"])}</code></dd>'
         "</dl></article>"
     )
+
+
+def _lake_note(r: dict[str, Any]) -> str:
+    """Which view decided the flag: the lake probe, the generic model, or both."""
+    basis = r.get("flag_basis")
+    if not basis:
+        return ""
+    lake = r.get("lake_predicted_class")
+    p = r.get("lake_label_prob")
+    detail = f"; this lake's look-alikes say <b>{esc(lake)}</b>" if lake and basis != "generic" else ""
+    label_p = f", p(label) {float(p):.2f}" if p is not None and basis != "generic" else ""
+    return f' <span class="basis b-{esc(basis)}">flagged by {esc(basis)}{detail}{label_p}</span>'
+
+
+def _groups_section(data: dict[str, Any]) -> str:
+    groups = data.get("groups") or []
+    head = (
+        '<section id="groups"><h2>Groups to review first</h2>'
+        "<p>Groups of images (one institution, manufacturer, protocol, series description or header value) whose "
+        "labels the generic model disagrees with for at least half of the images. Either the group is labelled "
+        "wrong as a whole (a protocol mapped to the wrong body part), or the model does not know this kind of "
+        "film; either way one look at the group decides it. The lake-adaptive probes learn a group's labels as "
+        "this lake's truth, so such a group is not listed again image by image.</p>"
+    )
+    if not groups:
+        return head + '<p class="empty">No group stands out.</p></section>'
+    rows = []
+    for g in groups:
+        thumbs = "".join(
+            f'<img class="gthumb" src="{_data_uri(bytes(t["jpeg"]))}" alt="{esc(t["uri"])}" title="{esc(t["uri"])}">'
+            for t in g.get("thumbs") or [] if t.get("jpeg")
+        )
+        rows.append(
+            f'<article class="group" data-field="{esc(g["field"])}"><h3><span class="tag f-{esc(g["field"])}">'
+            f'{esc(g["field"])}</span> {esc(g["dimension"])} = <code>{esc(g["group_value"])}</code></h3>'
+            f'<p>labelled <b>{esc(g["header_class"])}</b>; the model says <b>{esc(g["predicted_class"])}</b> for '
+            f'{_fmt_int(g["n_disagree"])} of {_fmt_int(g["n_images"])} images ({_fmt_pct(g["share_disagree"])}); '
+            f'{_fmt_int(g["n_flagged"])} flagged one by one</p><div class="gthumbs">{thumbs}</div></article>'
+        )
+    return head + "".join(rows) + "</section>"
 
 
 def _gallery_section(data: dict[str, Any], limit_note: str) -> str:
@@ -541,6 +612,11 @@ def _gallery_section(data: dict[str, Any], limit_note: str) -> str:
 
 
 CSS = """
+.group { border-top:1px solid var(--line); padding:8px 0; }
+.group h3 { font-size:15px; margin:4px 0; }
+.gthumbs { display:flex; flex-wrap:wrap; gap:6px; }
+.gthumb { max-height:96px; border:1px solid var(--line); border-radius:4px; background:#000; }
+.basis { display:inline-block; margin-left:6px; font-size:12px; color:var(--muted); }
 :root { --fg:#1d232b; --muted:#5b6673; --line:#d9dee4; --bg:#f6f7f9; }
 * { box-sizing: border-box; }
 body { margin:0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
@@ -652,6 +728,7 @@ def render(data: dict[str, Any]) -> str:
     body = "".join(
         [
             _summary_section(data),
+            _groups_section(data),
             _fields_section(data),
             _rates_section(data),
             _confusion_section(data),
@@ -666,7 +743,7 @@ def render(data: dict[str, Any]) -> str:
         f"<style>{CSS}</style></head><body>"
         '<header class="top"><h1>radlint audit report</h1>'
         f'<div class="sub">database <code>{esc(data.get("db"))}</code> \u00b7 generated {generated}</div></header>'
-        '<nav><a href="#summary">summary</a><a href="#fields">per field</a><a href="#rates">rates</a>'
+        '<nav><a href="#summary">summary</a><a href="#groups">groups</a><a href="#fields">per field</a><a href="#rates">rates</a>'
         '<a href="#confusion">label vs prediction</a><a href="#suspects">top suspects</a></nav>'
         f"<main>{body}</main>"
         "<footer><b>Not for clinical use.</b> radlint flags labels that the pixels contradict, for review by people; "

@@ -37,6 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from radlint.tasks import preprocess, write
 from radlint.tasks.vocabulary import ORIENTATION, TURNS
@@ -80,10 +81,12 @@ def _probe():
 
 
 def _fit_predict(model, x_fit, y_fit, x_pred):
-    with warnings.catch_warnings():
+    # One OpenMP thread: these fits are small, and sklearn's threaded loss spun 25-50x slower than
+    # one thread when the cores were busy (bench/adapt_fit.py beside a training job).
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x_fit, y_fit)
-    return model.predict_proba(x_pred), list(model.classes_)
+        return model.predict_proba(x_pred), list(model.classes_)
 
 
 def cross_fitted_probe(

@@ -96,7 +96,8 @@ def export_corrections(con, out: str | Path, min_severity: float = 0.0) -> int:
         select f.uri, f.sop_instance_uid, i.study_instance_uid, i.series_instance_uid, f.field,
                f.header_value as current_value, f.header_class as current_class,
                f.suggested_correction, round(f.predicted_prob::double, 4) as confidence,
-               round(f.severity::double, 4) as severity, f.label_source, f.model, f.run_id
+               round(f.severity::double, 4) as severity, f.flag_basis,
+               round(f.lake_label_prob::double, 4) as lake_label_prob, f.label_source, f.model, f.run_id
         from findings as f
         join images as i on i.uri = f.uri and i.run_id = f.run_id
         where f.is_mismatch and f.severity >= ?

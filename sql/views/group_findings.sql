@@ -8,7 +8,8 @@
 -- n_disagree: images whose generic prediction is not among the label's accepted classes.
 -- share_disagree: n_disagree / n_images.
 -- n_flagged: images of the group flagged one by one in findings (is_mismatch).
--- is_flagged: true when the group has at least 5 images and the generic model disagrees with at least half of its labels: a group to review as a whole (a systematic label error, or films the model does not know).
+-- n_lake_explained: disagreeing images that the lake probe flagged one by one (flag_basis lake or both): scattered errors the lake already lists, not a group property.
+-- is_flagged: true when the group has at least 5 images, the generic model disagrees with at least half of its labels, and at most half of those disagreements are lake-probe flags: a group to review as a whole (a systematic label error, or films the model does not know). Groups whose disagreements are scattered label errors, each already flagged, are not.
 create or replace view group_findings as
 with
 
@@ -19,6 +20,7 @@ base as (
         f.header_value,
         f.predicted_class,
         f.is_mismatch,
+        coalesce(f.flag_basis in ('lake', 'both'), false) as lake_flagged,
         not list_contains(string_split(f.header_class, '|'), f.predicted_class) as disagrees,
         i.institution_name,
         i.manufacturer,
@@ -51,7 +53,8 @@ grouped as (
         mode(predicted_class) filter (where disagrees) as predicted_class,
         count(*) as n_images,
         count(*) filter (where disagrees) as n_disagree,
-        count(*) filter (where is_mismatch) as n_flagged
+        count(*) filter (where is_mismatch) as n_flagged,
+        count(*) filter (where disagrees and lake_flagged) as n_lake_explained
     from long
     where group_value is not null and trim(group_value) <> ''
     group by field, dimension, group_value, header_class
@@ -68,5 +71,6 @@ select
     n_disagree,
     n_disagree / n_images as share_disagree,
     n_flagged,
-    n_images >= 5 and n_disagree / n_images >= 0.5 as is_flagged
+    n_lake_explained,
+    n_images >= 5 and n_disagree / n_images >= 0.5 and n_lake_explained <= n_disagree / 2 as is_flagged
 from grouped

@@ -7,7 +7,9 @@
 -- header_class: the label in the vocabulary.
 -- predicted_class: the model's class.
 -- predicted_prob: probability of predicted_class.
--- severity: 1 - probability of the labelled class.
+-- severity: 1 - probability of the labelled class under the view that decided the flag (findings.severity).
+-- flag_basis: which view decided the flag: lake, generic or both (findings.flag_basis).
+-- lake_label_prob: the lake probe's probability of the labelled class; NULL where no probe scored the image.
 -- suggested_correction: the value to write (orientation: the rotation to apply).
 -- institution_name: InstitutionName.
 -- study_month: YYYY-MM of the study.
@@ -30,6 +32,8 @@ final as (
         predicted_prob,
         severity,
         suggested_correction,
+        flag_basis,
+        lake_label_prob,
         institution_name,
         study_month
     from flagged

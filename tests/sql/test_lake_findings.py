@@ -98,6 +98,21 @@ def test_group_findings_flags_a_group_the_model_disagrees_with(con):
     assert got[("body_part", "header_value", "SPINE")] == ("spine", "abdomen", 12, 7, 0.583, True)
 
 
+def test_group_of_scattered_errors_the_lake_already_flags_is_not_a_group_finding(con):
+    imgs, preds = [], []
+    for i in range(6):  # random errors that happen to share a label: each one a lake flag
+        uri = f"s3://b/r{i}"
+        imgs.append(image(uri, body="neck", body_src="BodyPartExamined", bpe="CSPINE", institution="X"))
+        preds.append(pred(uri, "body_part", {"chest": 0.9, "neck": 0.1} if i < 4 else {"neck": 0.9, "chest": 0.1}))
+    given(con, imgs, preds)
+    for i in range(6):
+        lake(con, f"s3://b/r{i}", "body_part", {"chest": 0.9, "neck": 0.1} if i < 4 else {"neck": 0.9, "chest": 0.1})
+    got = con.execute(
+        "select n_disagree, n_lake_explained, is_flagged from group_findings where dimension = 'header_value'"
+    ).fetchone()
+    assert got == (4, 4, False)
+
+
 @pytest.mark.parametrize("n,flagged", [(4, False), (5, True)])
 def test_group_findings_needs_five_images(con, n, flagged):
     imgs = [image(f"s3://b/g{i}", body="spine", body_src="BodyPartExamined", bpe="SPINE", institution="Z")
