@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +28,57 @@ def _positive(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {value!r}") from None
+    if not math.isfinite(x) or x < 0:  # NaN would compare false with every deadline: never wait, never fail
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {value!r}")
+    return x
+
+
+def _check_writable_file(path: str | Path, flag: str) -> None:
+    """A file can be written at ``path``, checked before any work (its folder is never created).
+
+    Raises:
+        CannotRun: with one line naming ``flag`` and the reason.
+    """
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise CannotRun(f"{flag} {path} is a directory, expected a file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise CannotRun(f"folder of {flag} does not exist: {parent}")
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:  # permissions alone do not tell (root, read-only mounts): try it
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=".radlint-write-check-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise CannotRun(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+
+
+def _check_writable_folder(path: str | Path, flag: str) -> None:
+    """``path`` is a folder that can be written, or can be created under its nearest existing parent."""
+    import tempfile
+
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CannotRun(f"{flag} {path} is not a folder: {folder} is a file")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise CannotRun(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
+
+
 def _add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("lake", help="lake URL: a folder, file:///path, s3://bucket/prefix or any fsspec URL")
     p.add_argument("--db", required=True, help="DuckDB file to write (created if missing)")
@@ -44,7 +97,7 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registry", help="model registry YAML (default: the packaged models/registry.yaml)")
     p.add_argument("--report", help="also write the HTML review report here when the run ends")
     p.add_argument(
-        "--wait-lock", type=float, default=0.0, metavar="SECONDS",
+        "--wait-lock", type=_seconds, default=0.0, metavar="SECONDS",
         help="when another audit holds the database, wait up to this long instead of stopping",
     )
 
@@ -59,10 +112,11 @@ def _check_audit_inputs(args) -> None:
         except LabelFileError as exc:
             raise CannotRun(str(exc)) from None
     db = Path(args.db)
-    if db.exists() and db.is_dir():
-        raise CannotRun(f"--db {db} is a directory, expected a DuckDB file")
-    if not db.parent.exists():
-        raise CannotRun(f"folder of --db does not exist: {db.parent}")
+    _check_writable_file(db, "--db")
+    if getattr(args, "report", None):
+        _check_writable_file(args.report, "--report")
+    if getattr(args, "out", None):
+        _check_writable_folder(args.out, "--out")
     try:
         fs, root, _ = discover.open_lake(args.lake)
         # info(), not exists(): exists() reports a connection failure as "not there".
@@ -127,8 +181,12 @@ def cmd_export_corrections(args) -> int:
 
     if not Path(args.db).exists():
         raise CannotRun(f"database not found: {args.db}")
+    _check_writable_file(args.out, "--out")
     con = write.connect(args.db, read_only=True)
     try:
+        have = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+        if not {"findings", "images"} <= have:
+            raise CannotRun(f"{args.db} holds no radlint audit (no findings or images table); is it the --db of an audit?")
         n = findings.export_corrections(con, args.out, args.min_severity)
     finally:
         con.close()
@@ -141,6 +199,7 @@ def cmd_report(args) -> int:
 
     if not Path(args.db).exists():
         raise CannotRun(f"database not found: {args.db}")
+    _check_writable_file(args.out, "--out")
     path = report.write_report(args.db, args.out)
     print(f"report: {path}")
     return EXIT_OK

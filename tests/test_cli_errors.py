@@ -1,0 +1,67 @@
+"""Bad arguments stop a command before any work, with exit 2 and one line (issue 22 item 8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from radlint.cli import main
+
+# A folder nobody can create files in, root included (tests may run as root, where modes do not stop writes).
+READ_ONLY = Path("/proc")
+
+
+@pytest.fixture
+def place(tmp_path):
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "afile").write_text("x")
+    other = tmp_path / "other.duckdb"
+    duckdb.connect(str(other)).execute("create table t (a int)").close()
+    return tmp_path
+
+
+def _one_line_exit_2(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("radlint: "), err
+    return err
+
+
+def test_audit_refuses_unwritable_paths_before_any_work(place, capsys):
+    lake = str(place / "lake")
+    assert "--db" in _one_line_exit_2(capsys, ["audit", lake, "--db", str(place / "afile" / "x.duckdb")])
+    assert "--db" in _one_line_exit_2(capsys, ["audit", lake, "--db", str(place)])
+    db = str(place / "a.duckdb")
+    assert "--report" in _one_line_exit_2(capsys, ["audit", lake, "--db", db, "--report", str(place / "nodir" / "r.html")])
+    assert "--report" in _one_line_exit_2(capsys, ["audit", lake, "--db", db, "--report", str(place / "afile" / "r.html")])
+    assert "--out" in _one_line_exit_2(capsys, ["audit", lake, "--db", db, "--out", str(place / "afile" / "parts")])
+    if READ_ONLY.is_dir():
+        assert "cannot write --db" in _one_line_exit_2(capsys, ["audit", lake, "--db", str(READ_ONLY / "x.duckdb")])
+        assert "cannot write --report" in _one_line_exit_2(
+            capsys, ["audit", lake, "--db", db, "--report", str(READ_ONLY / "r.html")])
+    # Nothing was started: no database, lock or salt file, and no folder created on the way.
+    assert sorted(p.name for p in place.iterdir()) == ["afile", "lake", "other.duckdb"]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_wait_lock_must_be_finite_and_not_negative(place, value, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["audit", str(place / "lake"), "--db", str(place / "a.duckdb"), "--wait-lock", value])
+    assert err.value.code == 2
+    assert "--wait-lock" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_report_into_a_missing_folder_is_refused(place, capsys):
+    assert "folder of --out" in _one_line_exit_2(
+        capsys, ["report", "--db", str(place / "other.duckdb"), "--out", str(place / "nodir" / "r.html")])
+    assert not (place / "nodir").exists()
+
+
+def test_export_corrections_of_a_database_without_an_audit(place, capsys):
+    err = _one_line_exit_2(capsys, ["export-corrections", "--db", str(place / "other.duckdb"), "--out", str(place / "c.csv")])
+    assert "no radlint audit" in err
+    assert not (place / "c.csv").exists()
+    assert "folder of --out" in _one_line_exit_2(
+        capsys, ["export-corrections", "--db", str(place / "other.duckdb"), "--out", str(place / "nodir" / "c.csv")])
