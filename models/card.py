@@ -367,7 +367,7 @@ def main(argv=None) -> int:
            f"`tasks.infer`). 95 % intervals: percentile bootstrap, {args.bootstrap} resamples "
            "(orientation: resampling images with their four rotations together). Accuracy per "
            "class is the recall of that class.", "",
-           "| task | headline | value [95% CI] | paper's level | floor (DESIGN.md) |",
+           "| task | headline | value [95% CI] | paper's level | floor (docs/architecture.md) |",
            "|---|---|---|---|---|",
            f"| body part | macro AUC (9 classes) | {fmt_ci(t['body_part']['macro_auc'])} | ≥ 0.99 "
            "| 0.992 |",

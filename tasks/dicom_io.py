@@ -1,6 +1,6 @@
 """Read one DICOM object: promoted header columns, a PHI-free header JSON, display-ready pixels.
 
-Every failure becomes a :class:`Skip` with a reason code from DESIGN.md, never an exception
+Every failure becomes a :class:`Skip` with a reason code of the `skipped` table (docs/architecture.md), never an exception
 that escapes to the shard: a bad file is a data row, not a crash.
 """
 
@@ -23,7 +23,7 @@ from pydicom.uid import UID
 
 from radlint.tasks import labels
 
-# Reason codes of the `skipped` table (DESIGN.md), plus a few more specific ones.
+# Reason codes of the `skipped` table (docs/architecture.md), plus a few more specific ones.
 NOT_DICOM = "not_dicom"
 TRUNCATED = "truncated"
 NO_PIXEL_DATA = "no_pixel_data"

@@ -233,7 +233,7 @@ def probe_seconds_per_mb(objects: list[ObjectRef], storage_options: dict[str, An
 
 
 # Automatic shard size: about a minute of one core's work per shard, so the ~0.1-0.3 s each Prefect
-# task costs stays below 1 %, within DESIGN.md's 500-5,000 objects, and at least two shards per
+# task costs stays below 1 %, within the 500-5,000 objects of docs/architecture.md, and at least two shards per
 # Dask worker so that none idles while another finishes a long shard.
 SHARD_TARGET_SECONDS = 60.0
 SHARD_MIN_OBJECTS = 500

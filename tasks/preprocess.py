@@ -120,7 +120,7 @@ def rotate_to_orientation(upright: np.ndarray, orientation: str) -> np.ndarray:
     """Return how an upright image looks when stored with the given orientation label.
 
     ``orientation`` is the rotation by which the stored image differs from upright
-    (DESIGN.md vocabulary): ``rot90cw`` means the stored image is the upright one
+    (docs/architecture.md, Vocabularies): ``rot90cw`` means the stored image is the upright one
     turned 90 degrees clockwise.
     """
     k = ORIENTATION_K[orientation]

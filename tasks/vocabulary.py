@@ -1,4 +1,4 @@
-"""The exact class strings of DESIGN.md; models, SQL and evaluation all depend on them."""
+"""The exact class strings of docs/architecture.md (Vocabularies); models, SQL and evaluation all depend on them."""
 
 BODY_PART = (
     "head",
