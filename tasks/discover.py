@@ -171,7 +171,7 @@ def make_shards(objects: list[ObjectRef], shard_size: int) -> Iterator[list[Obje
 
 
 # Rough costs of an audit in one process on this project's 2-core machine (bench/run.py in-task
-# rates, bench/results.md of stop 12, radlint-multihead-v3): ~5 ms of parsing, thumbnail and
+# rates, bench/notes-2026.md, stop 12, radlint-multihead-v3): ~5 ms of parsing, thumbnail and
 # inference per object, plus a cost per MB that depends on the transfer syntax, because radlint
 # decodes at reduced resolution: strided reads of native pixels cost ~1 ms per MB, JPEG-LS ~70.
 # SECONDS_PER_MB is used when the transfer syntax is unknown: a middle guess.
