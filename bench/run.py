@@ -105,7 +105,7 @@ def base_images() -> list[np.ndarray]:
     paths = []
     for name in ("RG1_UNCR.dcm", "RG3_UNCR.dcm"):
         try:
-            paths.append(Path(get_testdata_file(name)))
+            paths.append(Path(get_testdata_file(name, download=False)))
         except Exception:
             pass
     shared = ROOT.parent / "shared" / "data" / "dicom" / "wg04_RG2_UNC.dcm"

@@ -17,6 +17,7 @@ import pytest
 from radlint import lakegen
 from radlint.flows.prefect_env import apply_quiet_defaults
 from radlint.tasks.vocabulary import TASKS
+from tests import netguard
 from tests.tinymodel import build_tiny_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,9 +25,21 @@ SHARED = PROJECT_ROOT.parent / "shared"
 
 
 def pytest_configure(config):
+    netguard.install()
     apply_quiet_defaults()
     os.environ.setdefault("RADLINT_PATIENT_SALT", "test-salt")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@pytest.fixture(autouse=True)
+def no_network():
+    """Fails a test that tried to leave the machine, even where a library swallowed the error."""
+    start = len(netguard.ATTEMPTS)
+    yield
+    attempts = netguard.ATTEMPTS[start:]
+    del netguard.ATTEMPTS[start:]
+    if attempts:
+        pytest.fail(f"tried to reach the network: {attempts[:5]}", pytrace=False)
 
 
 def free_port() -> int:

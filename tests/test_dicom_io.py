@@ -178,14 +178,14 @@ def test_pydicom_data_cr_files():
     from pydicom.data import get_testdata_file
 
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_UNCR.dcm"):
-        path = get_testdata_file(name)
+        path = get_testdata_file(name, download=False)
         assert path, f"pydicom-data should ship {name}"
         image = dicom_io.read_dicom(Path(path).read_bytes())
         assert image.header["modality"] == "CR"
         assert image.pixels.ndim == 2 and image.pixels.std() > 0
     # The same image in two transfer syntaxes decodes to the same display pixels.
-    a = dicom_io.read_dicom(Path(get_testdata_file("RG1_UNCR.dcm")).read_bytes()).pixels
-    b = dicom_io.read_dicom(Path(get_testdata_file("RG1_J2KR.dcm")).read_bytes()).pixels
+    a = dicom_io.read_dicom(Path(get_testdata_file("RG1_UNCR.dcm", download=False)).read_bytes()).pixels
+    b = dicom_io.read_dicom(Path(get_testdata_file("RG1_J2KR.dcm", download=False)).read_bytes()).pixels
     assert np.array_equal(a, b)
 
 
@@ -215,7 +215,7 @@ def test_header_json_is_the_same_whether_or_not_parse_deferred_large_values(monk
     payloads = {"large synthetic CR": make_dicom(pixels=np.zeros((1200, 960), dtype=np.uint8))}
     for name in ["rtdose_rle_1frame.dcm", "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "emri_small.dcm",
                  "SC_rgb_rle_16bit.dcm", "OBXXXX1A.dcm"]:
-        path = get_testdata_file(name)
+        path = get_testdata_file(name, download=False)
         if path is not None:
             payloads[name] = Path(path).read_bytes()
     assert len(payloads) >= 6
@@ -245,7 +245,7 @@ def test_transfer_syntax_from_the_first_bytes(make_dicom):
     for ts, head in heads.items():
         assert dicom_io.transfer_syntax_of(head) == ts
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
-        path = get_testdata_file(name)
+        path = get_testdata_file(name, download=False)
         expected = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
         assert dicom_io.transfer_syntax_of(Path(path).read_bytes()[:4096]) == expected
     # anything else is None, never an exception: cut anywhere, no preamble, not DICOM at all

@@ -122,7 +122,7 @@ def seed_bytes() -> list[bytes]:
     out = [lakegen.encode(small, ExplicitVRLittleEndian)]
     small2 = pydicom.dcmread(io.BytesIO(out[0]))
     out.append(lakegen.encode(small2, RLELossless))
-    out.append(Path(get_testdata_file("JPEG2000.dcm")).read_bytes())
+    out.append(Path(get_testdata_file("JPEG2000.dcm", download=False)).read_bytes())
     return out
 
 

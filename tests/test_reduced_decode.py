@@ -21,7 +21,7 @@ MAX_TOLERANCE = 0.1
 def real_cr_files() -> list[Path]:
     from pydicom.data import get_testdata_file
 
-    files = [Path(get_testdata_file(n)) for n in ("RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_UNCR.dcm", "RG3_J2KR.dcm", "RG3_UNCR.dcm")]
+    files = [Path(get_testdata_file(n, download=False)) for n in ("RG1_J2KR.dcm", "RG1_J2KI.dcm", "RG1_UNCR.dcm", "RG3_J2KR.dcm", "RG3_UNCR.dcm")]
     shared = SHARED / "data" / "dicom"
     if shared.exists():
         files += sorted(p for p in shared.glob("wg04_*.dcm"))
@@ -75,9 +75,14 @@ def test_reduced_decode_runs_on_files_with_a_basic_offset_table(make_dicom):
 
 
 def native_files() -> list[Path]:
-    from pydicom.data import get_testdata_files
+    # pydicom's own test files and pydicom-data's, found on disk: pydicom.data.get_testdata_files
+    # would also try to download every file of pydicom's online list that is not cached.
+    import pydicom.data
+    from pydicom.data.data_manager import DataTypes, external_data_sources
 
-    files = [Path(p) for p in get_testdata_files("*.dcm")]
+    files = sorted(Path(pydicom.data.DATA_ROOT, "test_files").glob("*.dcm"))
+    for source in external_data_sources().values():
+        files += sorted(Path(p) for p in source.get_paths("*.dcm", DataTypes.DATASET))
     shared = SHARED / "data" / "dicom"
     if shared.exists():
         files += sorted(shared.glob("*.dcm"))
