@@ -38,6 +38,7 @@ from radlint.tasks.infer import load_registry
 from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTES_END = "<!-- models/card.py copies this file into the card up to this line; what follows stays in the notes. -->"
 
 MODELS = ROOT / "models"
 CARDS = MODELS / "cards"
@@ -281,8 +282,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", type=Path, default=WORK / "main")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--notes", type=Path, default=None,
-                    help="hand-written sections (known weaknesses etc.) appended verbatim "
-                         "(default: cards/<name>-notes.md)")
+                    help="hand-written sections (known weaknesses etc.) appended verbatim up to the "
+                         "NOTES_END marker line (default: cards/<name>-notes.md)")
     ap.add_argument("--overrides", type=Path, default=default_review(),
                     help="label review keyed by file (default models/splits/orientation_review.csv)")
     args = ap.parse_args(argv)
@@ -408,7 +409,8 @@ def main(argv=None) -> int:
         md += ["Not run."]
     notes = args.notes
     if notes.exists():
-        md += ["", notes.read_text().strip()]
+        # the card is about the shipped model: experiments below the marker stay in the notes file
+        md += ["", notes.read_text().split(NOTES_END)[0].strip()]
     md += [""]
     text = "\n".join(md)
     (CARDS / f"{args.name}.md").write_text(text)
