@@ -111,6 +111,17 @@ def _check_audit_inputs(args) -> None:
             read_label_file(args.labels)
         except LabelFileError as exc:
             raise CannotRun(str(exc)) from None
+    if getattr(args, "registry", None):
+        from radlint.tasks import infer
+
+        try:
+            infer.default_model(args.registry)
+        except infer.RegistryError:
+            raise
+        except Exception as exc:  # YAML syntax, a binary file, another structure: none is a registry
+            reason = " ".join(str(exc).split())[:200]
+            raise CannotRun(f"--registry {args.registry} is not a radlint model registry (YAML): "
+                            f"{type(exc).__name__}: {reason}") from None
     db = Path(args.db)
     _check_writable_file(db, "--db")
     if getattr(args, "report", None):

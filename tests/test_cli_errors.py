@@ -65,3 +65,14 @@ def test_export_corrections_of_a_database_without_an_audit(place, capsys):
     assert not (place / "c.csv").exists()
     assert "folder of --out" in _one_line_exit_2(
         capsys, ["export-corrections", "--db", str(place / "other.duckdb"), "--out", str(place / "nodir" / "c.csv")])
+
+
+def test_registry_that_is_not_a_registry(place, capsys):
+    (place / "bad.yaml").write_text("models: [unclosed\n")
+    (place / "binary.yaml").write_bytes(bytes(range(256)))
+    (place / "list.yaml").write_text("- just\n- a list\n")
+    for name in ("bad.yaml", "binary.yaml", "list.yaml", "afile", "missing.yaml"):
+        err = _one_line_exit_2(capsys, ["audit", str(place / "lake"), "--db", str(place / "a.duckdb"),
+                                        "--registry", str(place / name)])
+        assert "registry" in err, err
+    assert not (place / "a.duckdb").exists()
