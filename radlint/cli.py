@@ -169,10 +169,21 @@ def run_audit(args, quiet: bool = False) -> dict:
         )
 
 
+# Control characters (ESC sequences can rewrite a terminal's screen or title) and bidirectional
+# overrides (they reorder what is shown); uris and header values come from the lake and may hold them.
+_UNPRINTABLE = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x0A), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
+_UNPRINTABLE.update({c: f"\\u{c:04x}" for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]})
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character but the newline, and every bidi override, escaped."""
+    return text.translate(_UNPRINTABLE)
+
+
 def _print_summary(summary: dict) -> None:
     from radlint.tasks.findings import summary_markdown
 
-    print(summary_markdown(summary))
+    print(terminal_safe(summary_markdown(summary)))
 
 
 def cmd_audit(args) -> int:
@@ -328,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CannotRun, LakeError, DatabaseError, RegistryError, LabelFileError) as exc:
-        print(f"radlint: {exc}", file=sys.stderr)
+        print(terminal_safe(f"radlint: {exc}").replace("\n", " "), file=sys.stderr)
         return EXIT_CANNOT_RUN
     except KeyboardInterrupt:
         print("radlint: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -76,3 +76,19 @@ def test_registry_that_is_not_a_registry(place, capsys):
                                         "--registry", str(place / name)])
         assert "registry" in err, err
     assert not (place / "a.duckdb").exists()
+
+
+def test_printed_summary_and_errors_escape_terminal_sequences(place, capsys):
+    from radlint.cli import _print_summary
+
+    hostile = "file:///lake/\x1b]0;owned\x07\x1b[2J\u202egpj.dcm"
+    _print_summary({
+        "run_id": "r", "status": "completed", "n_listed": 1, "n_new": 1, "n_skipped": 0, "mismatches": {}, "tables": {},
+        "top_suspects": [{"severity": 0.9, "field": "body_part", "header_class": "\x1b[31mhead", "predicted_class": "chest",
+                          "predicted_prob": 0.9, "uri": hostile}],
+    })
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "\\x1b]0;owned\\x07" in out and "\\u202e" in out
+    err = _one_line_exit_2(capsys, ["audit", str(place / "lake\x1b[2J"), "--db", str(place / "a.duckdb")])
+    assert "\x1b" not in err and "\\x1b[2J" in err
