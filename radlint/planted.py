@@ -59,6 +59,9 @@ def rule_sweep(con, truth_csv: str | Path, gates=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
         rules[f"lake>={g}"] = f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} else f.generic_is_mismatch end"
         rules[f"both>={g}"] = (f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} and f.generic_is_mismatch "
                                f"else f.generic_is_mismatch end")
+        disagree = "not list_contains(string_split(f.header_class, '|'), f.predicted_class)"
+        rules[f"lake+dis>={g}"] = (f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} and {disagree} "
+                                   f"else f.generic_is_mismatch end")
     out = []
     for name, rule in rules.items():
         rows = con.execute(

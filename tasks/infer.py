@@ -41,6 +41,7 @@ class TaskSpec:
     class_thresholds: bool = True  # False: the severity gate alone decides a flag
     label_gates: dict[str, float] = field(default_factory=dict)  # labelled class -> its own gate
     lake_min_severity: float | None = None  # gate on 1 - p_lake(label) where the lake probe scored
+    lake_rule: str | None = None  # both | lake | disagree: what else a lake flag needs (sql/tables/gates.sql)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
     class_thresholds = bool(gate.pop("class_thresholds", True))
     label_gates = {k: float(v) for k, v in (gate.pop("by_label", None) or {}).items()}
     lake = gate.pop("lake_min_severity", None)
+    lake_rule = gate.pop("lake_rule", None)
+    if lake_rule not in (None, "both", "lake", "disagree"):
+        raise RegistryError(f"task {name}: gate.lake_rule must be both, lake or disagree, not {lake_rule!r}")
     return TaskSpec(
         name=name,
         output=spec.get("output", name),
@@ -87,6 +91,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         class_thresholds=class_thresholds,
         label_gates=label_gates,
         lake_min_severity=None if lake is None else float(lake),
+        lake_rule=lake_rule,
     )
 
 

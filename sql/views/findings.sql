@@ -9,7 +9,7 @@
 -- predicted_prob: probability of predicted_class (0-1).
 -- header_class_prob: the model's probability of the labelled class (sum over accepted classes); NULL when header_class is NULL.
 -- threshold: the per-class threshold of predicted_class from the model registry; it applies only where the task's gate says class_thresholds (table gates).
--- is_mismatch: the flag. Where the lake probe scored the image (lake_method lake_oof or lake_fit) it decides: true when its most probable class is not among the label's accepted classes and 1 - lake_label_prob >= lake_gate. Elsewhere the generic model decides (generic_is_mismatch). NULL when the label is unknown.
+-- is_mismatch: the flag. Where the lake probe scored the image (lake_method lake_oof or lake_fit): its most probable class is not among the label's accepted classes, 1 - lake_label_prob >= lake_gate, and what the task's lake_rule adds (both: generic_is_mismatch too; disagree: the generic model's class is not the label either; lake: nothing). Elsewhere the generic model decides (generic_is_mismatch). NULL when the label is unknown.
 -- severity: for ranking, 0-1: 1 - lake_label_prob where the lake probe scored the image, else 1 - header_class_prob; NULL when the label is unknown.
 -- suggested_correction: for a mismatch, the value to write (body_part/projection: the deciding basis's most probable class; orientation: the rotation to apply to bring the image upright, in the orientation vocabulary); else NULL.
 -- model: registry name of the model that made the prediction.
@@ -26,6 +26,7 @@
 -- generic_is_mismatch: the generic model's own verdict (label known, prediction not among its classes, past the task's severity gate and, where used, the class threshold); shown beside the flag for transparency.
 -- flag_basis: for a mismatch, which view decided it: both (the lake probe flagged and the generic model agrees), lake (the lake probe alone), generic (no lake probe for this image; the generic model alone); NULL when not flagged.
 -- lake_gate: the severity a lake-probe flag needs (table gates, lake_min_severity; 0.5 when unset).
+-- lake_rule: what else a lake-probe flag needs (table gates): both, lake or disagree; both when unset.
 create or replace view findings as
 with
 
@@ -154,7 +155,8 @@ scored as (
         coalesce(t.threshold, 0.5) as threshold,
         coalesce(lg.min_severity, g.min_severity, 0.0) as min_severity,
         coalesce(g.class_thresholds, true) as use_thresholds,
-        coalesce(g.lake_min_severity, 0.5) as lake_gate
+        coalesce(g.lake_min_severity, 0.5) as lake_gate,
+        coalesce(g.lake_rule, 'both') as lake_rule
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
     left join thresholds as t
@@ -197,6 +199,11 @@ decided as (
             when a.lake_ok then
                 not list_contains(string_split(a.header_class, '|'), a.lake_predicted_class)
                 and 1.0 - a.lake_label_prob >= a.lake_gate
+                and case a.lake_rule
+                    when 'lake' then true
+                    when 'disagree' then not list_contains(string_split(a.header_class, '|'), a.predicted_class)
+                    else a.generic_is_mismatch
+                end
             else a.generic_is_mismatch
         end as is_mismatch
     from adapted as a
@@ -256,7 +263,8 @@ final as (
             when d.lake_ok then 'lake'
             else 'generic'
         end as flag_basis,
-        d.lake_gate
+        d.lake_gate,
+        d.lake_rule
     from decided as d
     inner join latest_images as i on i.uri = d.uri
 )

@@ -24,6 +24,7 @@ def rows(con):
 
 
 def test_lake_probe_decides_where_it_scored(con):
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake')", [SHA])
     given(
         con,
         [
@@ -62,9 +63,26 @@ def test_lake_gate_from_gates_table(con):
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.9, "abdomen": 0.1})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.7, "chest": 0.3})
+    assert rows(con)["s3://b/x"][1] is False  # default rule both: the generic model agrees with the label
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake')", [SHA])
     assert rows(con)["s3://b/x"][1] is True  # default lake gate 0.5
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8)", [SHA])
+    con.execute("update gates set lake_min_severity = 0.8")
     assert rows(con)["s3://b/x"][1] is False  # 1 - 0.3 < 0.8
+
+
+@pytest.mark.parametrize("rule,generic_probs,flagged", [
+    ("both", {"abdomen": 0.9, "chest": 0.1}, True),  # the generic model flags it too
+    ("both", {"abdomen": 0.55, "chest": 0.45}, False),  # it disagrees, but under its severity gate
+    ("disagree", {"abdomen": 0.55, "chest": 0.45}, True),
+    ("disagree", {"chest": 0.9, "abdomen": 0.1}, False),  # the generic model agrees with the label
+    ("lake", {"chest": 0.9, "abdomen": 0.1}, True),
+])
+def test_lake_rule(con, rule, generic_probs, flagged):
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?)", [SHA, rule])
+    given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
+          [pred("s3://b/x", "body_part", generic_probs)])
+    lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
+    assert rows(con)["s3://b/x"][1] is flagged
 
 
 def test_lake_rows_of_an_older_version_are_ignored(con):
