@@ -266,3 +266,36 @@ def test_adapt_without_embeddings_falls_back_per_row():
     # a second call replaces the rows rather than adding to them
     adapt.adapt_lake(con, Entry(), "r3")
     assert con.execute("select count(*), list(distinct fitted_run_id) from lake_predictions").fetchone() == (40, ["r3"])
+
+
+def test_adapt_follows_a_labels_file_that_changes_between_runs():
+    """The probe is refitted on the labels as they are now: a later labels file wins."""
+    import duckdb
+
+    from tests.sql.test_findings import SHA, T0, given, image, pred
+
+    con = duckdb.connect()
+    write.ensure_schema(con)
+    write.create_views(con)
+    x, classes = clusters(20, ("head", "chest"), dim=8)
+    imgs, preds = [], []
+    for i, cls in enumerate(classes):
+        imgs.append(image(f"s3://b/{i}", body=cls, body_src="BodyPartExamined", bpe=cls.upper(),
+                          sop=f"1.2.{i}"))
+        preds.append(pred(f"s3://b/{i}", "body_part", {cls: 0.9, "other": 0.1}))
+        con.execute("insert into embeddings values (?, 'e1', ?, ?, 'r1')", [f"s3://b/{i}", SHA, x[i].tolist()])
+    given(con, imgs, preds)
+
+    class Entry:
+        sha256 = SHA
+        embedding = type("E", (), {"output": "embedding", "size": 8})()
+        tasks = {"body_part": type("T", (), {"classes": BODY_PART})()}
+
+    adapt.adapt_lake(con, Entry(), "r1")
+    assert con.execute("select count(*) from findings where field = 'body_part' and is_mismatch").fetchone()[0] == 0
+    # the RIS says image 0 (a head film) is a chest: the refit flags exactly that label
+    con.execute("insert into labels values (null, '1.2.0', 'chest', null, null, 'ris.csv', ?)", [T0])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake')", [SHA])
+    adapt.adapt_lake(con, Entry(), "r2")
+    flagged = con.execute("select uri, label_source from findings where field = 'body_part' and is_mismatch").fetchall()
+    assert flagged == [("s3://b/0", "labels_file")]
