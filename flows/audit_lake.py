@@ -225,6 +225,7 @@ def audit_lake(
             summary = findings.run_summary(con, run_id)
         finally:
             con.close()
+        summary.update(lake_adaptation=lake_counts)
         summary.update(db=str(db), out=out_dir, failed_shards=[r["shard_id"] for r in failed],
                        executor=where if shards else None)
         if report:

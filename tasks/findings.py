@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-TABLES = ("images", "predictions", "skipped", "runs", "labels", "thumbnails")
+TABLES = ("images", "predictions", "skipped", "runs", "labels", "thumbnails", "embeddings", "lake_predictions")
 SUMMARY_COLUMNS = ("uri", "field", "header_value", "header_class", "predicted_class", "predicted_prob", "severity",
                    "suggested_correction", "is_mismatch")
 
@@ -75,6 +75,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "| field | checked | mismatches | unlabelled |", "|---|---:|---:|---:|"]
     for f, c in summary.get("mismatches", {}).items():
         lines.append(f"| {f} | {c['checked']} | {c['mismatch']} | {c['unlabelled']} |")
+    adaptation = summary.get("lake_adaptation") or {}
+    if adaptation:
+        lines += ["", "Lake adaptation (images per task by how their lake probability was made; "
+                  "`generic:REASON` = no probe, the generic model decides):", ""]
+        for task, methods in adaptation.items():
+            lines.append(f"- {task}: " + ", ".join(f"{m} {n}" for m, n in sorted(methods.items())))
     lines += ["", "| table | rows |", "|---|---:|"]
     for t, n in summary.get("tables", {}).items():
         lines.append(f"| {t} | {n} |")
