@@ -66,6 +66,7 @@ def _onnx_out(entry, x):
     return dict(zip(entry.tasks, sess.run(names, {"image": x})))
 
 
+@pytest.mark.slow
 def test_bodypart_checkpoint_converts_with_parity(tmp_path):
     sd = _random_checkpoint({"label_bodypart": 7}, seed=1)
     # wrapped like a DataParallel training checkpoint
@@ -94,6 +95,7 @@ def test_bodypart_checkpoint_converts_with_parity(tmp_path):
     assert np.all(got[:, BODY_PART.index("spine")] == 0)
 
 
+@pytest.mark.slow
 def test_cxp_checkpoint_maps_classes(tmp_path):
     sd = _random_checkpoint({"label_APorPA": 3, "label_round": 4}, seed=3)
     # make the heads decisive: AP and "Left rotation" win regardless of the features

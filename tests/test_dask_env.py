@@ -15,6 +15,7 @@ def _loaded(modules):
     return [m for m in modules if m in sys.modules]
 
 
+@pytest.mark.slow
 def test_workers_import_the_shard_modules_while_the_cluster_starts():
     with dask.config.set({"distributed.worker.preload": []}):
         with BackgroundCluster(1) as cluster:

@@ -189,6 +189,7 @@ def test_pydicom_data_cr_files():
     assert np.array_equal(a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_shared_real_dicom_files_all_decode():
     folder = shared_path("data", "dicom")

