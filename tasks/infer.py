@@ -177,6 +177,21 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls failed: %r", exc)
 
 
+def _check_outputs(entry: ModelEntry, sess) -> None:
+    """The registry's output names and widths are the graph's: a mismatch is a registry error,
+    never a silently wrong column."""
+    outputs = {o.name: o.shape for o in sess.get_outputs()}
+    wanted = {t.output: len(t.classes) for t in entry.tasks.values()}
+    if entry.embedding is not None:
+        wanted[entry.embedding.output] = entry.embedding.size
+    for name, width in wanted.items():
+        if name not in outputs:
+            raise RegistryError(f"{entry.path.name} has no output {name!r} (outputs: {sorted(outputs)})")
+        last = outputs[name][-1] if outputs[name] else None
+        if isinstance(last, int) and last != width:
+            raise RegistryError(f"{entry.path.name}: output {name!r} is {last} wide, the registry says {width}")
+
+
 def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
     """One InferenceSession per (model, device) per process, verified once."""
     import onnxruntime as ort
@@ -194,6 +209,7 @@ def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
             if "CUDAExecutionProvider" in providers:
                 _preload_cuda_libraries()
             sess = ort.InferenceSession(os.fspath(entry.path), sess_options=opts, providers=providers)
+            _check_outputs(entry, sess)
             _SESSIONS[key] = sess
     return sess
 

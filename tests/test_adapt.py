@@ -299,3 +299,22 @@ def test_adapt_follows_a_labels_file_that_changes_between_runs():
     adapt.adapt_lake(con, Entry(), "r2")
     flagged = con.execute("select uri, label_source from findings where field = 'body_part' and is_mismatch").fetchall()
     assert flagged == [("s3://b/0", "labels_file")]
+
+
+def test_registry_embedding_that_the_graph_lacks_is_refused(tmp_path, embedding_registry):
+    import yaml
+
+    from radlint.tasks import infer
+
+    data = yaml.safe_load(embedding_registry.read_text())
+    data["models"][0]["file"] = str(embedding_registry.parent / "emb.onnx")
+    data["models"][0]["embedding"] = {"output": "features", "size": 16}
+    bad = tmp_path / "registry.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    entry = infer.default_model(bad)
+    with pytest.raises(infer.RegistryError, match="no output 'features'"):
+        infer.session_for(entry, "cpu")
+    data["models"][0]["embedding"] = {"output": "embedding", "size": 32}
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(infer.RegistryError, match="16 wide"):
+        infer.session_for(infer.default_model(bad), "cpu", threads=1)
