@@ -212,6 +212,21 @@ def test_report_content_counts_and_self_contained(report):
     assert page.count('<table class="confusion">') == 3
 
 
+def test_flagged_groups_come_first_with_thumbnails(report):
+    db, out = report
+    page = out.read_text(encoding="utf-8")
+    con = write.connect(db, read_only=True)
+    try:
+        flagged = con.execute("select count(*) from group_findings where is_flagged").fetchone()[0]
+    finally:
+        con.close()
+    assert flagged > 0  # the fixture's errors follow the manufacturer: a group finding
+    assert page.count('<article class="group"') == flagged
+    assert page.index('id="groups"') < page.index('id="fields"') < page.index('id="suspects"')
+    groups_html = page[page.index('id="groups"'):page.index('id="fields"')]
+    assert groups_html.count('class="gthumb" src="data:image/jpeg;base64,') >= flagged
+
+
 def test_report_escapes_untrusted_header_text(report):
     _, out = report
     page = out.read_text(encoding="utf-8")
