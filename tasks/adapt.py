@@ -53,6 +53,9 @@ PROBE_C = 0.1
 ORIENTATION_SAMPLE_TARGET = 2000
 ORIENTATION_SAMPLE_MIN_RATE = 1 / 64
 
+# Bumped when the probes or their rules change, so the next run refits an unchanged lake.
+FIT_VERSION = 1
+
 GENERIC = "generic"
 LAKE_OOF = "lake_oof"
 LAKE_FIT = "lake_fit"
@@ -248,9 +251,27 @@ def _generic_logprobs(con, uris_etags, model_sha256: str, task: str, classes) ->
     return np.log(np.clip(out, 1e-6, 1.0))
 
 
+def _fingerprint(con, model_sha256: str) -> str:
+    """What the probes depend on: the images and their versions, labels, embeddings and samples."""
+    parts = con.execute(
+        """select (select count(*) || '/' || coalesce(max(audited_at)::varchar, '') from images),
+                  (select count(*) || '/' || coalesce(max(loaded_at)::varchar, '') from labels),
+                  (select count(*) from embeddings where model_sha256 = ?),
+                  (select count(*) from orientation_samples where model_sha256 = ?)""",
+        [model_sha256, model_sha256],
+    ).fetchone()
+    return f"{model_sha256}|{FIT_VERSION}|" + "|".join(str(p) for p in parts)
+
+
 def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
     """Fit the probes over every current image and replace ``lake_predictions``; returns counts
     of rows per task and method (the flow logs them)."""
+    fingerprint = _fingerprint(con, entry.sha256)
+    previous = con.execute("select value from meta where key = 'lake_fit_fingerprint'").fetchone()
+    if previous and previous[0] == fingerprint:
+        # Nothing the probes read has changed since the last fit: its rows stand (a re-run of an
+        # unchanged lake costs no refit).
+        return {"unchanged": {"kept": con.execute("select count(*) from lake_predictions").fetchone()[0]}}
     cur = con.execute(_CURRENT_SQL, [entry.sha256])
     rows = cur.fetchall()
     names = [d[0] for d in cur.description]
@@ -330,6 +351,7 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
             result = orientation_probe(emb[with_emb], stored_labels, [groups[i] for i in with_emb], sampled, turned)
             emit("orientation", classes, with_emb, result)
 
+    con.execute("insert or replace into meta values ('lake_fit_fingerprint', ?)", [fingerprint])
     if out:
         table = pa.Table.from_pylist(out, schema=LAKE_SCHEMA)
         con.register("_lake_rows", table)

@@ -263,9 +263,14 @@ def test_adapt_without_embeddings_falls_back_per_row():
     assert counts["body_part"] == {"generic:no_embedding": 4, "lake_oof": 36}
     got = dict(con.execute("select uri, method from lake_predictions where task = 'body_part'").fetchall())
     assert {got[f"s3://b/{i}"] for i in range(36, 40)} == {"generic"}
-    # a second call replaces the rows rather than adding to them
-    adapt.adapt_lake(con, Entry(), "r3")
-    assert con.execute("select count(*), list(distinct fitted_run_id) from lake_predictions").fetchone() == (40, ["r3"])
+    # nothing changed: the fit stands
+    assert adapt.adapt_lake(con, Entry(), "r3") == {"unchanged": {"kept": 40}}
+    assert con.execute("select count(*), list(distinct fitted_run_id) from lake_predictions").fetchone() == (40, ["r2"])
+    # a new vector: refitted, and the rows are replaced rather than added to
+    con.execute("insert into embeddings values ('s3://b/36', 'e1', ?, ?, 'r4')", [SHA, x[0].tolist()])
+    counts = adapt.adapt_lake(con, Entry(), "r4")
+    assert counts["body_part"] == {"generic:no_embedding": 3, "lake_oof": 37}
+    assert con.execute("select count(*), list(distinct fitted_run_id) from lake_predictions").fetchone() == (40, ["r4"])
 
 
 def test_adapt_follows_a_labels_file_that_changes_between_runs():
