@@ -116,6 +116,7 @@ def audit_lake(
     lock_wait_seconds: float = 0.0,
     report: str | None = None,
     executor: str = "auto",
+    max_inflight_bytes: int = shard.DEFAULT_MAX_INFLIGHT_BYTES,
 ) -> dict[str, Any]:
     """Audit every new object of ``lake`` into the DuckDB file ``db``; returns the run summary.
 
@@ -126,6 +127,7 @@ def audit_lake(
     start-up time wins back.
     ``shard_size``: objects per Prefect task; None (default) sizes shards to about a minute of work
     each, 500-5,000 objects, at least two per worker.
+    ``max_inflight_bytes``: object bytes a shard holds at once; larger objects are ``too_large``.
     """
     logger = get_run_logger()
     started = time.perf_counter()
@@ -185,6 +187,7 @@ def audit_lake(
             "batch_size": batch_size,
             "device": device,
             "max_pixels": max_pixels,
+            "max_inflight_bytes": max_inflight_bytes,
             "threads": cores_per_worker,
             "decode_threads": cores_per_worker,
             "orientation_sample_rate": sample_rate,

@@ -94,6 +94,8 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
                    help="objects per Prefect task (default: about a minute of work each, 500-5,000 objects)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime device")
     p.add_argument("--max-pixels", type=_positive, default=80_000_000, help="refuse frames larger than this")
+    p.add_argument("--max-inflight-mb", type=_positive, default=512, metavar="MB",
+                   help="object bytes each worker holds at once (default 512); larger objects are skipped as too_large")
     p.add_argument("--registry", help="model registry YAML (default: the packaged models/registry.yaml)")
     p.add_argument("--report", help="also write the HTML review report here when the run ends")
     p.add_argument(
@@ -166,6 +168,7 @@ def run_audit(args, quiet: bool = False) -> dict:
             lock_wait_seconds=getattr(args, "wait_lock", 0.0),
             report=getattr(args, "report", None),
             executor=getattr(args, "executor", "auto"),
+            max_inflight_bytes=getattr(args, "max_inflight_mb", 512) * 1024 * 1024,
         )
 
 

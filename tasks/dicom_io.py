@@ -200,18 +200,160 @@ def transfer_syntax_of(head: bytes) -> str | None:
 DEFER_BYTES = 512 * 1024
 
 
-def parse(data: bytes) -> Dataset:
+def parse(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
     """Parse DICOM bytes (with or without preamble).
 
     Raises:
-        Skip: ``not_dicom`` or ``truncated``.
+        Skip: ``not_dicom``, ``truncated`` or ``too_large`` (a deflated dataset that inflates
+            beyond what its header declares).
     """
+    return parse_object(data, max_pixels)[0]
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# Inflated bytes read for a deflated dataset's header (everything before Pixel Data) before its
+# Rows and Columns decide how much more may be inflated.
+DEFLATE_HEADER_BYTES = 8 * 1024 * 1024
+# Inflated bytes allowed beyond the declared pixel data: trailing elements (padding, signatures).
+DEFLATE_SLACK_BYTES = 1024 * 1024
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+def parse_object(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Dataset, bytes]:
+    """(dataset, the bytes its deferred values lie in): ``data`` itself, or for a deflated
+    transfer syntax the inflated dataset, inflated no further than its header declares.
+
+    pydicom inflates a deflated dataset whole, whatever its size: 1.5 MB can declare a few
+    hundred pixels and inflate to 1.5 GB (issue 22 item 4).
+
+    Raises:
+        Skip: as :func:`parse`.
+    """
+    if transfer_syntax_of(data[:4096]) == DEFLATED:
+        meta_end = file_meta_end(data)
+        if meta_end is not None:
+            inflated = _inflate_declared(memoryview(data)[meta_end:], max_pixels)
+            ds = _parse_bytes(inflated, bare=True)
+            from pydicom.dataset import FileMetaDataset
+
+            meta = FileMetaDataset()
+            meta.TransferSyntaxUID = UID(DEFLATED)
+            ds.file_meta = meta
+            return ds, inflated
+    return _parse_bytes(data), data
+
+
+def file_meta_end(head: bytes) -> int | None:
+    """Offset just past the file meta group of a Part 10 file (None when ``head`` holds none)."""
+    if head[128:132] != b"DICM":
+        return None
+    pos = 132
+    while pos + 8 <= len(head):
+        if int.from_bytes(head[pos : pos + 2], "little") != 0x0002:
+            return pos
+        if head[pos + 4 : pos + 6] in _LONG_LENGTH_VRS:
+            if pos + 12 > len(head):
+                return None
+            pos += 12 + int.from_bytes(head[pos + 8 : pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(head[pos + 6 : pos + 8], "little")
+    return None
+
+
+def _inflate(d, stream, state: list, limit: int, stop: bytes | None = None, out: bytearray | None = None) -> bytearray:
+    """Inflate from ``stream`` (input offset in ``state[0]``) until ``out`` holds ``limit`` bytes,
+    the stream ends, or ``stop`` appears in the output."""
+    out = bytearray() if out is None else out
+    while len(out) < limit and not d.eof:
+        tail = d.unconsumed_tail
+        if not tail:
+            if state[0] >= len(stream):
+                break
+            tail = bytes(stream[state[0] : state[0] + 65536])
+            state[0] += 65536
+        out += d.decompress(tail, min(1 << 20, limit - len(out)))
+        if stop is not None and stop in out[-(1 << 20) - 4 :]:
+            break
+    return out
+
+
+def _inflate_declared(stream, max_pixels: int) -> bytes:
+    import math
+    import zlib
+
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    state = [0]
+    try:
+        out = _inflate(d, stream, state, DEFLATE_HEADER_BYTES, stop=_PIXEL_DATA_TAG)
+        at = out.find(_PIXEL_DATA_TAG)
+        if at < 0:
+            if d.eof or not _inflate(d, stream, state, 1):
+                return bytes(out)
+            raise Skip(TOO_LARGE, f"deflated dataset holds no Pixel Data within its first {DEFLATE_HEADER_BYTES} bytes")
+        header = _parse_bytes(bytes(out[:at]), stop_before_pixels=True, bare=True)
+        rows, cols = _int(header, "Rows") or 0, _int(header, "Columns") or 0
+        if rows * cols > max_pixels:
+            raise Skip(TOO_LARGE, f"{rows}x{cols} exceeds the limit of {max_pixels} pixels")
+        frames = max(1, _int(header, "NumberOfFrames") or 1)
+        samples = max(1, _int(header, "SamplesPerPixel") or 1)
+        bits = max(1, _int(header, "BitsAllocated") or 16)
+        declared = math.ceil(rows * cols * frames * samples * bits / 8)
+        limit = at + 12 + declared + declared // 100 + DEFLATE_SLACK_BYTES
+        _inflate(d, stream, state, limit, out=out)
+        if not d.eof and _inflate(d, stream, state, 1):
+            raise Skip(TOO_LARGE, f"deflated data inflates beyond the {declared} bytes of pixel data its header "
+                                  f"declares ({rows}x{cols}, {frames} frame(s))")
+        return bytes(out)
+    except zlib.error as exc:
+        raise Skip(TRUNCATED, f"deflated dataset cannot be inflated: {exc}") from exc
+
+
+READ_BODY, READ_MORE = "read", "more"
+
+
+def header_verdict(head: bytes, at_end: bool, max_pixels: int = DEFAULT_MAX_PIXELS) -> Skip | str:
+    """What the first bytes of an object decide before its body is fetched: a :class:`Skip`
+    (``not_dicom``, or ``too_large`` from Rows x Columns), ``READ_MORE`` (the header goes on past
+    ``head``; ``at_end``: ``head`` is the whole object) or ``READ_BODY`` (the full read decides).
+
+    Only what the full read would decide the same way is decided here: anything unclear reads the body.
+    """
+    if not head:
+        return Skip(NOT_DICOM, "zero bytes") if at_end else READ_MORE
+    if head[128:132] != b"DICM" and not _looks_like_dicom_without_preamble(head[:8]):
+        if len(head) < 132 and not at_end:
+            return READ_MORE
+        return Skip(NOT_DICOM, "no DICM prefix and no DICOM dataset at the start of the object")
+    if transfer_syntax_of(head[:4096]) == DEFLATED:
+        return READ_BODY  # the header is deflated too; parse_object caps its inflation
+    at = head.find(_PIXEL_DATA_TAG, file_meta_end(head) or 0)
+    if at < 0:
+        return READ_BODY if at_end else READ_MORE
+    try:
+        ds = _parse_bytes(head[:at], stop_before_pixels=True)
+    except Skip:
+        return READ_BODY
+    rows, cols = _int(ds, "Rows") or 0, _int(ds, "Columns") or 0
+    if rows * cols > max_pixels:
+        return Skip(TOO_LARGE, f"{rows}x{cols} exceeds the limit of {max_pixels} pixels")
+    return READ_BODY
+
+
+def _parse_bytes(data: bytes, stop_before_pixels: bool = False, bare: bool = False) -> Dataset:
+    """``bare``: ``data`` is a dataset without preamble or file meta (an inflated deflated one)."""
     if len(data) == 0:
         raise Skip(NOT_DICOM, "zero bytes")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if bare:
+            try:
+                return pydicom.dcmread(io.BytesIO(data), force=True, defer_size=DEFER_BYTES,
+                                       stop_before_pixels=stop_before_pixels)
+            except Exception as exc:
+                raise Skip(TRUNCATED, f"inflated dataset unparseable: {type(exc).__name__}: {exc}") from exc
         try:
-            return pydicom.dcmread(io.BytesIO(data), force=False, defer_size=DEFER_BYTES)
+            return pydicom.dcmread(io.BytesIO(data), force=False, defer_size=DEFER_BYTES,
+                                   stop_before_pixels=stop_before_pixels)
         except InvalidDicomError as exc:
             if not _looks_like_dicom_without_preamble(data[:8]):
                 raise Skip(NOT_DICOM, str(exc)) from exc
@@ -220,7 +362,8 @@ def parse(data: bytes) -> Dataset:
         except Exception as exc:
             raise Skip(TRUNCATED if len(data) < 1024 else READ_ERROR, f"{type(exc).__name__}: {exc}") from exc
         try:
-            return pydicom.dcmread(io.BytesIO(data), force=True, defer_size=DEFER_BYTES)
+            return pydicom.dcmread(io.BytesIO(data), force=True, defer_size=DEFER_BYTES,
+                                   stop_before_pixels=stop_before_pixels)
         except Exception as exc:
             raise Skip(NOT_DICOM, f"no preamble and unparseable: {exc}") from exc
 
@@ -534,14 +677,14 @@ def read_dicom(
     Raises:
         Skip: with a reason code when the object cannot be audited.
     """
-    ds = parse(data)
+    ds, raw = parse_object(data, max_pixels)
     try:
         if "SOPInstanceUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
             if data[128:132] == b"DICM":
                 raise Skip(TRUNCATED, f"file meta present but the dataset ends after {len(data)} bytes")
             raise Skip(NOT_DICOM, "parsed, but holds no image attributes")
         header = header_row(ds, salt)
-        pixels = decode_pixels(ds, max_pixels=max_pixels, raw=data, target_size=target_size)
+        pixels = decode_pixels(ds, max_pixels=max_pixels, raw=raw, target_size=target_size)
     except Skip:
         raise
     except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):

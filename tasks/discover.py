@@ -293,9 +293,42 @@ def cat_objects(fs, paths: list[str]) -> dict[str, Any]:
     return dict(zip(paths, results))
 
 
-async def _s3_get_exact(fs, path: str) -> bytes:
+def cat_heads(fs, paths: list[str], nbytes: int) -> dict[str, Any]:
+    """``{path: the first nbytes bytes or the exception}``, read by exactly that path (as
+    :func:`cat_objects`)."""
+    from fsspec.asyn import AsyncFileSystem, sync
+
+    if not isinstance(fs, AsyncFileSystem):
+        out: dict[str, Any] = {}
+        for path in paths:
+            try:
+                out[path] = fs.cat_file(path, start=0, end=nbytes)
+            except Exception as exc:
+                out[path] = exc
+        return out
+
+    exact = "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
+
+    async def read_all() -> list:
+        import asyncio
+
+        return await asyncio.gather(
+            *(_s3_get_exact(fs, p, nbytes) if exact and "?versionId=" in p else fs._cat_file(p, start=0, end=nbytes)
+              for p in paths),
+            return_exceptions=True,
+        )
+
+    results = sync(fs.loop, read_all)
+    for value in results:
+        if isinstance(value, BaseException) and not isinstance(value, Exception):
+            raise value
+    return dict(zip(paths, results))
+
+
+async def _s3_get_exact(fs, path: str, nbytes: int | None = None) -> bytes:
     bucket, _, key = path.partition("/")
-    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    extra = {"Range": f"bytes=0-{nbytes - 1}"} if nbytes else {}
+    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, **extra)
     body = resp["Body"]
     try:
         return await body.read()
@@ -311,6 +344,7 @@ def filesystem_for_uri(uri: str, storage_options: dict[str, Any] | None = None):
 
 __all__ = [
     "LakeError",
+    "cat_heads",
     "cat_objects",
     "ObjectRef",
     "diff",

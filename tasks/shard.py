@@ -17,13 +17,22 @@ from typing import Any, Iterator
 import numpy as np
 
 from radlint.tasks import dicom_io, infer, preprocess, settings, write
-from radlint.tasks.discover import ObjectRef, cat_objects, filesystem_for_uri
+from radlint.tasks.discover import ObjectRef, cat_heads, cat_objects, filesystem_for_uri
 from radlint.tasks.vocabulary import TURNS
 
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 16  # objects fetched together; the next chunk is fetched while this one decodes
 FETCH_ATTEMPTS = 4
+# Object bytes a worker holds at once (the chunk being decoded plus the one fetched ahead). An
+# object larger than this alone is skipped as too_large, after its header was read.
+DEFAULT_MAX_INFLIGHT_BYTES = 512 * 1024 * 1024
+# Objects larger than this have their header read first (HEAD_BYTES, growing to HEAD_MAX_BYTES
+# while Pixel Data is not reached): not_dicom and too_large are decided without the body. Smaller
+# ones (nearly every radiograph) are fetched whole: a second request would cost more than it saves.
+PROBE_ABOVE_BYTES = 32 * 1024 * 1024
+HEAD_BYTES = 64 * 1024
+HEAD_MAX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -39,16 +48,53 @@ class ShardResult:
         return dict(self.__dict__)
 
 
-def _fetch_chunk(objects: list[ObjectRef], storage_options: dict | None) -> list[bytes | Exception]:
-    """Bytes of each object (or the exception), many paths at once where the store allows it."""
+def _verdicts(fs, objects: list[ObjectRef], paths: list[str], max_pixels: int,
+              max_inflight_bytes: int) -> dict[str, dicom_io.Skip]:
+    """Skips decided from the headers of the large objects, without fetching their bodies."""
+    out: dict[str, dicom_io.Skip] = {}
+    sizes = {p: o.size_bytes for o, p in zip(objects, paths)}
+    pending = [p for p in paths if sizes[p] > PROBE_ABOVE_BYTES or sizes[p] > max_inflight_bytes]
+    n = HEAD_BYTES
+    while pending:
+        try:
+            heads = cat_heads(fs, pending, n)
+        except Exception as exc:  # the body fetch reports the store's error
+            heads = {p: exc for p in pending}
+        more = []
+        for p in pending:
+            head = heads.get(p)
+            verdict = dicom_io.READ_BODY
+            if isinstance(head, bytes):
+                verdict = dicom_io.header_verdict(head, len(head) < n or len(head) >= sizes[p], max_pixels)
+                if verdict == dicom_io.READ_MORE:
+                    verdict = dicom_io.READ_BODY if n >= HEAD_MAX_BYTES else verdict
+            if isinstance(verdict, dicom_io.Skip):
+                out[p] = verdict
+            elif verdict == dicom_io.READ_MORE:
+                more.append(p)
+            elif sizes[p] > max_inflight_bytes:
+                out[p] = dicom_io.Skip(
+                    dicom_io.TOO_LARGE,
+                    f"{sizes[p]} bytes, more than the {max_inflight_bytes} bytes a worker holds at once "
+                    "(--max-inflight-mb)",
+                )
+        pending, n = more, n * 8
+    return out
+
+
+def _fetch_chunk(objects: list[ObjectRef], storage_options: dict | None,
+                 max_pixels: int = dicom_io.DEFAULT_MAX_PIXELS,
+                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> list[bytes | Exception]:
+    """Bytes of each object (or the exception; a dicom_io.Skip where its header decided), many
+    paths at once where the store allows it."""
     if not objects:
         return []
     fs, _ = filesystem_for_uri(objects[0].uri, storage_options)
     paths = [filesystem_for_uri(o.uri, storage_options)[1] for o in objects]
-    results: dict[str, Any] = {}
-    pending = list(paths)
+    results: dict[str, Any] = _verdicts(fs, objects, paths, max_pixels, max_inflight_bytes)
+    pending = [p for p in paths if p not in results]
     delay = 0.2
-    for attempt in range(FETCH_ATTEMPTS):
+    for attempt in range(FETCH_ATTEMPTS if pending else 0):
         try:
             got = cat_objects(fs, pending)
         except Exception as exc:  # the whole batch call failed: retry everything
@@ -70,24 +116,55 @@ def _fetch_chunk(objects: list[ObjectRef], storage_options: dict | None) -> list
     return [results[p] for p in paths]
 
 
-def _chunks(objects: list[ObjectRef], storage_options: dict | None) -> Iterator[tuple[list[ObjectRef], list]]:
-    """Yield (objects, payloads) chunk by chunk, fetching one chunk ahead in a thread."""
+def _held_bytes(obj: ObjectRef, max_inflight_bytes: int) -> int:
+    """Bytes fetching ``obj`` may hold: at most its header when it is over the bound (never read whole)."""
+    return HEAD_MAX_BYTES if obj.size_bytes > max_inflight_bytes else obj.size_bytes
+
+
+def _groups(objects: list[ObjectRef], max_inflight_bytes: int) -> list[list[ObjectRef]]:
     # Chunks grow 2, 4, 8 ... up to FETCH_CHUNK: decoding starts after two objects have arrived
     # instead of a whole chunk (16 uncompressed radiographs are ~160 MB, ~0.14 s from page cache).
-    groups, i, size = [], 0, min(2, FETCH_CHUNK)
-    while i < len(objects):
-        groups.append(objects[i : i + size])
-        i += size
-        size = min(2 * size, FETCH_CHUNK)
+    # Each holds at most half the bound, so it and the chunk fetched ahead fit in it together.
+    budget = max(1, max_inflight_bytes // 2)
+    groups: list[list[ObjectRef]] = []
+    group: list[ObjectRef] = []
+    held, size = 0, min(2, FETCH_CHUNK)
+    for obj in objects:
+        nbytes = _held_bytes(obj, max_inflight_bytes)
+        if group and (len(group) >= size or held + nbytes > budget):
+            groups.append(group)
+            group, held, size = [], 0, min(2 * size, FETCH_CHUNK)
+        group.append(obj)
+        held += nbytes
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _chunks(objects: list[ObjectRef], storage_options: dict | None,
+            max_pixels: int = dicom_io.DEFAULT_MAX_PIXELS,
+            max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> Iterator[tuple[list[ObjectRef], list]]:
+    """Yield (objects, payloads) chunk by chunk, fetching one chunk ahead in a thread while the
+    two together stay within ``max_inflight_bytes``. The consumer clears each payload list when
+    done with it, so that its bytes are not held while the next chunk after it is fetched."""
+    groups = _groups(objects, max_inflight_bytes)
     if not groups:
         return
+    fetch = functools.partial(_fetch_chunk, storage_options=storage_options, max_pixels=max_pixels,
+                              max_inflight_bytes=max_inflight_bytes)
+
+    def held(group: list[ObjectRef]) -> int:
+        return sum(_held_bytes(o, max_inflight_bytes) for o in group)
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="radlint-fetch") as pool:
-        future = pool.submit(_fetch_chunk, groups[0], storage_options)
+        future = pool.submit(fetch, groups[0])
         for i, group in enumerate(groups):
-            payloads = future.result()
-            if i + 1 < len(groups):
-                future = pool.submit(_fetch_chunk, groups[i + 1], storage_options)
+            payloads = future.result() if future is not None else fetch(group)
+            future = None
+            if i + 1 < len(groups) and held(group) + held(groups[i + 1]) <= max_inflight_bytes:
+                future = pool.submit(fetch, groups[i + 1])
             yield group, payloads
+            del payloads
 
 
 def prepare_object(
@@ -176,8 +253,12 @@ def audit_shard(
     threads: int = 0,
     decode_threads: int = 1,
     orientation_sample_rate: float = 0.0,
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
 ) -> dict[str, Any]:
     """Audit ``objects`` and write their parts under ``out_dir``; returns a ShardResult dict.
+
+    ``max_inflight_bytes``: object bytes held at once (fetched and fetched ahead); a larger object
+    is a ``too_large`` row, decided from its header.
 
     Pixels are decoded at the lowest resolution the model input allows. ``decode_threads`` > 1
     reads native (uncompressed) pixel data that many objects at a time.
@@ -230,12 +311,15 @@ def audit_shard(
     prepare = functools.partial(prepare_object, input_size=entry.input_size, salt=salt, max_pixels=max_pixels)
     decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="radlint-decode") if decode_threads > 1 else None
     try:
-        for group, payloads in _chunks(objects, storage_options):
+        for group, payloads in _chunks(objects, storage_options, max_pixels, max_inflight_bytes):
             ahead = {}
             if decoders is not None:
                 ahead = {i: decoders.submit(prepare, p) for i, p in enumerate(payloads) if _threads_help(p)}
             for i, (obj, payload) in enumerate(zip(group, payloads)):
                 now = write.utcnow()
+                if isinstance(payload, dicom_io.Skip):  # decided from the header alone
+                    skipped.add(_skip_row(obj, payload.reason, payload.detail, run_id, now))
+                    continue
                 if isinstance(payload, Exception):
                     skipped.add(_skip_row(obj, "fetch_error", f"{type(payload).__name__}: {payload}", run_id, now))
                     continue
@@ -258,6 +342,9 @@ def audit_shard(
                 pending_meta.append(row)
                 if len(pending_inputs) >= batch_size:
                     flush()
+            payload = None
+            payloads.clear()  # the generator's list too: these bytes go before the next fetch
+            ahead.clear()
         flush()
         for kind, writer in writers.items():
             path = writer.close()
