@@ -445,6 +445,7 @@ def _run_radlint_audit_once(
 
     from bench import shard_probe
     from radlint.cli import run_audit
+    from radlint.tasks.options import AuditOptions
 
     log = logdir / f"shards-{tag}.jsonl"
     if log.exists():
@@ -458,11 +459,8 @@ def _run_radlint_audit_once(
         s3fs.S3FileSystem.clear_instance_cache()  # s3fs caches filesystem instances (and listings)
     except ImportError:
         pass
-    args = argparse.Namespace(
-        lake=lake, db=str(db), out=None, labels=None, dask_address=None, workers=workers, batch_size=32,
-        shard_size=shard_size, device=device, max_pixels=80_000_000, registry=str(registry), wait_lock=0.0,
-        executor=executor,
-    )
+    args = AuditOptions(lake=lake, db=str(db), workers=workers, shard_size=shard_size, device=device,
+                        registry=str(registry), executor=executor)
     with RssSampler() as rss:
         t0 = time.time()
         summary = run_audit(args)

@@ -7,7 +7,10 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from radlint.tasks.options import AuditOptions
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -79,97 +82,106 @@ def _check_writable_folder(path: str | Path, flag: str) -> None:
         raise CannotRun(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
 
 
+def _megabytes(value: str) -> int:
+    return _positive(value) * 1024 * 1024
+
+
 def _add_audit_args(p: argparse.ArgumentParser) -> None:
+    """The audit's options; every default is AuditOptions' (dest = its field name)."""
+    from radlint.tasks.options import DEVICES, EXECUTORS, AuditOptions
+
+    d = AuditOptions.default
     p.add_argument("lake", help="lake URL: a folder, file:///path, s3://bucket/prefix or any fsspec URL")
     p.add_argument("--db", required=True, help="DuckDB file to write (created if missing)")
-    p.add_argument("--out", help="folder for Parquet parts (default: <db>_parts beside the database)")
-    p.add_argument("--labels", help="CSV or Parquet label table keyed by sop_instance_uid or uri")
-    p.add_argument("--dask-address", help="attach to an existing Dask scheduler, e.g. tcp://host:8786")
-    p.add_argument("--workers", type=_positive, help="local Dask worker processes (default: CPU count, at most 4)")
-    p.add_argument("--executor", choices=("auto", "dask", "local"), default="auto",
+    p.add_argument("--out", default=d("out"), help="folder for Parquet parts (default: <db>_parts beside the database)")
+    p.add_argument("--labels", dest="labels_file", default=d("labels_file"),
+                   help="CSV or Parquet label table keyed by sop_instance_uid or uri")
+    p.add_argument("--dask-address", default=d("dask_address"),
+                   help="attach to an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--workers", type=_positive, default=d("workers"),
+                   help="local Dask worker processes (default: CPU count, at most 4)")
+    p.add_argument("--executor", choices=EXECUTORS, default=d("executor"),
                    help="where shards run: on Dask, in this process (local), or auto (default: in this "
                    "process when the new objects take only a few seconds, else Dask)")
-    p.add_argument("--batch-size", type=_positive, default=32, help="images per inference batch (default 32)")
-    p.add_argument("--shard-size", type=_positive, default=None,
+    p.add_argument("--batch-size", type=_positive, default=d("batch_size"),
+                   help=f"images per inference batch (default {d('batch_size')})")
+    p.add_argument("--shard-size", type=_positive, default=d("shard_size"),
                    help="objects per Prefect task (default: about a minute of work each, 500-5,000 objects)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="ONNX Runtime device")
-    p.add_argument("--max-pixels", type=_positive, default=80_000_000, help="refuse frames larger than this")
-    p.add_argument("--max-inflight-mb", type=_positive, default=512, metavar="MB",
-                   help="object bytes each worker holds at once (default 512); larger objects are skipped as too_large")
-    p.add_argument("--registry", help="model registry YAML (default: the packaged models/registry.yaml)")
-    p.add_argument("--report", help="also write the HTML review report here when the run ends")
+    p.add_argument("--device", choices=DEVICES, default=d("device"), help="ONNX Runtime device")
+    p.add_argument("--max-pixels", type=_positive, default=d("max_pixels"),
+                   help=f"refuse frames larger than this (default {d('max_pixels'):,})")
+    p.add_argument("--max-inflight-mb", dest="max_inflight_bytes", type=_megabytes, default=d("max_inflight_bytes"),
+                   metavar="MB", help=f"object bytes each worker holds at once (default {d('max_inflight_bytes') >> 20}); "
+                   "larger objects are skipped as too_large")
+    p.add_argument("--registry", default=d("registry"),
+                   help="model registry YAML (default: the packaged models/registry.yaml)")
+    p.add_argument("--report", default=d("report"), help="also write the HTML review report here when the run ends")
     p.add_argument(
-        "--wait-lock", type=_seconds, default=0.0, metavar="SECONDS",
+        "--wait-lock", dest="lock_wait_seconds", type=_seconds, default=d("lock_wait_seconds"), metavar="SECONDS",
         help="when another audit holds the database, wait up to this long instead of stopping",
     )
 
 
-def _check_audit_inputs(args) -> None:
+def audit_options(args: argparse.Namespace) -> AuditOptions:
+    """The AuditOptions of parsed ``radlint audit`` arguments."""
+    from radlint.tasks.options import AuditOptions
+
+    return AuditOptions(**{name: getattr(args, name) for name in AuditOptions.names()})
+
+
+def _check_audit_inputs(opts: AuditOptions) -> None:
     from radlint.tasks import discover, write
     from radlint.tasks.labels import LabelFileError, read_label_file
 
-    if args.labels:
+    if opts.labels_file:
         try:
-            read_label_file(args.labels)
+            read_label_file(opts.labels_file)
         except LabelFileError as exc:
             raise CannotRun(str(exc)) from None
-    if getattr(args, "registry", None):
+    if opts.registry:
         from radlint.tasks import infer
 
         try:
-            infer.default_model(args.registry)
+            infer.default_model(opts.registry)
         except infer.RegistryError:
             raise
         except Exception as exc:  # YAML syntax, a binary file, another structure: none is a registry
             reason = " ".join(str(exc).split())[:200]
-            raise CannotRun(f"--registry {args.registry} is not a radlint model registry (YAML): "
+            raise CannotRun(f"--registry {opts.registry} is not a radlint model registry (YAML): "
                             f"{type(exc).__name__}: {reason}") from None
-    db = Path(args.db)
+    db = Path(opts.db)
     _check_writable_file(db, "--db")
-    if getattr(args, "report", None):
-        _check_writable_file(args.report, "--report")
-    if getattr(args, "out", None):
-        _check_writable_folder(args.out, "--out")
+    if opts.report:
+        _check_writable_file(opts.report, "--report")
+    if opts.out:
+        _check_writable_folder(opts.out, "--out")
     try:
-        fs, root, _ = discover.open_lake(args.lake)
+        fs, root, _ = discover.open_lake(opts.lake)
         # info(), not exists(): exists() reports a connection failure as "not there".
         fs.info(root)
     except FileNotFoundError:
-        raise CannotRun(f"lake not found: {args.lake}") from None
+        raise CannotRun(f"lake not found: {opts.lake}") from None
     except Exception as exc:
-        raise CannotRun(f"lake not reachable: {args.lake}: {type(exc).__name__}: {exc}") from None
+        raise CannotRun(f"lake not reachable: {opts.lake}: {type(exc).__name__}: {exc}") from None
     try:
-        with write.audit_lock(db, wait_seconds=getattr(args, "wait_lock", 0.0)):
+        with write.audit_lock(db, wait_seconds=opts.lock_wait_seconds):
             write.connect(db).close()
     except write.DatabaseError as exc:
         raise CannotRun(str(exc)) from None
 
 
-def run_audit(args, quiet: bool = False) -> dict:
-    """Validate, then run the audit_lake flow; returns its summary."""
+def run_audit(opts: AuditOptions, quiet: bool = False) -> dict:
+    """Validate ``opts`` (an AuditOptions), then run the audit_lake flow; returns its summary."""
+    import dataclasses
+
     from radlint.flows.prefect_env import prefect_api
 
-    _check_audit_inputs(args)
+    _check_audit_inputs(opts)
+    opts = dataclasses.replace(opts, db=str(Path(opts.db).resolve()))
     with prefect_api(warm_imports=("radlint.flows.audit_lake",)):
         from radlint.flows.audit_lake import audit_lake
 
-        return audit_lake(
-            lake=args.lake,
-            db=str(Path(args.db).resolve()),
-            out=args.out,
-            labels_file=args.labels,
-            dask_address=args.dask_address,
-            workers=args.workers,
-            batch_size=args.batch_size,
-            shard_size=args.shard_size,
-            device=args.device,
-            max_pixels=args.max_pixels,
-            registry=args.registry,
-            lock_wait_seconds=getattr(args, "wait_lock", 0.0),
-            report=getattr(args, "report", None),
-            executor=getattr(args, "executor", "auto"),
-            max_inflight_bytes=getattr(args, "max_inflight_mb", 512) * 1024 * 1024,
-        )
+        return audit_lake(**opts.parameters())
 
 
 # Control characters (ESC sequences can rewrite a terminal's screen or title) and bidirectional
@@ -190,7 +202,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_audit(args) -> int:
-    summary = run_audit(args)
+    summary = run_audit(audit_options(args))
     _print_summary(summary)
     if summary.get("status") != "completed":
         print(

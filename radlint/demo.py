@@ -83,26 +83,28 @@ def pydicom_data_sources(work: Path) -> list[lakegen.SourceImage]:
 
 
 def _audit(lake: Path, db: Path, workers: int, registry: str | None = None) -> dict:
-    """The audit flow on the lake this module just built; every option it does not set keeps the flow's default.
+    """The audit flow on the lake this module just built; every option it does not set keeps its AuditOptions default.
 
     The flow is called directly, not through the CLI's run_audit, so that the CLI depends on this
     module and not the other way round; the CLI's input checks have nothing to find in a fresh lake.
     """
     from radlint.flows.prefect_env import prefect_api
+    from radlint.tasks.options import AuditOptions
 
     n_objects = sum(1 for p in lake.rglob("*") if p.is_file())
+    opts = AuditOptions(
+        lake=str(lake),
+        db=str(db),
+        workers=workers,
+        # at least two shards per worker, so every worker has work
+        shard_size=max(1, min(250, n_objects // (2 * workers) + 1)),
+        registry=registry,
+        report=str(db.parent / "report.html"),
+    )
     with prefect_api(warm_imports=("radlint.flows.audit_lake",)):
         from radlint.flows.audit_lake import audit_lake
 
-        return audit_lake(
-            lake=str(lake),
-            db=str(db),
-            workers=workers,
-            # at least two shards per worker, so every worker has work
-            shard_size=max(1, min(250, n_objects // (2 * workers) + 1)),
-            registry=registry,
-            report=str(db.parent / "report.html"),
-        )
+        return audit_lake(**opts.parameters())
 
 
 def _fresh(work: Path) -> None:
@@ -155,7 +157,7 @@ def run(args) -> int:
     truth = work / "planted_errors.csv"
     lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed)
     print(f"demo lake: {len(sources)} DICOM objects from {origin}, planted error rate {args.error_rate}")
-    summary, scores = _audit_and_score(work, truth, args.workers, getattr(args, "registry", None))
+    summary, scores = _audit_and_score(work, truth, args.workers, args.registry)
     from radlint.tasks.findings import summary_markdown
 
     print(summary_markdown(summary))
@@ -181,8 +183,8 @@ def run_planted(args) -> int:
     _fresh(work)
     try:
         sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file),
-                                              args.split, getattr(args, "overrides", None),
-                                              unseen_source=getattr(args, "unseen_source", None))
+                                              args.split, args.overrides,
+                                              unseen_source=args.unseen_source)
     except (ValueError, OSError) as e:
         print(f"radlint: {e}", file=sys.stderr)
         return 2
@@ -191,12 +193,12 @@ def run_planted(args) -> int:
         return 2
     sources = lakegen.stratified_sample(sources, args.n, args.seed)
     truth = work / "planted_errors.csv"
-    systematic = tuple(args.systematic.split(":", 1)) if getattr(args, "systematic", None) else None
+    systematic = tuple(args.systematic.split(":", 1)) if args.systematic else None
     lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed,
                        systematic=systematic)
     print(f"lake: {len(sources)} images, planted error rate {args.error_rate} per field"
           + (f", every {systematic[0]} image labelled {systematic[1]} (one protocol)" if systematic else ""))
-    summary, scores = _audit_and_score(work, truth, args.workers, getattr(args, "registry", None))
+    summary, scores = _audit_and_score(work, truth, args.workers, args.registry)
     print(planted.format_table(scores))
     from radlint.tasks import write
 

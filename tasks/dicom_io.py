@@ -22,6 +22,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 from pydicom.uid import UID
 
 from radlint.tasks import labels
+from radlint.tasks.options import DEFAULT_MAX_PIXELS
 
 # Reason codes of the `skipped` table (docs/architecture.md), plus a few more specific ones.
 NOT_DICOM = "not_dicom"
@@ -31,8 +32,6 @@ UNSUPPORTED_TS = "unsupported_transfer_syntax"
 UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
 TOO_LARGE = "too_large"
 READ_ERROR = "read_error"
-
-DEFAULT_MAX_PIXELS = 80_000_000  # about 9k x 9k; larger frames are refused before decoding
 
 # The identifiers header_json never keeps: DICOM PS3.15 Annex E, basic profile (every attribute it
 # removes, replaces or cleans), as a data file because pydicom ships no copy of the table.

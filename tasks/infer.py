@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from radlint.tasks.options import DEFAULT_BATCH_SIZE
+
 # The registry and ONNX files are package data of radlint.models (installed as real files).
 MODELS_DIR = Path(str(resources.files("radlint.models")))
 REGISTRY_PATH = MODELS_DIR / "registry.yaml"
@@ -219,7 +221,7 @@ def predict(
     batch: np.ndarray,
     *,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int = 0,
 ) -> dict[str, np.ndarray]:
     """Run the model over ``batch`` [N, 1, S, S] float32 in chunks.
@@ -235,7 +237,7 @@ def predict_with_embedding(
     batch: np.ndarray,
     *,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int = 0,
     embedding: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

@@ -18,15 +18,15 @@ import numpy as np
 
 from radlint.tasks import dicom_io, infer, preprocess, settings, write
 from radlint.tasks.discover import ObjectRef, cat_heads, cat_objects, filesystem_for_uri
+from radlint.tasks.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_INFLIGHT_BYTES
 from radlint.tasks.vocabulary import TURNS
 
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK = 16  # objects fetched together; the next chunk is fetched while this one decodes
 FETCH_ATTEMPTS = 4
-# Object bytes a worker holds at once (the chunk being decoded plus the one fetched ahead). An
-# object larger than this alone is skipped as too_large, after its header was read.
-DEFAULT_MAX_INFLIGHT_BYTES = 512 * 1024 * 1024
+# A worker holds at most max_inflight_bytes of objects (the chunk being decoded plus the one
+# fetched ahead); an object larger than that alone is skipped as too_large, after its header was read.
 # Objects larger than this have their header read first (HEAD_BYTES, growing to HEAD_MAX_BYTES
 # while Pixel Data is not reached): not_dicom and too_large are decided without the body. Smaller
 # ones (nearly every radiograph) are fetched whole: a second request would cost more than it saves.
@@ -246,7 +246,7 @@ def audit_shard(
     shard_id: str,
     registry_path: str | None = None,
     salt_file: str | None = None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     max_pixels: int = dicom_io.DEFAULT_MAX_PIXELS,
     storage_options: dict | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from radlint.tasks import discover, write
+from radlint.tasks.options import AuditOptions
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,14 @@ def build_small_lake(folder: Path, make_dicom, n: int = 12) -> None:
     (folder / "cut.dcm").write_bytes(make_dicom(seed=99)[:2000])
 
 
-def audit_args(lake: str, db: Path, registry: Path, **kw) -> argparse.Namespace:
+def audit_args(lake: str, db: Path, registry: Path, **kw) -> AuditOptions:
     base = dict(
-        lake=lake, db=str(db), out=None, labels=None, dask_address=None, workers=2, batch_size=4,
-        shard_size=5, device="cpu", max_pixels=80_000_000, registry=str(registry),
+        lake=lake, db=str(db), workers=2, batch_size=4, shard_size=5, device="cpu", registry=str(registry),
         # Tests run the real Dask path unless they test the choice of executor.
         executor="dask",
     )
     base.update(kw)
-    return argparse.Namespace(**base)
+    return AuditOptions(**base)
 
 
 def counts(db: Path) -> dict[str, int]:
@@ -114,8 +113,8 @@ def test_small_remainder_runs_in_process_with_the_same_rows(tmp_path, make_dicom
 
 
 def test_executor_choice(tmp_path, make_dicom):
-    from radlint.flows.audit_lake import _choose_executor, break_even_seconds
     from radlint.tasks.discover import ObjectRef
+    from radlint.tasks.plan import break_even_seconds, choose_executor
 
     assert break_even_seconds(1) == float("inf")
     assert break_even_seconds(16) < break_even_seconds(4) < break_even_seconds(2) < 12
@@ -140,30 +139,30 @@ def test_executor_choice(tmp_path, make_dicom):
 
     two = 2
     # clear either way: no object is read
-    assert _choose_executor("auto", None, lake(10, 20_000, missing), two)[0] == "local"
-    assert _choose_executor("auto", None, lake(5000, 10_000_000, missing), two)[0] == "dask"
+    assert choose_executor("auto", None, lake(10, 20_000, missing), two)[0] == "local"
+    assert choose_executor("auto", None, lake(5000, 10_000_000, missing), two)[0] == "dask"
     # 400 radiographs of 10 MB: seconds of strided reads, minutes of JPEG-LS decoding
-    where, cost = _choose_executor("auto", None, lake(400, 10_000_000, native), two)
+    where, cost = choose_executor("auto", None, lake(400, 10_000_000, native), two)
     assert where == "local" and cost == discover.SECONDS_PER_MB_BY_SYNTAX[ExplicitVRLittleEndian]
-    where, cost = _choose_executor("auto", None, lake(400, 10_000_000, jpegls), two)
+    where, cost = choose_executor("auto", None, lake(400, 10_000_000, jpegls), two)
     assert where == "dask" and cost == discover.SECONDS_PER_MB_BY_SYNTAX[JPEGLSLossless]
     # unknown or unreadable: the middle guess
     for files in (not_dicom, missing):
-        assert _choose_executor("auto", None, lake(400, 10_000_000, files), two) == ("dask", discover.SECONDS_PER_MB)
+        assert choose_executor("auto", None, lake(400, 10_000_000, files), two) == ("dask", discover.SECONDS_PER_MB)
     # a mixed lake is costed by the sampled objects' sizes
     mixed = lake(4, 10_000_000, native) + lake(4, 30_000_000, jpegls)
     by_syntax = discover.SECONDS_PER_MB_BY_SYNTAX
     expected = (10 * by_syntax[ExplicitVRLittleEndian] + 30 * by_syntax[JPEGLSLossless]) / 40
     assert discover.probe_seconds_per_mb(mixed) == pytest.approx(expected)
     # one worker cannot gain from a cluster
-    assert _choose_executor("auto", None, lake(400, 10_000_000, jpegls), 1)[0] == "local"
+    assert choose_executor("auto", None, lake(400, 10_000_000, jpegls), 1)[0] == "local"
 
     small = lake(10, 20_000, native)
-    assert _choose_executor("auto", "tcp://scheduler:8786", small, two)[0] == "dask"
-    assert _choose_executor("local", None, lake(5000, 10_000_000, native), two)[0] == "local"
-    assert _choose_executor("dask", None, small, two)[0] == "dask"
+    assert choose_executor("auto", "tcp://scheduler:8786", small, two)[0] == "dask"
+    assert choose_executor("local", None, lake(5000, 10_000_000, native), two)[0] == "local"
+    assert choose_executor("dask", None, small, two)[0] == "dask"
     with pytest.raises(ValueError):
-        _choose_executor("threads", None, small, two)
+        choose_executor("threads", None, small, two)
 
 
 def test_cli_exit_codes(tmp_path, tiny_registry):

@@ -188,20 +188,19 @@ def _all_text_of_database(db: Path) -> str:
 
 @pytest.mark.slow
 def test_identifiers_reach_neither_database_nor_parts(tmp_path, make_dicom, tiny_registry, prefect_api):
-    import argparse
-
     import pyarrow.parquet as pq
 
     from radlint.cli import run_audit
+    from radlint.tasks.options import AuditOptions
 
     lake = tmp_path / "lake"
     lake.mkdir()
     data, needles = _dicom_with_identifiers(make_dicom)
     (lake / "leaky.dcm").write_bytes(data)
     db = tmp_path / "audit.duckdb"
-    summary = run_audit(argparse.Namespace(
-        lake=str(lake), db=str(db), out=None, labels=None, dask_address=None, workers=1, batch_size=4,
-        shard_size=None, device="cpu", max_pixels=80_000_000, registry=str(tiny_registry), executor="local",
+    summary = run_audit(AuditOptions(
+        lake=str(lake), db=str(db), workers=1, batch_size=4, device="cpu", registry=str(tiny_registry),
+        executor="local",
     ))
     assert summary["status"] == "completed" and summary["n_images"] == 1
 

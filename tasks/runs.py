@@ -1,0 +1,86 @@
+"""An audit run's database work before and after its shards, in the flow's process (the single
+DuckDB writer): :func:`prepare` and :func:`finish`."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from radlint.tasks import adapt, discover, findings, write
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """``todo``: the listed object versions not yet audited with the model;
+    ``orientation_sample_rate``: share of them that feed the self-supervised orientation probe;
+    ``recovered``: rows added per kind from parts an interrupted run left unloaded."""
+
+    run_id: str
+    todo: list[discover.ObjectRef]
+    orientation_sample_rate: float
+    recovered: dict[str, int] | None = None
+
+
+def prepare(db: str, entry, lake: str, objects: list[discover.ObjectRef], out_dir: str,
+            label_table=None, labels_file: str | None = None) -> Prepared:
+    """Bring the database up to date and start a run: schema and migrations, runs a crash left
+    'running', the model's thresholds, the label table, parts a crashed run wrote but never loaded;
+    then the diff of ``objects`` against what is audited, and the run's row.
+
+    Raises:
+        write.DatabaseError: the database is locked or written by a newer radlint.
+    """
+    run_id = write.new_run_id()
+    con = write.connect(db, wait_seconds=0)
+    try:
+        write.ensure_schema(con)
+        write.mark_interrupted_runs(con)
+        write.load_thresholds(con, entry.name, entry.sha256, entry.tasks)
+        if label_table is not None:
+            write.load_labels(con, label_table, os.path.abspath(labels_file))
+        orphans = write.unloaded_parts(con, out_dir)
+        recovered = write.load_and_record(con, orphans) if orphans else None
+        todo = discover.diff(objects, write.done_keys(con, [entry.sha256]))
+        sample_rate = adapt.orientation_sample_rate(len(todo), write.orientation_sampled_count(con, entry.sha256))
+        write.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
+    finally:
+        con.close()
+    return Prepared(run_id, todo, sample_rate, recovered)
+
+
+def finish(db: str, entry, run: Prepared, results: list[dict], *, n_listed: int, n_shards: int,
+           started: float) -> dict[str, Any]:
+    """Load the shards' parts, (re)create the views, adapt to the lake, close the run's row;
+    returns the run summary (findings.run_summary plus ``lake_adaptation`` and ``failed_shards``).
+
+    ``results``: the shards' results (a failed one carries ``failed``); ``started``: the
+    ``time.perf_counter()`` at which the run started.
+    """
+    parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
+    failed = [r for r in results if r.get("failed")]
+    con = write.connect(db, wait_seconds=60)
+    try:
+        added = write.load_and_record(con, parts)
+        write.create_views(con)
+        lake_counts = adapt.adapt_lake(con, entry, run.run_id)
+        write.finish_run(
+            con,
+            run.run_id,
+            status="incomplete" if failed else "completed",
+            n_listed=n_listed,
+            n_new=len(run.todo),
+            n_images=added["images"],
+            n_skipped=added["skipped"],
+            n_predictions=added["predictions"],
+            n_shards=n_shards,
+            n_failed_shards=len(failed),
+            wall_seconds=time.perf_counter() - started,
+        )
+        summary = findings.run_summary(con, run.run_id)
+    finally:
+        con.close()
+    summary.update(lake_adaptation=lake_counts)
+    summary.update(failed_shards=[r["shard_id"] for r in failed])
+    return summary
