@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from radlint.tasks import adapt, infer, write
+from radlint.tasks import adapt, database, infer, parts
 from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION, TURNS
 
 
@@ -38,11 +38,11 @@ def fill(db: Path, n: int, dim: int, sha: str, seed: int = 0) -> int:
     wrong = rng.random(n) < 0.10
     label[wrong] = rng.integers(0, len(BODY_PART), size=wrong.sum())
     uris = [f"s3://lake/img{i:07d}.dcm" for i in range(n)]
-    now = write.utcnow()
-    con = write.connect(db)
+    now = parts.utcnow()
+    con = database.connect(db)
     try:
-        write.ensure_schema(con)
-        write.create_views(con)
+        database.ensure_schema(con)
+        database.create_views(con)
         images = pa.table({
             "uri": uris, "etag": ["e"] * n, "patient_key": [f"p{i // 3}" for i in range(n)],
             "label_body_part": [BODY_PART[k] for k in label],
@@ -73,7 +73,7 @@ def fill(db: Path, n: int, dim: int, sha: str, seed: int = 0) -> int:
             rows["model"] += ["m"] * n
             rows["model_sha256"] += [sha] * n
             rows["run_id"] += ["r1"] * n
-        preds = pa.table(rows, schema=pa.schema([(k, write.SCHEMAS["predictions"].field(k).type) for k in rows]))
+        preds = pa.table(rows, schema=pa.schema([(k, parts.SCHEMAS["predictions"].field(k).type) for k in rows]))
         con.register("src", preds)
         con.execute(f"insert into predictions ({', '.join(rows)}) select * from src")
         con.unregister("src")
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.duckdb"
             n_sampled = fill(db, n, entry.embedding.size, entry.sha256)
-            con = write.connect(db)
+            con = database.connect(db)
             try:
                 t = time.perf_counter()
                 counts = adapt.adapt_lake(con, entry, "bench")

@@ -623,15 +623,15 @@ def upload(local_files: list[Path], prefix: str) -> float:
 
 def load_time(db: Path, scratch: Path) -> dict:
     """Seconds to load the run's Parquet parts into a fresh database (what the flow does at the end)."""
-    from radlint.tasks import write
+    from radlint.tasks import database
 
     out_dir = str(db.with_suffix("")) + "_parts"
-    con = write.connect(scratch)
+    con = database.connect(scratch)
     try:
-        write.ensure_schema(con)
-        parts = write.unloaded_parts(con, out_dir)
+        database.ensure_schema(con)
+        parts = database.unloaded_parts(con, out_dir)
         t0 = time.perf_counter()
-        added = write.load_and_record(con, parts)
+        added = database.load_and_record(con, parts)
         t1 = time.perf_counter()
     finally:
         con.close()
@@ -642,14 +642,14 @@ def load_time(db: Path, scratch: Path) -> dict:
 
 
 def listing_and_diff(lake: str, db: Path, sha: str) -> dict:
-    from radlint.tasks import discover, write
+    from radlint.tasks import database, discover
 
     t0 = time.perf_counter()
     objs = discover.discover(lake)
     t1 = time.perf_counter()
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
-        done = write.done_keys(con, [sha])
+        done = database.done_keys(con, [sha])
         t2 = time.perf_counter()
         todo = discover.diff(objs, done)
         t3 = time.perf_counter()
@@ -772,7 +772,7 @@ def render(results: dict) -> str:
         L.append("")
     if r.get("scale"):
         L.append("## Scale: lakes of small DICOMs (64x64, uncompressed)\n")
-        L.append("Listing = tasks.discover.discover on the lake; done-keys = write.done_keys on the audited "
+        L.append("Listing = tasks.discover.discover on the lake; done-keys = database.done_keys on the audited "
                  "database; diff = discover.diff (the re-run case: every object already done). Orchestration "
                  "= 1 - (sum of in-task seconds / workers) / wall.\n")
         L.append("| objects | write lake s | audit wall s | in-task s (sum) | orchestration share | before 1st shard s | after last shard s | listing s | done-keys s | diff s | load parts s | peak RSS per worker MB | flow process peak RSS MB |")

@@ -16,13 +16,13 @@ from prefect_dask import DaskTaskRunner
 
 from radlint.flows.dask_env import BackgroundCluster
 from radlint.flows.progress import Progress
-from radlint.tasks import discover, findings, infer, labels, plan, runs, settings, shard, write
+from radlint.tasks import database, discover, findings, infer, labels, parts, plan, runs, settings, shard
 from radlint.tasks.options import AuditOptions
 
 
 @task(name="audit-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
 def audit_shard_task(manifest: str, index: int, **kwargs: Any) -> dict[str, Any]:
-    return shard.audit_shard(write.read_manifest(manifest, index), **kwargs)
+    return shard.audit_shard(parts.read_manifest(manifest, index), **kwargs)
 
 
 @flow(name="audit_shards", validate_parameters=False)
@@ -97,9 +97,9 @@ def audit_lake(
     infer.verify(entry)
     label_table = labels.read_label_file(opts.labels_file) if opts.labels_file else None
     workers = opts.workers or settings.default_workers()
-    with write.audit_lock(opts.db, wait_seconds=opts.lock_wait_seconds), contextlib.ExitStack() as stack:
+    with database.audit_lock(opts.db, wait_seconds=opts.lock_wait_seconds), contextlib.ExitStack() as stack:
         cluster: BackgroundCluster | None = None
-        if opts.executor == "dask" and not opts.dask_address and not write.has_predictions(opts.db, entry.sha256):
+        if opts.executor == "dask" and not opts.dask_address and not database.has_predictions(opts.db, entry.sha256):
             # A first audit with this model: every object listed is new, so the cluster will be
             # needed; its workers start while the lake is listed.
             cluster = stack.enter_context(BackgroundCluster(workers))
@@ -138,7 +138,7 @@ def submit(planned: plan.Plan, shard_kwargs: dict[str, Any], run_id: str, n_list
         return []
     get_run_logger().info("auditing %d shards %s", len(planned.shards), "in this process" if planned.executor == "local"
                           else f"on Dask ({dask_address or f'{planned.workers} local workers'})")
-    manifest = write.write_manifest(planned.shards, out_dir, run_id)
+    manifest = parts.write_manifest(planned.shards, out_dir, run_id)
     shard_args = (str(manifest), [len(s) for s in planned.shards], shard_kwargs, run_id, n_listed)
     if planned.executor == "local":  # no subflow: its creation and states cost ~0.3-0.4 s of API calls
         return run_shards(*shard_args)

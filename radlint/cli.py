@@ -130,7 +130,7 @@ def audit_options(args: argparse.Namespace) -> AuditOptions:
 
 
 def _check_audit_inputs(opts: AuditOptions) -> None:
-    from radlint.tasks import discover, write
+    from radlint.tasks import database, discover
     from radlint.tasks.labels import LabelFileError, read_label_file
 
     if opts.labels_file:
@@ -164,9 +164,9 @@ def _check_audit_inputs(opts: AuditOptions) -> None:
     except Exception as exc:
         raise CannotRun(f"lake not reachable: {opts.lake}: {type(exc).__name__}: {exc}") from None
     try:
-        with write.audit_lock(db, wait_seconds=opts.lock_wait_seconds):
-            write.connect(db).close()
-    except write.DatabaseError as exc:
+        with database.audit_lock(db, wait_seconds=opts.lock_wait_seconds):
+            database.connect(db).close()
+    except database.DatabaseError as exc:
         raise CannotRun(str(exc)) from None
 
 
@@ -214,12 +214,12 @@ def cmd_audit(args) -> int:
 
 
 def cmd_export_corrections(args) -> int:
-    from radlint.tasks import findings, write
+    from radlint.tasks import database, findings
 
     if not Path(args.db).exists():
         raise CannotRun(f"database not found: {args.db}")
     _check_writable_file(args.out, "--out")
-    con = write.connect(args.db, read_only=True)
+    con = database.connect(args.db, read_only=True)
     try:
         have = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
         if not {"findings", "images"} <= have:
@@ -346,10 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_quiet_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from radlint.tasks.database import DatabaseError
     from radlint.tasks.discover import LakeError
     from radlint.tasks.infer import RegistryError
     from radlint.tasks.labels import LabelFileError
-    from radlint.tasks.write import DatabaseError
 
     try:
         return int(args.func(args) or 0)

@@ -118,11 +118,11 @@ def _fresh(work: Path) -> None:
 
 
 def _audit_and_score(work: Path, truth: Path, workers: int, registry: str | None = None) -> tuple[dict, dict]:
-    from radlint.tasks import write
+    from radlint.tasks import database
 
     db = work / "radlint.duckdb"
     summary = _audit(work / "lake", db, workers, registry)
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         scores = planted.score(con, truth)
     finally:
@@ -200,9 +200,9 @@ def run_planted(args) -> int:
           + (f", every {systematic[0]} image labelled {systematic[1]} (one protocol)" if systematic else ""))
     summary, scores = _audit_and_score(work, truth, args.workers, args.registry)
     print(planted.format_table(scores))
-    from radlint.tasks import write
+    from radlint.tasks import database
 
-    con = write.connect(work / "radlint.duckdb", read_only=True)
+    con = database.connect(work / "radlint.duckdb", read_only=True)
     try:
         sweep = planted.rule_sweep(con, truth)
         group = planted.systematic_group(con, truth)
@@ -216,9 +216,9 @@ def run_planted(args) -> int:
               f"{lakegen.SYSTEMATIC_PROTOCOL!r} (n={group['group_n']}, share disagreeing "
               f"{group['group_share_disagree']})")
     if args.plot:
-        from radlint.tasks import write
+        from radlint.tasks import database
 
-        con = write.connect(work / "radlint.duckdb", read_only=True)
+        con = database.connect(work / "radlint.duckdb", read_only=True)
         try:
             planted.plot_pr(con, truth, args.plot)
         finally:

@@ -39,10 +39,10 @@ def write_report(db: str | Path, out: str | Path, *, limit: int = GALLERY_LIMIT)
     The database is opened read-only, so a report can be made while nobody writes to it.
     ``limit`` caps the gallery of suspects (mismatches, most severe first).
     """
-    from radlint.tasks import write
+    from radlint.tasks import database
 
     out = Path(out)
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         data = _collect(con, limit)
     finally:

@@ -39,7 +39,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from radlint.tasks import preprocess, write
+from radlint.tasks import parts, preprocess
 from radlint.tasks.vocabulary import ORIENTATION, TURNS
 
 MIN_IMAGES = 30
@@ -288,7 +288,7 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
     keys = list(zip(data["uri"], data["etag"]))
     groups = data["grp"]
     out: list[dict] = []
-    now = write.utcnow()
+    now = parts.utcnow()
     counts: dict[str, dict[str, int]] = {}
 
     def emit(task, classes, rows_idx, result: ProbeResult, reasons_override=None):
@@ -365,7 +365,7 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
 
 LAKE_SCHEMA = pa.schema([
     ("uri", pa.string()), ("etag", pa.string()), ("task", pa.string()), ("predicted", pa.string()),
-    ("probability", pa.float32()), ("probabilities", write.PROBABILITIES_TYPE), ("method", pa.string()),
+    ("probability", pa.float32()), ("probabilities", parts.PROBABILITIES_TYPE), ("method", pa.string()),
     ("fallback_reason", pa.string()), ("model_sha256", pa.string()), ("fitted_run_id", pa.string()),
     ("fitted_at", pa.timestamp("us", tz="UTC")),
 ])

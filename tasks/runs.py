@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from radlint.tasks import adapt, discover, findings, write
+from radlint.tasks import adapt, database, discover, findings, parts
 
 
 @dataclass(frozen=True)
@@ -30,21 +30,21 @@ def prepare(db: str, entry, lake: str, objects: list[discover.ObjectRef], out_di
     then the diff of ``objects`` against what is audited, and the run's row.
 
     Raises:
-        write.DatabaseError: the database is locked or written by a newer radlint.
+        database.DatabaseError: the database is locked or written by a newer radlint.
     """
-    run_id = write.new_run_id()
-    con = write.connect(db, wait_seconds=0)
+    run_id = database.new_run_id()
+    con = database.connect(db, wait_seconds=0)
     try:
-        write.ensure_schema(con)
-        write.mark_interrupted_runs(con)
-        write.load_thresholds(con, entry.name, entry.sha256, entry.tasks)
+        database.ensure_schema(con)
+        database.mark_interrupted_runs(con)
+        database.load_thresholds(con, entry.name, entry.sha256, entry.tasks)
         if label_table is not None:
-            write.load_labels(con, label_table, os.path.abspath(labels_file))
-        orphans = write.unloaded_parts(con, out_dir)
-        recovered = write.load_and_record(con, orphans) if orphans else None
-        todo = discover.diff(objects, write.done_keys(con, [entry.sha256]))
-        sample_rate = adapt.orientation_sample_rate(len(todo), write.orientation_sampled_count(con, entry.sha256))
-        write.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
+            database.load_labels(con, label_table, os.path.abspath(labels_file))
+        orphans = database.unloaded_parts(con, out_dir)
+        recovered = database.load_and_record(con, orphans) if orphans else None
+        todo = discover.diff(objects, database.done_keys(con, [entry.sha256]))
+        sample_rate = adapt.orientation_sample_rate(len(todo), database.orientation_sampled_count(con, entry.sha256))
+        database.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
     finally:
         con.close()
     return Prepared(run_id, todo, sample_rate, recovered)
@@ -58,14 +58,14 @@ def finish(db: str, entry, run: Prepared, results: list[dict], *, n_listed: int,
     ``results``: the shards' results (a failed one carries ``failed``); ``started``: the
     ``time.perf_counter()`` at which the run started.
     """
-    parts = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in write.KINDS}
+    written = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in parts.KINDS}
     failed = [r for r in results if r.get("failed")]
-    con = write.connect(db, wait_seconds=60)
+    con = database.connect(db, wait_seconds=60)
     try:
-        added = write.load_and_record(con, parts)
-        write.create_views(con)
+        added = database.load_and_record(con, written)
+        database.create_views(con)
         lake_counts = adapt.adapt_lake(con, entry, run.run_id)
-        write.finish_run(
+        database.finish_run(
             con,
             run.run_id,
             status="incomplete" if failed else "completed",

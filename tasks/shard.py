@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from radlint.tasks import dicom_io, infer, preprocess, settings, write
+from radlint.tasks import dicom_io, infer, parts, preprocess, settings
 from radlint.tasks.discover import ObjectRef, cat_heads, cat_objects, filesystem_for_uri
 from radlint.tasks.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_INFLIGHT_BYTES
 from radlint.tasks.vocabulary import TURNS
@@ -277,7 +277,7 @@ def audit_shard(
     kinds = ["images", "predictions", "thumbnails", "skipped"]
     if entry.embedding is not None:
         kinds += ["embeddings", "orientation_samples"]
-    writers = {kind: write.PartWriter(out_dir, kind, run_id, shard_id) for kind in kinds}
+    writers = {kind: parts.PartWriter(out_dir, kind, run_id, shard_id) for kind in kinds}
     images, predictions, thumbnails, skipped = (writers[k] for k in ("images", "predictions", "thumbnails", "skipped"))
     pending_inputs: list[np.ndarray] = []
     pending_meta: list[dict] = []
@@ -289,7 +289,7 @@ def audit_shard(
         probs, vectors = infer.predict_with_embedding(
             entry, batch, device=device, batch_size=batch_size, threads=threads
         )
-        predictions.extend(_prediction_rows(entry, pending_meta, probs, run_id, write.utcnow()))
+        predictions.extend(_prediction_rows(entry, pending_meta, probs, run_id, parts.utcnow()))
         if vectors is not None:
             writers["embeddings"].extend(_embedding_rows(entry, pending_meta, vectors, run_id))
             picked = [i for i, m in enumerate(pending_meta) if orientation_sampled(m["uri"], orientation_sample_rate)]
@@ -316,7 +316,7 @@ def audit_shard(
             if decoders is not None:
                 ahead = {i: decoders.submit(prepare, p) for i, p in enumerate(payloads) if _threads_help(p)}
             for i, (obj, payload) in enumerate(zip(group, payloads)):
-                now = write.utcnow()
+                now = parts.utcnow()
                 if isinstance(payload, dicom_io.Skip):  # decided from the header alone
                     skipped.add(_skip_row(obj, payload.reason, payload.detail, run_id, now))
                     continue

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radlint.tasks import adapt, write
+from radlint.tasks import adapt, database
 from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, TURNS
 
 
@@ -206,7 +206,7 @@ def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embed
     args = dict(executor="local", shard_size=20)
     summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, **args))
     assert summary["status"] == "completed"
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         assert con.execute("select count(*), min(len(vector)), max(len(vector)) from embeddings").fetchone() == (40, 16, 16)
         # a lake of 40 new objects is turned whole for the orientation probe
@@ -224,7 +224,7 @@ def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embed
     (lake_dir / "new.dcm").write_bytes(make_dicom(seed=99, patient_id="P99"))
     summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, **args))
     assert summary["n_new"] == 1
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         assert con.execute("select count(*) from embeddings").fetchone()[0] == 41
         n, runs = con.execute("select count(distinct uri), list(distinct fitted_run_id) from lake_predictions").fetchone()
@@ -240,8 +240,8 @@ def test_adapt_without_embeddings_falls_back_per_row():
     from tests.sql.test_findings import SHA, given, image, pred
 
     con = duckdb.connect()
-    write.ensure_schema(con)
-    write.create_views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
     imgs, preds = [], []
     for i in range(40):
         uri = f"s3://b/{i}"
@@ -280,8 +280,8 @@ def test_adapt_follows_a_labels_file_that_changes_between_runs():
     from tests.sql.test_findings import SHA, T0, given, image, pred
 
     con = duckdb.connect()
-    write.ensure_schema(con)
-    write.create_views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
     x, classes = clusters(20, ("head", "chest"), dim=8)
     imgs, preds = [], []
     for i, cls in enumerate(classes):

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from radlint.tasks import write
+from radlint.tasks import database
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_demo_without_shared_radiographs(tmp_path, tiny_registry, prefect_api, m
     truth = list(csv.DictReader(open(work / "planted_errors.csv", encoding="utf-8")))
     n_images = len({r["uri"] for r in truth})
     assert n_images == 12 and any(r["planted"] == "True" for r in truth)
-    con = write.connect(work / "radlint.duckdb", read_only=True)
+    con = database.connect(work / "radlint.duckdb", read_only=True)
     try:
         assert con.execute("select count(*) from images").fetchone()[0] == n_images
         assert con.execute("select count(*) from thumbnails").fetchone()[0] == n_images

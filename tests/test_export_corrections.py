@@ -5,17 +5,17 @@ from __future__ import annotations
 import csv
 from datetime import datetime, timezone
 
-from radlint.tasks import findings, write
+from radlint.tasks import database, findings
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 FORMULA = '=HYPERLINK("http://x","y")'
 
 
 def _database_with_hostile_headers(path) -> None:
-    con = write.connect(path)
+    con = database.connect(path)
     try:
-        write.ensure_schema(con)
-        write.create_views(con)
+        database.ensure_schema(con)
+        database.create_views(con)
         con.executemany("insert into thresholds values ('m', 'sha', 'body_part', ?, 0.6)",
                         [[c] for c in ("head", "lower_limb")])
         for uri, sop, study, bpe in [("s3://b/1", "@SUM(1)", "+1.2.3", FORMULA), ("s3://b/2", "1.2.4", "-1.2", "\tSKULL")]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from radlint.tasks import discover, write
+from radlint.tasks import database, discover
 from radlint.tasks.options import AuditOptions
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def audit_args(lake: str, db: Path, registry: Path, **kw) -> AuditOptions:
 
 
 def counts(db: Path) -> dict[str, int]:
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("images", "predictions", "skipped", "runs")}
     finally:
@@ -59,7 +59,7 @@ def test_audit_local_lake_end_to_end_and_idempotent(tmp_path, make_dicom, tiny_r
     c = counts(db)
     assert c == {"images": 12, "predictions": 36, "skipped": 3, "runs": 1}
 
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         reasons = dict(con.execute("select regexp_extract(uri, '[^/]+$'), reason from skipped").fetchall())
         assert reasons == {"notes.txt": "not_dicom", "empty.dcm": "not_dicom", "cut.dcm": "truncated"}
@@ -104,7 +104,7 @@ def test_small_remainder_runs_in_process_with_the_same_rows(tmp_path, make_dicom
     dask_db = tmp_path / "dask.duckdb"
     run_audit(audit_args(str(lake), dask_db, tiny_registry))
     query = "select uri, task, predicted, round(probability, 5) from predictions order by all"
-    a, b = write.connect(db, read_only=True), write.connect(dask_db, read_only=True)
+    a, b = database.connect(db, read_only=True), database.connect(dask_db, read_only=True)
     try:
         assert a.execute(query).fetchall() == b.execute(query).fetchall()
     finally:
@@ -179,7 +179,7 @@ def test_locked_database_gives_clear_error(tmp_path, tiny_registry, capsys):
     from radlint.cli import main
 
     db = tmp_path / "locked.duckdb"
-    holder = write.connect(db)
+    holder = database.connect(db)
     try:
         import subprocess
         import sys

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from radlint.tasks import discover, write
+from radlint.tasks import database, discover
 from radlint.tasks.shard import _fetch_chunk
 
 
@@ -48,7 +48,7 @@ def _lake_with_odd_names(lake: Path, make_dicom) -> dict[bytes, str]:
 
 
 def _bodies_by_name(db: Path) -> dict[bytes, str]:
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         rows = con.execute("select uri, body_part_examined from images").fetchall()
     finally:
@@ -93,7 +93,7 @@ def test_s3_keys_with_version_and_chaining_syntax(tmp_path, s3_server, make_dico
     db = tmp_path / "odds3.duckdb"
     summary = run_audit(audit_args("s3://oddlake/cr", db, tiny_registry, executor="local"))
     assert summary["status"] == "completed"
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         got = dict(con.execute("select uri, body_part_examined from images").fetchall())
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from radlint.tasks import dicom_io, settings, write
+from radlint.tasks import database, dicom_io, settings
 
 
 def _files_containing(root: Path, needle: bytes, skip: tuple[Path, ...] = ()) -> list[str]:
@@ -35,7 +35,7 @@ def _cli_audit(lake: Path, db: Path, registry: Path, prefect_home: Path, salt: s
 
 
 def _patient_keys(db: Path) -> dict[str, str]:
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         return dict(con.execute("select regexp_extract(uri, '[^/]+$'), patient_key from images").fetchall())
     finally:
@@ -178,7 +178,7 @@ def test_header_json_drops_identifiers_at_every_depth(make_dicom):
 
 
 def _all_text_of_database(db: Path) -> str:
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         tables = [r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()]
         return "\n".join(str(con.execute(f'select * from "{t}"').fetchall()) for t in tables)
@@ -212,7 +212,7 @@ def test_identifiers_reach_neither_database_nor_parts(tmp_path, make_dicom, tiny
     for needle in needles:
         assert needle not in text and needle not in text_parts and needle.encode() not in raw, needle
 
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         kept = dict(con.execute("select keyword, value from header_fields where not is_sequence").fetchall())
     finally:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from radlint.report import corrected_jpeg, write_report
-from radlint.tasks import write
+from radlint.tasks import database
 from radlint.tasks.preprocess import rotate_to_orientation, thumbnail_jpeg
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
@@ -93,8 +93,8 @@ def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
     thumbnails, thresholds, one run and a few skipped objects."""
     rng = np.random.default_rng(seed)
     con = duckdb_connect(path)
-    write.ensure_schema(con)
-    write.create_views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
     run_id = "20261101T080000Z-abcd"
     th = [(t, c, 0.6) for t, cs in TASK_CLASSES.items() for c in cs]
     con.executemany("insert into thresholds values ('m', ?, ?, ?, ?)", [(SHA, t, c, v) for t, c, v in th])
@@ -178,7 +178,7 @@ def report(tmp_path_factory):
 
 
 def _mismatches(db: Path) -> dict[str, int]:
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         return dict(con.execute("select field, count(*) from findings where is_mismatch group by field").fetchall())
     finally:
@@ -215,7 +215,7 @@ def test_report_content_counts_and_self_contained(report):
 def test_flagged_groups_come_first_with_thumbnails(report):
     db, out = report
     page = out.read_text(encoding="utf-8")
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         flagged = con.execute("select count(*) from group_findings where is_flagged").fetchone()[0]
     finally:
@@ -256,8 +256,8 @@ def test_gallery_is_capped_and_sorted_by_severity(tmp_path, report):
 def test_empty_database(tmp_path):
     db = tmp_path / "empty.duckdb"
     con = duckdb_connect(db)
-    write.ensure_schema(con)
-    write.create_views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
     con.close()
     page = write_report(db, tmp_path / "out" / "empty.html").read_text(encoding="utf-8")
     assert "No mismatches found" in page and "No findings yet" in page and "No audit run recorded" in page
@@ -270,8 +270,8 @@ def test_gallery_shows_the_thumbnail_of_the_audited_version(tmp_path):
     without a thumbnail gets a placeholder."""
     db = tmp_path / "v.duckdb"
     con = duckdb_connect(db)
-    write.ensure_schema(con)
-    write.create_views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
     con.execute("insert into thresholds values ('m', ?, 'body_part', 'lower_limb', 0.5)", [SHA])
     versions = [("s3://b/x", "old", "r1", T0, 250), ("s3://b/x", "new", "r2", T0 + timedelta(days=1), 5), ("s3://b/y", "y1", "r1", T0, None)]
     for uri, etag, run, at, grey in versions:
@@ -386,8 +386,8 @@ def test_empty_report_in_headless_chromium(tmp_path):
     sync_playwright = _browser_or_skip()
     db = tmp_path / "empty.duckdb"
     con = duckdb_connect(db)
-    write.ensure_schema(con)
-    write.create_views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
     con.close()
     out = write_report(db, tmp_path / "empty.html")
     with sync_playwright() as pw:

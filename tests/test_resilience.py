@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from radlint.tasks import write
+from radlint.tasks import database
 from tests.test_flows import audit_args, counts
 
 pytestmark = pytest.mark.slow
@@ -32,9 +32,9 @@ def slow_lake(folder: Path, make_dicom, n: int = N_IMAGES) -> None:
 
 
 def no_duplicates(db: Path) -> None:
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
-        for table, key in write.LOAD_KEYS.items():
+        for table, key in database.LOAD_KEYS.items():
             dup = con.execute(
                 f"select count(*) from (select {', '.join(key)} from {table} group by all having count(*) > 1)"
             ).fetchone()[0]
@@ -82,7 +82,7 @@ def test_kill_flow_mid_run_then_resume(tmp_path, make_dicom, tiny_registry, pref
     c = counts(db)
     assert c["images"] == N_IMAGES and c["predictions"] == 3 * N_IMAGES and c["skipped"] == 0
     no_duplicates(db)
-    con = write.connect(db, read_only=True)
+    con = database.connect(db, read_only=True)
     try:
         statuses = sorted(r[0] for r in con.execute("select status from runs").fetchall())
         # the killed run is recorded as interrupted; its finished parts were loaded, not re-read
@@ -130,7 +130,7 @@ def test_kill_a_dask_worker_mid_shard(tmp_path, make_dicom, tiny_registry, prefe
 def test_second_audit_on_same_database_stops_with_clear_message(tmp_path, tiny_registry):
     db = tmp_path / "busy.duckdb"
     (tmp_path / "lake").mkdir()
-    with write.audit_lock(db):
+    with database.audit_lock(db):
         proc = subprocess.run(
             [sys.executable, "-m", "radlint.cli", "audit", str(tmp_path / "lake"), "--db", str(db),
              "--registry", str(tiny_registry)],
@@ -145,17 +145,17 @@ def test_audit_lock_waits_when_asked(tmp_path):
     released = threading.Event()
 
     def hold():
-        with write.audit_lock(db):
+        with database.audit_lock(db):
             time.sleep(1.5)
         released.set()
 
     t = threading.Thread(target=hold)
     t.start()
     time.sleep(0.3)
-    with pytest.raises(write.DatabaseError, match="another audit"):
-        with write.audit_lock(db):
+    with pytest.raises(database.DatabaseError, match="another audit"):
+        with database.audit_lock(db):
             pass
     start = time.monotonic()
-    with write.audit_lock(db, wait_seconds=30):
+    with database.audit_lock(db, wait_seconds=30):
         assert released.is_set() or time.monotonic() - start > 0.5
     t.join()

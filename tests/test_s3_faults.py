@@ -31,7 +31,7 @@ def test_audit_survives_s3_faults(tmp_path, s3_server, make_dicom, tiny_registry
     import s3fs
 
     from radlint.cli import run_audit
-    from radlint.tasks import write
+    from radlint.tasks import database
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir("faulty")
@@ -50,7 +50,7 @@ def test_audit_survives_s3_faults(tmp_path, s3_server, make_dicom, tiny_registry
         assert summary["status"] == "completed"
         c = counts(db)
         assert c["images"] == 12 and c["predictions"] == 36 and c["skipped"] == 1
-        con = write.connect(db, read_only=True)
+        con = database.connect(db, read_only=True)
         try:
             assert con.execute("select regexp_extract(uri, '[^/]+$'), reason from skipped").fetchall() == [
                 ("doomed.dcm", "fetch_error")

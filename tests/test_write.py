@@ -1,4 +1,5 @@
-"""tasks.write: atomic parts, idempotent loads, schema version and migration of older databases."""
+"""tasks.parts and tasks.database: atomic parts, their schemas against the DDL, idempotent loads, schema
+version and migration of older databases."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from radlint.tasks import write
+from radlint.tasks import database, parts
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -19,9 +20,39 @@ def skipped_row(uri, reason="not_dicom"):
 
 
 def write_part(rows, out_dir, kind, run_id, shard_id):
-    writer = write.PartWriter(out_dir, kind, run_id, shard_id)
+    writer = parts.PartWriter(out_dir, kind, run_id, shard_id)
     writer.extend(rows)
     return writer.close()
+
+
+@pytest.mark.parametrize("kind", parts.KINDS)
+def test_part_schema_is_the_table_ddl_column_by_column(kind):
+    """A part's Arrow schema is its table in sql/tables: the same columns, in order, of the same
+    types (as DuckDB hands the table to Arrow), so that a load never casts or drops a column."""
+    con = duckdb.connect()
+    try:
+        con.execute("set TimeZone = 'UTC'")  # DuckDB gives TIMESTAMPTZ the session's zone in Arrow
+        database.ensure_schema(con)
+        table = con.sql(f'select * from "{kind}" limit 0').to_arrow_table().schema
+    finally:
+        con.close()
+    declared = [(f.name, _type_name(f.type)) for f in parts.SCHEMAS[kind]]
+    assert declared == [(f.name, _type_name(f.type)) for f in table]
+
+
+def _type_name(t) -> str:
+    """An Arrow type by what it holds: a list's item field name (DuckDB calls it ``l``) is no difference."""
+    import pyarrow as pa
+
+    if pa.types.is_list(t):
+        return f"list<{_type_name(t.value_type)}>"
+    if pa.types.is_map(t):
+        return f"map<{_type_name(t.key_type)}, {_type_name(t.item_type)}>"
+    return str(t)
+
+
+def test_every_part_kind_has_a_schema_and_a_load_key():
+    assert set(parts.SCHEMAS) == set(parts.KINDS) == set(database.LOAD_KEYS)
 
 
 def test_write_part_path_and_atomicity(tmp_path):
@@ -32,7 +63,7 @@ def test_write_part_path_and_atomicity(tmp_path):
 
 
 def test_part_writer_streams_row_groups_and_publishes_only_on_close(tmp_path):
-    writer = write.PartWriter(tmp_path, "skipped", "run-1", "00001", row_group_rows=3)
+    writer = parts.PartWriter(tmp_path, "skipped", "run-1", "00001", row_group_rows=3)
     writer.extend(skipped_row(f"file:///{i}") for i in range(7))
     assert len(writer.rows) == 1  # two full row groups already went to the temporary file
     assert not writer.final.exists() and writer.tmp.exists()
@@ -44,33 +75,33 @@ def test_part_writer_streams_row_groups_and_publishes_only_on_close(tmp_path):
 
 
 def test_part_writer_abort_and_empty_parts_leave_nothing(tmp_path):
-    aborted = write.PartWriter(tmp_path, "skipped", "run-1", "00002", row_group_rows=2)
+    aborted = parts.PartWriter(tmp_path, "skipped", "run-1", "00002", row_group_rows=2)
     aborted.extend(skipped_row(f"file:///{i}") for i in range(5))
     aborted.abort()
-    assert write.PartWriter(tmp_path, "skipped", "run-1", "00003").close() is None
+    assert parts.PartWriter(tmp_path, "skipped", "run-1", "00003").close() is None
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
 def test_load_is_idempotent(tmp_path):
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
-    write.ensure_schema(con)
+    database.ensure_schema(con)
     p1 = write_part([skipped_row("file:///a"), skipped_row("file:///b")], tmp_path, "skipped", "r1", "0")
     p2 = write_part([skipped_row("file:///b"), skipped_row("file:///c")], tmp_path, "skipped", "r2", "0")
-    assert write.load_and_record(con, {"skipped": [str(p1)]})["skipped"] == 2
-    assert write.load_and_record(con, {"skipped": [str(p1), str(p2)]})["skipped"] == 1
+    assert database.load_and_record(con, {"skipped": [str(p1)]})["skipped"] == 2
+    assert database.load_and_record(con, {"skipped": [str(p1), str(p2)]})["skipped"] == 1
     assert con.execute("select count(*) from skipped").fetchone()[0] == 3
-    assert write.unloaded_parts(con, tmp_path) == {}
+    assert database.unloaded_parts(con, tmp_path) == {}
     # fetch errors are retried by the next run; other skips are final for that object version
     con.execute("insert into skipped values ('file:///d', 'e', 1, 'fetch_error', '', now(), 'r')")
-    assert ("file:///d", "e") not in write.done_keys(con, ["sha"])
-    assert ("file:///a", "e") in write.done_keys(con, ["sha"])
+    assert ("file:///d", "e") not in database.done_keys(con, ["sha"])
+    assert ("file:///a", "e") in database.done_keys(con, ["sha"])
 
 
 def test_unloaded_parts_of_a_crashed_run_are_found(tmp_path):
     con = duckdb.connect()
-    write.ensure_schema(con)
+    database.ensure_schema(con)
     p = write_part([skipped_row("file:///x")], tmp_path, "skipped", "crashed", "7")
-    assert write.unloaded_parts(con, tmp_path) == {"skipped": [str(p.resolve())]}
+    assert database.unloaded_parts(con, tmp_path) == {"skipped": [str(p.resolve())]}
 
 
 def test_database_of_previous_schema_is_migrated(tmp_path):
@@ -85,10 +116,10 @@ def test_database_of_previous_schema_is_migrated(tmp_path):
     old.execute("alter table images drop column study_month")  # an even older column set
     old.close()
 
-    con = write.connect(db)
-    write.ensure_schema(con)
-    write.create_views(con)
-    assert con.execute("select value from meta where key = 'schema_version'").fetchone()[0] == write.SCHEMA_VERSION
+    con = database.connect(db)
+    database.ensure_schema(con)
+    database.create_views(con)
+    assert con.execute("select value from meta where key = 'schema_version'").fetchone()[0] == database.SCHEMA_VERSION
     tables = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
     assert {"thumbnails", "loaded_parts"} <= tables
     assert con.execute("select uri, study_month from images").fetchall() == [("file:///old.dcm", None)]
@@ -107,27 +138,27 @@ def test_schema_2_gates_gain_class_thresholds(tmp_path):
     )
     old.execute("insert into gates values ('m', 's', 'body_part', 0.5, 0.9, 0.1)")
     old.close()
-    con = write.connect(db)
-    write.ensure_schema(con)
-    write.create_views(con)
+    con = database.connect(db)
+    database.ensure_schema(con)
+    database.create_views(con)
     assert con.execute("select task, min_severity, class_thresholds from gates").fetchall() == [("body_part", 0.5, None)]
     con.close()
 
 
 def test_newer_schema_is_refused(tmp_path):
     con = duckdb.connect()
-    write.ensure_schema(con)
+    database.ensure_schema(con)
     con.execute("update meta set value = '999' where key = 'schema_version'")
-    with pytest.raises(write.DatabaseError, match="newer"):
-        write.ensure_schema(con)
+    with pytest.raises(database.DatabaseError, match="newer"):
+        database.ensure_schema(con)
 
 
 def test_schema_and_views_are_applied_once_and_repaired_when_missing(tmp_path, monkeypatch):
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
-    write.ensure_schema(con)
-    write.create_views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
     meta = dict(con.execute("select key, value from meta").fetchall())
-    assert meta["tables_sha256"] == write._sql_digest("tables") and meta["views_sha256"] == write._sql_digest("views")
+    assert meta["tables_sha256"] == database._sql_digest("tables") and meta["views_sha256"] == database._sql_digest("views")
 
     ran: list[str] = []
     real_execute = duckdb.DuckDBPyConnection.execute
@@ -141,20 +172,20 @@ def test_schema_and_views_are_applied_once_and_repaired_when_missing(tmp_path, m
             return real_execute(self.con, sql, *args)
 
     spy = Spy(con)
-    write.ensure_schema(spy)
-    write.create_views(spy)
+    database.ensure_schema(spy)
+    database.create_views(spy)
     assert not [q for q in ran if q.lstrip().lower().startswith(("create", "--"))], ran  # nothing re-applied
 
     con.execute("drop view top_suspects")
     con.execute("drop table thumbnails")
-    write.ensure_schema(con)
-    write.create_views(con)
-    assert "thumbnails" in write._tables(con) and "top_suspects" in write._views(con)
+    database.ensure_schema(con)
+    database.create_views(con)
+    assert "thumbnails" in database._tables(con) and "top_suspects" in database._views(con)
 
     # Changed view SQL (a radlint upgrade) is applied even though the views exist.
     con.execute("create or replace view top_suspects as select 1 as stale")
     con.execute("update meta set value = 'old' where key = 'views_sha256'")
-    write.create_views(con)
+    database.create_views(con)
     assert "stale" not in [r[0] for r in con.execute("describe top_suspects").fetchall()]
 
 
@@ -162,12 +193,12 @@ def test_thresholds_and_gates_are_replaced_per_model(tmp_path):
     from types import SimpleNamespace
 
     con = duckdb.connect()
-    write.ensure_schema(con)
+    database.ensure_schema(con)
     spec = SimpleNamespace(classes=["a", "b"], thresholds={"a": 0.7}, min_severity=0.9,
                            gate_policy={"target_precision": 0.95, "prevalence": 0.1}, class_thresholds=False,
-                           label_gates={"b": 0.8}, lake_min_severity=0.7, lake_rule="lake")
+                           label_gates={"b": 0.8}, lake_min_severity=0.7, lake_rule="lake", lake_weight=0.7)
     for _ in range(2):
-        write.load_thresholds(con, "m", "sha", {"body_part": spec})
+        database.load_thresholds(con, "m", "sha", {"body_part": spec})
     assert con.execute("select class, threshold from thresholds order by class").fetchall() == [("a", pytest.approx(0.7)), ("b", 0.5)]
     assert con.execute("select task, min_severity, class_thresholds from gates").fetchall() == [("body_part", pytest.approx(0.9), False)]
     assert con.execute("select task, class, min_severity from label_gates").fetchall() == [("body_part", "b", pytest.approx(0.8))]
@@ -177,10 +208,10 @@ def test_manifest_roundtrip(tmp_path):
     from radlint.tasks.discover import ObjectRef
 
     shards = [[ObjectRef(f"s3://b/{i}", i, f"e{i}") for i in range(k, k + 3)] for k in (0, 3)]
-    path = write.write_manifest(shards, tmp_path, "r9")
+    path = parts.write_manifest(shards, tmp_path, "r9")
     assert path == tmp_path / "manifests" / "run_id=r9.parquet"
-    assert write.read_manifest(path, 1) == shards[1]
-    assert write.read_manifest(path, 0) == shards[0]
+    assert parts.read_manifest(path, 1) == shards[1]
+    assert parts.read_manifest(path, 0) == shards[0]
     import pyarrow.parquet as pq
 
     # one row group per shard: a task reads only its own
@@ -189,14 +220,14 @@ def test_manifest_roundtrip(tmp_path):
 
 def test_has_predictions(tmp_path):
     db = tmp_path / "db.duckdb"
-    assert not write.has_predictions(db, "sha-a")  # no database yet
+    assert not database.has_predictions(db, "sha-a")  # no database yet
     con = duckdb.connect(str(db))
-    write.ensure_schema(con)
+    database.ensure_schema(con)
     con.execute(
         "insert into predictions (uri, etag, sop_instance_uid, task, predicted, probability, probabilities, model, "
         "model_sha256, predicted_at, run_id) values ('file:///a', 'e', '1.2', 'body_part', 'chest', 0.9, "
         "map {'chest': 0.9}, 'm', 'sha-a', now(), 'r')"
     )
     con.close()
-    assert write.has_predictions(db, "sha-a")
-    assert not write.has_predictions(db, "sha-b")
+    assert database.has_predictions(db, "sha-a")
+    assert not database.has_predictions(db, "sha-b")

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import duckdb
 import pytest
 
-from radlint.tasks import write
+from radlint.tasks import database
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 T1 = datetime(2026, 2, 1, tzinfo=timezone.utc)
@@ -34,8 +34,8 @@ def pred(uri, task, probs: dict, etag="e1", at=T0):
 @pytest.fixture
 def con():
     c = duckdb.connect()
-    write.ensure_schema(c)
-    write.create_views(c)
+    database.ensure_schema(c)
+    database.create_views(c)
     thresholds = [("body_part", c_, 0.6) for c_ in ("chest", "head", "lower_limb", "abdomen", "pelvis")]
     thresholds += [("projection", c_, 0.7) for c_ in ("PA", "AP", "LATERAL")]
     thresholds += [("orientation", c_, 0.8) for c_ in ("upright", "rot90cw", "rot180", "rot90ccw")]

@@ -7,16 +7,16 @@ import re
 import duckdb
 import pytest
 
-from radlint.tasks import write
+from radlint.tasks import database
 
-FILES = write.sql_files("tables") + write.sql_files("views")
+FILES = database.sql_files("tables") + database.sql_files("views")
 
 
 @pytest.fixture(scope="module")
 def con():
     c = duckdb.connect()
-    write.ensure_schema(c)
-    write.create_views(c)
+    database.ensure_schema(c)
+    database.create_views(c)
     yield c
     c.close()
 
