@@ -44,6 +44,7 @@ class TaskSpec:
     label_gates: dict[str, float] = field(default_factory=dict)  # labelled class -> its own gate
     lake_min_severity: float | None = None  # gate on 1 - p_lake(label) where the lake probe scored
     lake_rule: str | None = None  # both | lake | disagree: what else a lake flag needs (sql/tables/gates.sql)
+    lake_weight: float | None = None  # share of the lake probe in the blended severity a lake flag is gated on
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
     label_gates = {k: float(v) for k, v in (gate.pop("by_label", None) or {}).items()}
     lake = gate.pop("lake_min_severity", None)
     lake_rule = gate.pop("lake_rule", None)
+    lake_weight = gate.pop("lake_weight", None)
+    if lake_weight is not None and not 0.0 <= float(lake_weight) <= 1.0:
+        raise RegistryError(f"task {name}: gate.lake_weight must be within [0, 1], not {lake_weight!r}")
     if lake_rule not in (None, "both", "lake", "disagree"):
         raise RegistryError(f"task {name}: gate.lake_rule must be both, lake or disagree, not {lake_rule!r}")
     return TaskSpec(
@@ -94,6 +98,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         label_gates=label_gates,
         lake_min_severity=None if lake is None else float(lake),
         lake_rule=lake_rule,
+        lake_weight=None if lake_weight is None else float(lake_weight),
     )
 
 
