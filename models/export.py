@@ -34,8 +34,8 @@ from radlint.models.train import (
     load_split,
     read_labels,
 )
-from radlint.tasks.infer import load_registry, sha256_file
-from radlint.tasks.preprocess import model_input, rotate_to_orientation
+from radlint.tasks.infer import REGISTRY_SCHEMA, load_registry, sha256_file
+from radlint.tasks.preprocess import PREPROCESSING, model_input, rotate_to_orientation
 from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION
 
 MODELS = ROOT / "models"
@@ -43,8 +43,6 @@ REGISTRY = MODELS / "registry.yaml"
 OUTPUTS = ("body_part", "projection", "orientation")
 EXPORT_OUTPUTS = (*OUTPUTS, "embedding")
 TARGET_PRECISION = 0.95
-PREPROCESSING = {"letterbox": True, "scale": "minmax_uint8", "mean": 0.5, "std": 0.5,
-                 "invert_monochrome1": True}
 
 
 def export_onnx(module, size: int, path: Path, output_names=OUTPUTS, opset: int = 17) -> None:
@@ -135,10 +133,10 @@ def train_command(targs: dict) -> str:
 
 def write_entry(entry: dict, registry: Path = REGISTRY, first: bool = True) -> None:
     """Insert or replace ``entry`` (by name) in the registry; the default model goes first."""
-    data = {"schema": 1, "models": []}
+    data = {"schema": REGISTRY_SCHEMA, "models": []}
     if registry.exists():
         data = yaml.safe_load(registry.read_text()) or data
-        data.setdefault("schema", 1)
+        data.setdefault("schema", REGISTRY_SCHEMA)
         data.setdefault("models", [])
     models = [m for m in data["models"] if m.get("name") != entry["name"]]
     models = [entry] + models if first else models + [entry]

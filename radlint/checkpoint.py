@@ -64,8 +64,6 @@ ROUND_MAP = {
     "Left rotation": {"rot90ccw": 1.0},
     "Right rotation": {"rot90cw": 1.0},
 }
-PAPER_PREPROCESSING = {"letterbox": True, "scale": "minmax_uint8", "mean": 0.5, "std": 0.5,
-                       "invert_monochrome1": True}
 PAPER_SIZE = 256
 HEADS = {
     "bodypart": {"label_bodypart": ("body_part", BODYPART_CLASSES, BODYPART_MAP)},
@@ -243,6 +241,7 @@ def convert(checkpoint: Path, kind: str, out_dir: Path, name: str | None = None,
     import torch
 
     from radlint.tasks.infer import sha256_file
+    from radlint.tasks.preprocess import PREPROCESSING
     from radlint.tasks.vocabulary import TASKS
 
     if kind not in HEADS:
@@ -325,7 +324,7 @@ def convert(checkpoint: Path, kind: str, out_dir: Path, name: str | None = None,
         "file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
         "input": {"name": "image", "size": size, "channels": in_ch},
-        "preprocessing": dict(PAPER_PREPROCESSING),
+        "preprocessing": dict(PREPROCESSING),  # the paper's: 1 channel, letterbox, mean 0.5, std 0.5
         "card": None,
         "target_precision": None,
         "tasks": tasks,
@@ -388,12 +387,14 @@ def append_entry(entry: dict, registry: Path) -> None:
     """Append (or replace by name) without changing which model is the default (first)."""
     import yaml
 
-    data = {"schema": 1, "models": []}
+    from radlint.tasks.infer import REGISTRY_SCHEMA
+
+    data = {"schema": REGISTRY_SCHEMA, "models": []}
     text = ""
     if registry.exists():
         text = registry.read_text()
         data = yaml.safe_load(text) or data
-    data.setdefault("schema", 1)
+    data.setdefault("schema", REGISTRY_SCHEMA)
     models = [m for m in data.get("models") or [] if m.get("name") != entry["name"]]
     data["models"] = models + [entry]
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from typing import Any
 import numpy as np
 import yaml
 
+from radlint.tasks import preprocess
 from radlint.tasks.options import DEFAULT_BATCH_SIZE
 
 # The registry and ONNX files are package data of radlint.models (installed as real files).
 MODELS_DIR = Path(str(resources.files("radlint.models")))
 REGISTRY_PATH = MODELS_DIR / "registry.yaml"
+REGISTRY_SCHEMA = 1  # the registry format this code reads (its top-level `schema`)
 log = logging.getLogger(__name__)
 
 
@@ -102,15 +105,52 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
     )
 
 
+def _check_preprocessing(name: str, m: dict) -> None:
+    """Refuse an entry whose input or preprocessing is not what tasks/preprocess.py does.
+
+    The audit's preprocessing is code, shared with training; the registry states it so that a
+    model trained on other inputs (another mean or std, no letterbox, 3 channels) is refused here
+    instead of running silently wrong. A key left out means the code's value.
+    """
+    channels = (m.get("input") or {}).get("channels", preprocess.CHANNELS)
+    if channels != preprocess.CHANNELS:
+        raise RegistryError(f"model {name}: input.channels is {channels!r}; radlint feeds models "
+                            f"{preprocess.CHANNELS} channel")
+    block = m.get("preprocessing") or {}
+    expected = preprocess.PREPROCESSING
+    unknown = sorted(set(block) - set(expected))
+    if unknown:
+        raise RegistryError(f"model {name}: preprocessing {', '.join(unknown)} unknown to radlint, which applies {expected}")
+    for key, value in block.items():
+        want = expected[key]
+        try:
+            same = (math.isclose(float(value), want) if isinstance(want, float) and not isinstance(value, bool)
+                    else value == want)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise RegistryError(f"model {name}: preprocessing {key} is {value!r}, but radlint applies {key} {want!r} "
+                                "(tasks/preprocess.py); retrain or re-export the model for radlint's preprocessing")
+
+
 def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
-    """Parse the registry into entries. Paths are relative to the registry's folder."""
+    """Parse the registry into entries. Paths are relative to the registry's folder.
+
+    Raises:
+        RegistryError: the file is missing, its ``schema`` is not one this radlint reads, or an
+            entry's input channels or preprocessing differ from what the audit does.
+    """
     path = Path(path)
     if not path.exists():
         raise RegistryError(f"model registry not found: {path}")
     # The C loader when libyaml is there: the pure-Python one takes ~0.1 s, paid per shard.
     data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    if data.get("schema") != REGISTRY_SCHEMA:
+        raise RegistryError(f"model registry {path} has schema {data.get('schema')!r}; this radlint reads "
+                            f"schema {REGISTRY_SCHEMA}")
     entries = []
     for m in data.get("models", []):
+        _check_preprocessing(m["name"], m)
         tasks = {t: _task_spec(t, spec) for t, spec in m["tasks"].items()}
         entries.append(
             ModelEntry(

@@ -12,6 +12,11 @@ from PIL import Image
 
 MEAN = 0.5
 STD = 0.5
+# What this module (and dicom_io, which inverts MONOCHROME1) does to pixels, as a registry entry's
+# `preprocessing` block states it. tasks/infer.py refuses an entry that states anything else: a
+# model trained on other inputs would run silently wrong. Exporters write this block.
+PREPROCESSING = {"letterbox": True, "scale": "minmax_uint8", "mean": MEAN, "std": STD, "invert_monochrome1": True}
+CHANNELS = 1  # image channels a model is fed
 
 
 # Share of pixels clipped at each end before min-max scaling of decoded DICOM pixels. Wavelet

@@ -1,0 +1,81 @@
+"""The registry states the audit's preprocessing; an entry that states other inputs is refused at load."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from radlint.tasks import infer, preprocess
+
+
+def _registry_with(tmp_path: Path, tiny_registry: Path, change) -> Path:
+    data = yaml.safe_load(tiny_registry.read_text())
+    change(data, data["models"][0])
+    shutil.copy(tiny_registry.parent / "tiny.onnx", tmp_path / "tiny.onnx")
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _set(key, value):
+    def change(data, model):
+        model["preprocessing"][key] = value
+    return change
+
+
+@pytest.mark.parametrize("change, words", [
+    # ImageNet's grey mean/std: a model trained on them would see every input shifted
+    (_set("mean", 0.485), "preprocessing mean is 0.485"),
+    (_set("std", 0.229), "preprocessing std is 0.229"),
+    (_set("letterbox", False), "preprocessing letterbox is False"),
+    (_set("scale", "minmax_float"), "preprocessing scale is 'minmax_float'"),
+    (_set("invert_monochrome1", False), "preprocessing invert_monochrome1 is False"),
+    (_set("mean", "half"), "preprocessing mean is 'half'"),
+    (_set("resize", "crop"), "preprocessing resize unknown"),
+    (lambda data, model: model["input"].update(channels=3), "input.channels is 3"),
+    (lambda data, model: data.update(schema=2), "schema 2"),
+    (lambda data, model: data.pop("schema"), "schema None"),
+])
+def test_an_entry_stating_other_preprocessing_is_refused(tmp_path, tiny_registry, change, words):
+    path = _registry_with(tmp_path, tiny_registry, change)
+    with pytest.raises(infer.RegistryError) as err:
+        infer.default_model(path)
+    assert words in str(err.value)
+
+
+def test_what_the_code_does_is_accepted_and_left_out_keys_mean_the_code(tmp_path, tiny_registry):
+    # the shipped registry states every key
+    shipped = infer.default_model()
+    assert shipped.preprocessing == preprocess.PREPROCESSING
+    # an equal float written another way, and keys left out (the tiny registry leaves out invert_monochrome1)
+    path = _registry_with(tmp_path, tiny_registry, _set("mean", 0.50000000001))
+    assert infer.default_model(path).preprocessing["mean"] == pytest.approx(0.5)
+
+
+def test_the_stated_preprocessing_is_what_model_input_does():
+    pixels = np.zeros((60, 40), dtype=np.uint16)
+    pixels[:, 20:] = 4095  # a dark and a bright half: min-max puts them at 0 and 255
+    x = preprocess.model_input(pixels, 32)
+    assert x.shape == (preprocess.CHANNELS, 32, 32)
+    # letterbox: the short side is padded with black, which normalises to (0 - mean) / std
+    black = (0.0 - preprocess.PREPROCESSING["mean"]) / preprocess.PREPROCESSING["std"]
+    assert np.allclose(x[0, :, 0], black) and np.allclose(x[0, :, -1], black)
+    # minmax_uint8 then mean/std: the range is [(0 - mean) / std, (1 - mean) / std]
+    top = (1.0 - preprocess.PREPROCESSING["mean"]) / preprocess.PREPROCESSING["std"]
+    assert x.min() == pytest.approx(black) and x.max() == pytest.approx(top)
+
+
+def test_audit_with_a_mismatched_registry_stops_before_any_work(tmp_path, tiny_registry, capsys):
+    from radlint.cli import main
+
+    path = _registry_with(tmp_path, tiny_registry, _set("mean", 0.485))
+    (tmp_path / "lake").mkdir()
+    db = tmp_path / "a.duckdb"
+    assert main(["audit", str(tmp_path / "lake"), "--db", str(db), "--registry", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "preprocessing mean is 0.485" in err
+    assert not db.exists()
