@@ -45,7 +45,7 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
     if existing:  # nothing to boot, so nothing to overlap the imports with
         yield existing
         return
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 
     server = TemporaryServer()
     server.launch()
@@ -59,7 +59,10 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
         os.environ["PREFECT_API_URL"] = server.api_url
         # Heartbeats let a server mark crashed flow runs; this server ends with the process, so none
         # would be read, and joining each flow run's heartbeat thread costs up to 1 s per run.
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        # No UI URL: Prefect would log "View at http://127.0.0.1:PORT/runs/..." for every flow run,
+        # a link to a server (without a UI) that is gone when the audit ends.
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                                         PREFECT_UI_URL: ""}):
             try:
                 yield server.api_url
             finally:
