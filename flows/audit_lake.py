@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
@@ -52,15 +52,35 @@ def run_shards(
     progress = Progress(n_listed, sum(shard_sizes), len(shard_sizes))
     index = {id(f): i for i, f in enumerate(futures)}
     results: list[dict] = [{} for _ in futures]
-    for fut in as_completed(futures):
-        i = index[id(fut)]
-        try:
-            results[i] = fut.result()
-        except Exception as exc:  # reported as a failed shard; a re-run audits its objects again
-            logger.error("shard %05d failed: %s", i, exc)
-            results[i] = {"shard_id": f"{i:05d}", "failed": True, "error": str(exc)[:300]}
-        progress.update(shard_sizes[i], results[i].get("n_images", 0))
+    pending = list(futures)
+    # Woken twice a second to see a Ctrl-C (shard.STOP): the audit command raises no
+    # KeyboardInterrupt in here, where it could land inside Prefect's or Dask's own code.
+    while pending:
+        if shard.STOP.is_set():
+            _cancel(pending)
+            raise KeyboardInterrupt("audit interrupted")
+        done, not_done = wait(pending, timeout=0.5)
+        pending = [f for f in pending if f in not_done]
+        for fut in done:
+            i = index[id(fut)]
+            try:
+                results[i] = fut.result()
+            except Exception as exc:  # reported as a failed shard; a re-run audits its objects again
+                logger.error("shard %05d failed: %s", i, exc)
+                results[i] = {"shard_id": f"{i:05d}", "failed": True, "error": str(exc)[:300]}
+            progress.update(shard_sizes[i], results[i].get("n_images", 0))
     return results
+
+
+def _cancel(futures: list) -> None:
+    """Cancel shards not finished, through Dask's (or the thread pool's) own futures."""
+    for fut in futures:
+        inner = getattr(fut, "wrapped_future", None)
+        try:
+            if inner is not None:
+                inner.cancel()
+        except Exception:  # best effort: the cluster is stopped right after
+            pass
 
 
 # The flow's own runner runs shards one at a time in this process (executor "local"); the Dask

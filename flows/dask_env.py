@@ -17,7 +17,25 @@ from typing import Any
 
 # What every shard task needs in a worker: prefect-dask runs each task through Prefect's task engine,
 # and the task function itself lives in the flow module (which imports the decoders and ONNX Runtime).
-WORKER_PRELOAD = ("prefect.task_engine", "radlint.flows.audit_lake")
+WORKER_PRELOAD = ("prefect.task_engine", "radlint.flows.audit_lake", "radlint.flows.dask_env")
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask preload hook, run in each worker process: ignore SIGINT.
+
+    A Ctrl-C at the terminal reaches every process of its group; a worker that took it would die
+    mid-shard with a traceback and Prefect would retry its shard. The audit process handles it
+    and stops the workers itself (BackgroundCluster.__exit__).
+    """
+    import logging
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A shard cancelled on Ctrl-C warns here ("Async instruction ... cancelled") just before the
+    # worker is killed; the audit says "interrupted" once, for all of them.
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
 
 
 def _start_method() -> str:
@@ -124,8 +142,33 @@ class BackgroundCluster:
         else:
             self._close_now()
 
+    def terminate(self) -> None:
+        """Stop now: the scheduler stops handing out shards and every worker process is killed
+        (a running shard cannot be cancelled; its parts are never published), then close."""
+        if not self._started.done():
+            self.close_in_background()
+            return
+        try:
+            cluster = self._started.result()
+        except BaseException:
+            return
+        import os
+        import signal
+
+        self.close_in_background()  # nannies closing do not restart the workers killed below
+        for nanny in list(getattr(cluster, "workers", {}).values()):
+            pid = getattr(nanny, "pid", None)
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        self.close()
+
     def __enter__(self) -> "BackgroundCluster":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):  # Ctrl-C, SystemExit
+            self.terminate()
         self.close()

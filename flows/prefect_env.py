@@ -14,11 +14,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Any, Iterator
 
 QUIET_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -55,7 +57,13 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
             ready = pool.submit(server.wait_ready, timeout)
             for name in warm_imports:
                 importlib.import_module(name)
-            ready.result()
+            try:
+                ready.result()
+            except _PortTaken:
+                # Relaunched here, never in the pool's thread: the server's parent-death signal
+                # fires when the thread that started it ends.
+                server.launch()
+                server.wait_ready(timeout)
         os.environ["PREFECT_API_URL"] = server.api_url
         # Heartbeats let a server mark crashed flow runs; this server ends with the process, so none
         # would be read, and joining each flow run's heartbeat thread costs up to 1 s per run.
@@ -83,6 +91,7 @@ class TemporaryServer:
     def __init__(self) -> None:
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
+        self.log: Any = None
 
     @property
     def api_url(self) -> str:
@@ -100,6 +109,11 @@ class TemporaryServer:
             "PREFECT__SERVER_FINAL": "1",
             **get_current_settings().to_environment_variables(exclude_unset=True),
         }
+        if self.log is None:
+            # Its output goes to a file, shown only if it fails to start: stopped while it flushes
+            # events (the end of every run, a Ctrl-C), it logs cancellation tracebacks that are
+            # no news to the user.
+            self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
@@ -107,6 +121,12 @@ class TemporaryServer:
                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
             ],
             env=env,
+            stdout=self.log,
+            stderr=self.log,
+            # Its own session: a Ctrl-C at the terminal reaches the audit, which stops the server
+            # after its last API call, instead of killing the API under a running flow.
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         atexit.register(self.stop)
 
@@ -115,10 +135,12 @@ class TemporaryServer:
         while time.monotonic() < deadline:
             code = self.process.poll() if self.process else None
             if code == 3:  # uvicorn could not bind: the port was taken meanwhile
+                if threading.current_thread() is not threading.main_thread():
+                    raise _PortTaken()
                 self.launch()
                 continue
             if code is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {code}")
+                raise RuntimeError(f"the temporary Prefect server exited with code {code}: {self.output_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -126,8 +148,9 @@ class TemporaryServer:
             except (OSError, urllib.error.URLError):
                 pass
             time.sleep(0.1)
+        tail = self.output_tail()
         self.stop()
-        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout} s")
+        raise RuntimeError(f"the temporary Prefect server did not answer within {timeout} s: {tail}")
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until healthy, then make the first API request, which costs the server ~0.45 s
@@ -139,16 +162,48 @@ class TemporaryServer:
         except (OSError, urllib.error.URLError):
             pass  # only a warm-up: the flow's own first request reports real problems
 
+    def output_tail(self, n: int = 2000) -> str:
+        if self.log is None:
+            return ""
+        self.log.seek(0, os.SEEK_END)
+        self.log.seek(max(0, self.log.tell() - n))
+        return " ".join(self.log.read().decode("utf-8", "replace").split()[-60:])
+
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log, self.log = self.log, None
+        if log is not None:
+            log.close()
+
+
+class _PortTaken(Exception):
+    """The server's port was taken before it could bind: launch it again (from the main thread)."""
+
+
+def _die_with_parent(parent: int):
+    """A ``preexec_fn`` that makes the child get SIGTERM when ``parent`` dies, even by ``kill -9``
+    (Linux ``prctl(PR_SET_PDEATHSIG)``); elsewhere None. A temporary server that outlived its
+    audit would hold ~220 MB forever."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def _free_port() -> int:

@@ -346,19 +346,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_quiet_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from radlint import interrupt
     from radlint.tasks.database import DatabaseError
     from radlint.tasks.discover import LakeError
     from radlint.tasks.infer import RegistryError
     from radlint.tasks.labels import LabelFileError
 
     try:
-        return int(args.func(args) or 0)
+        if args.command != "audit":
+            return int(args.func(args) or 0)
+        with interrupt.audit_interrupts(args.db):
+            return int(args.func(args) or 0)
     except (CannotRun, LakeError, DatabaseError, RegistryError, LabelFileError) as exc:
         print(terminal_safe(f"radlint: {exc}").replace("\n", " "), file=sys.stderr)
         return EXIT_CANNOT_RUN
     except KeyboardInterrupt:
-        print("radlint: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        print(interrupt.MESSAGE, file=sys.stderr)
+        return interrupt.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from radlint.tasks.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_INFLIGHT_BYTES
 from radlint.tasks.vocabulary import TURNS
 
 log = logging.getLogger(__name__)
+
+# Set by the audit command on Ctrl-C: a shard running in the audit's own process stops before its
+# next object (its parts are not published), instead of finishing first.
+STOP = threading.Event()
 
 FETCH_CHUNK = 16  # objects fetched together; the next chunk is fetched while this one decodes
 FETCH_ATTEMPTS = 4
@@ -316,6 +321,8 @@ def audit_shard(
             if decoders is not None:
                 ahead = {i: decoders.submit(prepare, p) for i, p in enumerate(payloads) if _threads_help(p)}
             for i, (obj, payload) in enumerate(zip(group, payloads)):
+                if STOP.is_set():
+                    raise KeyboardInterrupt("audit interrupted")
                 now = parts.utcnow()
                 if isinstance(payload, dicom_io.Skip):  # decided from the header alone
                     skipped.add(_skip_row(obj, payload.reason, payload.detail, run_id, now))
