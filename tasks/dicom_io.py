@@ -6,10 +6,13 @@ that escapes to the shard: a bad file is a data row, not a crash.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
+import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -582,6 +585,45 @@ def _strided_native(ds: Dataset, byteorder: str, stride: int, raw: bytes | None 
     return arr
 
 
+log = logging.getLogger(__name__)
+
+# pydicom tries each installed decoding plugin in turn and logs every plugin's failure at ERROR with
+# its traceback, also when the next plugin then succeeds (12-bit JPEG extended: GDCM and Pillow
+# refuse it, pylibjpeg decodes it). A fallback that works is not an error; one that does not is a
+# `skipped` row whose detail names every plugin's failure. So those records are held back while a
+# thread decodes, and a successful fallback is logged once per transfer syntax at INFO.
+_decoding = threading.local()
+_fallbacks_logged: set[str] = set()
+
+
+class _HoldPluginFailures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        held = getattr(_decoding, "held", None)
+        if held is None or record.levelno < logging.ERROR:
+            return True
+        held.append(" ".join(record.getMessage().split())[:200])
+        return False
+
+
+@contextlib.contextmanager
+def _plugin_failures_held() -> Any:
+    logger = logging.getLogger("pydicom.pixels.decoders.base")
+    if not any(isinstance(f, _HoldPluginFailures) for f in logger.filters):
+        logger.addFilter(_HoldPluginFailures())
+    _decoding.held = held = []
+    try:
+        yield held
+    finally:
+        _decoding.held = None
+
+
+def _log_fallback(ts, held: list[str], decoder: str) -> None:
+    key = f"{ts}:{decoder}"
+    level = logging.DEBUG if key in _fallbacks_logged else logging.INFO
+    _fallbacks_logged.add(key)
+    log.log(level, "%s pixel data decoded by %s after other decoders failed: %s", ts, decoder, "; ".join(held)[:500])
+
+
 def decode_pixels(
     ds: Dataset,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -603,7 +645,7 @@ def decode_pixels(
         raise Skip(TOO_LARGE, f"{rows}x{cols} exceeds the limit of {max_pixels} pixels")
     photometric = (_text(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _plugin_failures_held() as held:
         warnings.simplefilter("ignore")
         try:
             frames = _int(ds, "NumberOfFrames") or 1
@@ -635,7 +677,9 @@ def decode_pixels(
             except Exception:  # the fallback must never turn a skip into a crash
                 arr = None
             if arr is not None:
-                pass
+                held.append(msg[:300])
+                _log_fallback(ts, held, "GDCM's own reader")
+                held.clear()
             elif not _decoder_available(ts):
                 raise Skip(UNSUPPORTED_TS, f"{ts}: no installed decoder: {msg}") from exc
             else:
@@ -643,6 +687,8 @@ def decode_pixels(
                 raise Skip(READ_ERROR, f"pixel data could not be decoded ({ts}): {msg}") from exc
         except Exception as exc:
             raise Skip(READ_ERROR, f"{type(exc).__name__}: {exc}") from exc
+        if held:
+            _log_fallback(ts, held, "a later pydicom plugin")
         if photometric.startswith("MONOCHROME"):
             try:
                 arr = apply_modality_lut(arr, ds)
