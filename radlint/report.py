@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from radlint.tasks.findings import CHECKED_MEANING
+
 FIELDS = ("body_part", "projection", "orientation")
 FIELD_COLOURS = {"body_part": "#3b6fb6", "projection": "#d9822b", "orientation": "#2a9d6f"}
 GALLERY_LIMIT = 300
@@ -24,6 +26,8 @@ GROUP_LIMIT = 25
 MONTH_LIMIT = 36
 GROUP_THUMBS = 6  # thumbnails shown per flagged group
 UNKNOWN = "(unknown)"
+# A group's rate is drawn as a bar only from this many checked findings: 2 of 2 is not "100 %".
+MIN_RATE_N = 5
 
 # suggested_correction of an orientation finding -> Pillow transpose that applies it, and words.
 _ROTATIONS = {
@@ -130,37 +134,30 @@ def _collect(con, limit: int) -> dict[str, Any]:
     order = {f: i for i, f in enumerate(FIELDS)}
     data["per_field"].sort(key=lambda r: (order.get(r["field"], 99), str(r["field"])))
 
+    # Rates come from the mismatch_rates view (one definition of checked and of the groups, vendor
+    # spellings included), evaluated once.
+    con.execute("create or replace temp table _report_rates as select * from mismatch_rates")
     for column, title in (("institution_name", "institution"), ("manufacturer", "manufacturer"), ("study_month", "study month")):
         if column == "study_month":
-            keep = (
-                f"select g from (select distinct coalesce({column}, '{UNKNOWN}') as g from _report_findings "
-                f"where is_mismatch is not null) order by g desc limit {MONTH_LIMIT}"
-            )
+            keep = (f"select distinct group_value from _report_rates where dimension = '{column}' "
+                    f"order by group_value desc limit {MONTH_LIMIT}")
             order_by = "g"
         else:
-            keep = (
-                f"select coalesce({column}, '{UNKNOWN}') as g from _report_findings where is_mismatch is not null "
-                f"group by g order by count(*) desc, g limit {GROUP_LIMIT}"
-            )
+            keep = (f"select group_value from _report_rates where dimension = '{column}' "
+                    f"group by group_value order by sum(n_checked) desc, group_value limit {GROUP_LIMIT}")
             order_by = "total desc, g"
         rows = _dicts(
             con,
             f"""
-            with base as (
-                select coalesce({column}, '{UNKNOWN}') as g, field, is_mismatch
-                from _report_findings where is_mismatch is not null
-            ),
-            kept as ({keep}),
-            per as (
-                select g, field, count(*) as n, count(*) filter (where is_mismatch) as m
-                from base where g in (select g from kept) group by g, field
-            )
-            select g, field, n, m, sum(n) over (partition by g) as total from per
+            select group_value as g, field, n_checked as n, n_mismatch as m,
+                   sum(n_checked) over (partition by group_value) as total
+            from _report_rates
+            where dimension = '{column}' and group_value in ({keep})
             order by {order_by}, field
             """,
         )
         n_groups = con.execute(
-            f"select count(distinct coalesce({column}, '{UNKNOWN}')) from _report_findings where is_mismatch is not null"
+            "select count(distinct group_value) from _report_rates where dimension = ?", [column]
         ).fetchone()[0]
         data["rates"][column] = {"title": title, "rows": rows, "n_groups": n_groups}
 
@@ -290,14 +287,26 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "")
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def wilson_interval(m: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of the rate m / n ((0, 1) when n is 0): honest for small n and
+    for rates near 0 or 1, where m / n +- z * se is not."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = m / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def hbar_svg(groups: list[str], series: dict[str, dict[str, tuple[int, int]]], *, title: str) -> str:
     """Horizontal grouped bars of mismatch rate: one row per group, one bar per field.
 
-    ``series[field][group] = (mismatches, checked)``.
+    ``series[field][group] = (mismatches, checked)``. A group with fewer than MIN_RATE_N checked
+    findings shows its counts instead of a bar; a bar carries its 95 % Wilson interval as a line.
     """
     fields = [f for f in FIELDS if f in series] + sorted(f for f in series if f not in FIELDS)
-    bar_h, gap, label_w, plot_w, right_w = 13, 8, 190, 330, 120
-    rates = [m / n for f in fields for (m, n) in series[f].values() if n]
+    bar_h, gap, label_w, plot_w, right_w = 13, 8, 190, 330, 150
+    rates = [wilson_interval(m, n)[1] for f in fields for (m, n) in series[f].values() if n >= MIN_RATE_N]
     top = max(rates + [0.0])
     scale_max = 0.05
     for step in (0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1.0):
@@ -334,16 +343,29 @@ def hbar_svg(groups: list[str], series: dict[str, dict[str, tuple[int, int]]], *
             by = y + fi * bar_h
             if not n:
                 continue
+            if n < MIN_RATE_N:  # counts only: a bar would read as a rate
+                parts.append(
+                    f'<text x="{label_w + 4}" y="{by + bar_h - 3}" class="val">{esc(f)}: {m} of {n} '
+                    f"(too few for a rate)</text>"
+                )
+                continue
             rate = m / n
+            lo, hi = wilson_interval(m, n)
             w = plot_w * min(rate, scale_max) / scale_max
             colour = FIELD_COLOURS.get(f, "#777")
-            tip = f"{g} \u2014 {f}: {m} of {n} mismatched ({_fmt_pct(rate)})"
+            tip = (f"{g} \u2014 {f}: {m} of {n} mismatched ({_fmt_pct(rate)}; 95 % interval "
+                   f"{_fmt_pct(lo)}\u2013{_fmt_pct(hi)})")
             parts.append(
                 f'<rect x="{label_w}" y="{by}" width="{max(w, 0.5):.1f}" height="{bar_h - 1}" fill="{colour}">'
                 f"<title>{esc(tip)}</title></rect>"
             )
+            x_lo, x_hi = (label_w + plot_w * min(v, scale_max) / scale_max for v in (lo, hi))
             parts.append(
-                f'<text x="{label_w + plot_w + 4}" y="{by + bar_h - 3}" class="val">{_fmt_pct(rate)} ({m}/{n})</text>'
+                f'<line x1="{x_lo:.1f}" y1="{by + bar_h / 2:.1f}" x2="{x_hi:.1f}" y2="{by + bar_h / 2:.1f}" class="ci"/>'
+            )
+            parts.append(
+                f'<text x="{label_w + plot_w + 4}" y="{by + bar_h - 3}" class="val">{_fmt_pct(rate)} ({m}/{n}, '
+                f"{_fmt_pct(lo, 0)}\u2013{_fmt_pct(hi, 0)})</text>"
             )
     parts.append("</svg>")
     return "".join(parts)
@@ -424,19 +446,22 @@ def _fields_section(data: dict[str, Any]) -> str:
         )
         series.setdefault(r["field"], {})["all images"] = (r["mismatches"], r["checked"])
     table = _table(
-        ["field", "findings", "checked (label and prediction known)", "mismatches", "rate", "label unknown", "no prediction"],
+        ["field", "findings", "checked", "mismatches", "rate", "label unknown", "no prediction"],
         rows,
         "num",
     )
     chart = hbar_svg(["all images"], series, title="Mismatch rate per field")
-    return f'<section id="fields"><h2>Mismatches per field</h2>{table}<div class="plot">{chart}</div></section>'
+    note = f'<p class="note">{esc(CHECKED_MEANING)}; the printed audit summary counts the same.</p>'
+    return f'<section id="fields"><h2>Mismatches per field</h2>{table}{note}<div class="plot">{chart}</div></section>'
 
 
 def _rates_section(data: dict[str, Any]) -> str:
     parts = [
         '<section id="rates"><h2>Mismatch rates by group</h2>'
-        '<p class="note">Rate = mismatches / checked findings (label and prediction known), per field. '
-        "Hover a bar for counts.</p>"
+        f'<p class="note">Rate = mismatches / checked findings, per field ({esc(CHECKED_MEANING)}); the line '
+        f"through a bar is its 95 % Wilson interval. Groups with fewer than {MIN_RATE_N} checked findings show their "
+        "counts, not a bar. Manufacturers are grouped by vendor (case, punctuation and suffixes such as "
+        "Co., Ltd. or Inc. ignored). Hover a bar for counts.</p>"
     ]
     if not data["rates"] or not any(v["rows"] for v in data["rates"].values()):
         parts.append('<p class="empty">No checked findings yet.</p></section>')
@@ -648,6 +673,7 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fo
 .plot { margin:8px 0 14px; overflow-x:auto; }
 svg.chart text { font-size:11px; fill:#333; }
 svg.chart .tick, svg.chart .val { font-size:10px; fill:#555; }
+svg.chart line.ci { stroke:#222; stroke-width:1.2; }
 svg.chart .grid { stroke:#e3e6ea; stroke-width:1; }
 .cms { display:flex; flex-wrap:wrap; gap:24px; }
 table.confusion td { text-align:center; min-width:44px; border:1px solid #eceff2; }

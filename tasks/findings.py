@@ -15,16 +15,23 @@ def table_counts(con) -> dict[str, int]:
     return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in TABLES}
 
 
+# One meaning of "checked" for the printed summary, the report and the mismatch_rates view.
+CHECKED_MEANING = "checked: findings with both a label and a prediction (is_mismatch not NULL)"
+
+
 def mismatch_counts(con, source: str = "findings") -> dict[str, dict[str, int]]:
+    """Per field: ``findings`` (image x field), ``checked`` (see CHECKED_MEANING), ``mismatch`` and
+    ``unlabelled`` (no label, so never checked)."""
     rows = con.execute(
         f"""
-        select field, count(*) as n_checked,
+        select field, count(*) as n_findings,
+               count(*) filter (where is_mismatch is not null) as n_checked,
                count(*) filter (where is_mismatch) as n_mismatch,
                count(*) filter (where header_class is null) as n_unlabelled
         from {source} group by field order by field
         """
     ).fetchall()
-    return {f: {"checked": c, "mismatch": m, "unlabelled": u} for f, c, m, u in rows}
+    return {f: {"findings": n, "checked": c, "mismatch": m, "unlabelled": u} for f, n, c, m, u in rows}
 
 
 def top_suspects(con, limit: int = 10, field: str | None = None, source: str = "findings") -> list[dict[str, Any]]:
@@ -72,9 +79,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"Database: `{summary['db']}`")
     if summary.get("report"):
         lines.append(f"Review report: `{summary['report']}`")
-    lines += ["", "| field | checked | mismatches | unlabelled |", "|---|---:|---:|---:|"]
+    lines += ["", "| field | findings | checked | mismatches | unlabelled |", "|---|---:|---:|---:|---:|"]
     for f, c in summary.get("mismatches", {}).items():
-        lines.append(f"| {f} | {c['checked']} | {c['mismatch']} | {c['unlabelled']} |")
+        lines.append(f"| {f} | {c.get('findings', '')} | {c['checked']} | {c['mismatch']} | {c['unlabelled']} |")
+    if summary.get("mismatches"):
+        lines += ["", CHECKED_MEANING + "."]
     adaptation = summary.get("lake_adaptation") or {}
     if adaptation:
         lines += ["", "Lake adaptation (images per task by how their lake probability was made; "

@@ -453,3 +453,70 @@ if __name__ == "__main__":  # python tests/test_report.py docs/report.png
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/report.png")
     with tempfile.TemporaryDirectory() as tmp:
         print(make_readme_screenshot(target, Path(tmp)), target.stat().st_size)
+
+
+# ---------------------------------------------------------------- what a newcomer tripped over (issue 23)
+
+
+def test_checked_has_one_meaning_in_summary_report_and_view(tmp_path):
+    from radlint.tasks import findings
+
+    db = build_db(tmp_path / "audit.duckdb", evil=False)
+    con = duckdb_connect(db)
+    try:
+        # two images whose header says nothing of the body part: findings, but not checked
+        con.execute("update images set body_part_examined = null, label_body_part = null, "
+                    "label_body_part_source = null where uri similar to '.*img000[12][.]dcm'")
+        database.create_views(con)
+        summary = findings.run_summary(con, "20261101T080000Z-abcd")
+        view = dict(con.execute(
+            "select field, sum(n_checked) from mismatch_rates where dimension = 'modality' group by field").fetchall())
+        both = dict(con.execute("select field, count(*) from findings where header_class is not null "
+                                "and predicted_class is not null group by field").fetchall())
+    finally:
+        con.close()
+    checked = {f: c["checked"] for f, c in summary["mismatches"].items()}
+    assert checked == view == both
+    # counting findings without a label as checked was the 160-vs-141 confusion
+    assert summary["mismatches"]["body_part"]["findings"] == checked["body_part"] + 2
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    for f, c in summary["mismatches"].items():
+        assert f"<td><b>{f}</b></td><td>{c['findings']}</td><td>{c['checked']}</td>" in page
+    assert html_escaped(findings.CHECKED_MEANING) in page
+    assert findings.CHECKED_MEANING in findings.summary_markdown(summary)
+
+
+def test_vendor_spellings_are_one_group_and_tiny_groups_get_no_bar(tmp_path):
+    db = build_db(tmp_path / "audit.duckdb", evil=False)
+    con = duckdb_connect(db)
+    try:
+        # FUJIFILM is the manufacturer of images 0, 3, 6, ...: two of them spelled another way
+        con.execute("update images set manufacturer = 'Fujifilm Co., Ltd.' where uri like '%img0000.dcm'")
+        con.execute("update images set manufacturer = 'FUJIFILM Corporation' where uri like '%img0003.dcm'")
+        con.execute("update images set institution_name = 'Tiny Clinic' where uri like '%img0005.dcm'")
+        database.create_views(con)
+        vendors = {r[0] for r in con.execute(
+            "select group_value from mismatch_rates where dimension = 'manufacturer'").fetchall()}
+        tiny = con.execute("select max(n_checked) from mismatch_rates where group_value = 'Tiny Clinic'").fetchone()[0]
+    finally:
+        con.close()
+    assert vendors == {"FUJIFILM", "KONICA MINOLTA", "CANON"}
+    assert tiny < 5
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    rates = page[page.index('id="rates"'):page.index('id="confusion"')]
+    assert "Tiny Clinic" in rates and "too few for a rate" in rates
+    assert not re.search(r"<title>Tiny Clinic \u2014", rates)  # no bar (a bar's tooltip starts with its group)
+    assert re.search(r"<title>FUJIFILM \u2014 body_part: \d+ of 8 mismatched \([\d.]+%; 95 % interval", rates)
+    assert 'class="ci"' in rates
+
+
+def test_wilson_interval():
+    from radlint.report import wilson_interval
+
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(2, 2)  # "100 %" from two images: anything above a third is plausible
+    assert 0.33 < lo < 0.35 and hi == 1.0
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and 0.27 < hi < 0.28
+    lo, hi = wilson_interval(50, 100)
+    assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60

@@ -1,7 +1,7 @@
 -- table-description: mismatch rates by field and grouping dimension; one row per field x dimension x group value (dimensions: institution_name, manufacturer, modality, study_month).
 -- field: body_part, projection or orientation.
 -- dimension: the grouping column: institution_name, manufacturer, modality or study_month.
--- group_value: the value of that column; '(unknown)' when the header has none.
+-- group_value: the value of that column; '(unknown)' when the header has none. For manufacturer the vendor: upper case, punctuation as spaces, trailing company suffixes (Co., Ltd., Inc., Corp., Corporation, GmbH, AG ...) removed, so that 'FUJIFILM Corporation' and 'Fujifilm Co., Ltd.' are one group.
 -- n_checked: findings with both a label and a prediction (is_mismatch not NULL).
 -- n_mismatch: findings flagged as mismatches.
 -- mismatch_rate: n_mismatch / n_checked (0-1); NULL when nothing was checked.
@@ -12,10 +12,24 @@ checked as (
     select * from findings where is_mismatch is not null
 ),
 
+vendors as (
+    select
+        *,
+        nullif(
+            regexp_replace(
+                trim(regexp_replace(upper(manufacturer), '[^\p{L}\p{N}]+', ' ', 'g')),
+                '( (CO|COMPANY|LTD|LIMITED|INC|INCORPORATED|CORP|CORPORATION|GMBH|AG|SA|NV|BV|LLC|PLC|KK|SPA|SRL))+$',
+                ''
+            ),
+            ''
+        ) as vendor
+    from checked
+),
+
 long as (
     select field, 'institution_name' as dimension, coalesce(institution_name, '(unknown)') as group_value, is_mismatch from checked
     union all
-    select field, 'manufacturer', coalesce(manufacturer, '(unknown)'), is_mismatch from checked
+    select field, 'manufacturer', coalesce(vendor, '(unknown)'), is_mismatch from vendors
     union all
     select field, 'modality', coalesce(modality, '(unknown)'), is_mismatch from checked
     union all
