@@ -124,7 +124,8 @@ def audit_lake(
             # needed; its workers start while the lake is listed.
             cluster = stack.enter_context(BackgroundCluster(workers))
         objects = discover.discover(opts.lake)
-        run = runs.prepare(opts.db, entry, opts.lake, objects, out_dir, label_table, opts.labels_file)
+        run = runs.prepare(opts.db, entry, opts.lake, objects, out_dir, label_table, opts.labels_file,
+                           wait_seconds=opts.lock_wait_seconds)
         if run.recovered:
             logger.info("loaded parts left by an interrupted run: %s", run.recovered)
         logger.info("listed %d objects, %d to audit", len(objects), len(run.todo))
@@ -139,7 +140,7 @@ def audit_lake(
         if cluster:  # its workers are done: let them exit while the parts load
             cluster.close_in_background()
         summary = runs.finish(opts.db, entry, run, results, n_listed=len(objects), n_shards=len(planned.shards),
-                              started=started)
+                              started=started, wait_seconds=opts.lock_wait_seconds)
         logger.info("lake adaptation: %s", summary["lake_adaptation"])
         summary.update(db=str(opts.db), out=out_dir, executor=planned.executor if planned.shards else None)
         if opts.report:

@@ -118,7 +118,8 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=d("report"), help="also write the HTML review report here when the run ends")
     p.add_argument(
         "--wait-lock", dest="lock_wait_seconds", type=_seconds, default=d("lock_wait_seconds"), metavar="SECONDS",
-        help="when another audit holds the database, wait up to this long instead of stopping",
+        help="when another audit or process (a reader) holds the database, at the start or for the final "
+        "load, wait up to this long instead of stopping",
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -96,8 +97,14 @@ def connect(db: str | Path, read_only: bool = False, wait_seconds: float = 0.0):
                 time.sleep(0.5)
                 continue
             if "lock" in msg.lower():
+                # Any process may hold it (a reader's open connection, a notebook), not only an
+                # audit: audits are told apart by audit_lock, before this.
+                holder = re.search(r"held in (.+?) \(PID (\d+)\)", msg)
+                who = f" (pid {holder.group(2)}, {Path(holder.group(1)).name})" if holder else ""
+                waited = f" after waiting {wait_seconds:g} s" if wait_seconds else ""
                 raise DatabaseError(
-                    f"database {db} is locked by another process (another audit running?)"
+                    f"database {db} is held by another process{who}{waited}; close it, or wait longer "
+                    "with --wait-lock SECONDS"
                 ) from exc
             raise DatabaseError(f"cannot open database {db}: {msg.splitlines()[0]}") from exc
         except duckdb.Error as exc:

@@ -24,16 +24,18 @@ class Prepared:
 
 
 def prepare(db: str, entry, lake: str, objects: list[discover.ObjectRef], out_dir: str,
-            label_table=None, labels_file: str | None = None) -> Prepared:
+            label_table=None, labels_file: str | None = None, wait_seconds: float = 0.0) -> Prepared:
     """Bring the database up to date and start a run: schema and migrations, runs a crash left
     'running', the model's thresholds, the label table, parts a crashed run wrote but never loaded;
     then the diff of ``objects`` against what is audited, and the run's row.
 
+    ``wait_seconds``: how long to wait for another process (a reader) to let go of the database.
+
     Raises:
-        database.DatabaseError: the database is locked or written by a newer radlint.
+        database.DatabaseError: the database is held by another process or written by a newer radlint.
     """
     run_id = database.new_run_id()
-    con = database.connect(db, wait_seconds=0)
+    con = database.connect(db, wait_seconds=wait_seconds)
     try:
         database.ensure_schema(con)
         database.mark_interrupted_runs(con)
@@ -51,16 +53,21 @@ def prepare(db: str, entry, lake: str, objects: list[discover.ObjectRef], out_di
 
 
 def finish(db: str, entry, run: Prepared, results: list[dict], *, n_listed: int, n_shards: int,
-           started: float) -> dict[str, Any]:
+           started: float, wait_seconds: float = 0.0) -> dict[str, Any]:
     """Load the shards' parts, (re)create the views, adapt to the lake, close the run's row;
     returns the run summary (findings.run_summary plus ``lake_adaptation`` and ``failed_shards``).
 
     ``results``: the shards' results (a failed one carries ``failed``); ``started``: the
-    ``time.perf_counter()`` at which the run started.
+    ``time.perf_counter()`` at which the run started; ``wait_seconds``: how long to wait for
+    another process (a reader) to let go of the database, as at the start (--wait-lock).
+
+    Raises:
+        database.DatabaseError: another process still holds the database; the parts stay on disk
+            and the next audit loads them.
     """
     written = {k: [r["parts"][k] for r in results if k in r.get("parts", {})] for k in parts.KINDS}
     failed = [r for r in results if r.get("failed")]
-    con = database.connect(db, wait_seconds=60)
+    con = database.connect(db, wait_seconds=wait_seconds)
     try:
         added = database.load_and_record(con, written)
         database.create_views(con)
