@@ -25,6 +25,7 @@ GALLERY_LIMIT = 300
 GROUP_LIMIT = 25
 MONTH_LIMIT = 36
 GROUP_THUMBS = 6  # thumbnails shown per flagged group
+CELL_IMAGES = 12  # images listed under a disagreeing confusion-matrix cell, most confident first
 UNKNOWN = "(unknown)"
 # A group's rate is drawn as a bar only from this many checked findings: 2 of 2 is not "100 %".
 MIN_RATE_N = 5
@@ -171,6 +172,30 @@ def _collect(con, limit: int) -> dict[str, Any]:
         """,
     ):
         data["confusion"].setdefault(r["field"], []).append(r)
+    # A red cell (label and prediction disagree) opens its images, flagged or not: strong but
+    # unflagged disagreements (below a class threshold) are seen nowhere else.
+    data["cell_images"] = {}
+    if "thumbnails" in rel and "images" in rel:
+        for r in _dicts(
+            con,
+            f"""
+            select f.field, f.header_class, f.predicted_class, f.uri, f.predicted_prob, f.is_mismatch,
+                   t.jpeg, t.width, t.height
+            from _report_findings as f
+            left join images as i on i.uri = f.uri and i.run_id = f.run_id
+            left join (
+                select uri, etag, any_value(width) as width, any_value(height) as height, any_value(jpeg) as jpeg
+                from thumbnails group by uri, etag
+            ) as t on t.uri = i.uri and t.etag = i.etag
+            where f.header_class is not null and f.predicted_class is not null
+              and not list_contains(string_split(f.header_class, '|'), f.predicted_class)
+            qualify row_number() over (
+                partition by f.field, f.header_class, f.predicted_class order by f.predicted_prob desc, f.uri
+            ) <= {CELL_IMAGES}
+            order by f.field, f.header_class, f.predicted_class, f.predicted_prob desc, f.uri
+            """,
+        ):
+            data["cell_images"].setdefault((r["field"], r["header_class"], r["predicted_class"]), []).append(r)
 
     thumb_join = ""
     thumb_cols = "null as jpeg, null as width, null as height"
@@ -489,7 +514,8 @@ def _confusion_section(data: dict[str, Any]) -> str:
         '<p class="note">Labelled findings only (header or label file; orientation "upright" is assumed when nothing '
         "says otherwise). Rows: label (<code>header_class</code>); columns: the model's most probable class "
         "(<code>predicted_class</code>). Green cells agree; red cells disagree (a disagreement is a mismatch only "
-        "when the prediction reaches its class threshold). Shade = share of the row.</p>"
+        "when the prediction reaches its class threshold). Shade = share of the row. A red cell's number opens "
+        f"its images (up to {CELL_IMAGES}, most confident first), flagged or not.</p>"
     )
     if not data["confusion"]:
         return head + '<p class="empty">No labelled findings yet.</p></section>'
@@ -503,6 +529,7 @@ def _confusion_section(data: dict[str, Any]) -> str:
         row_tot = {lab: sum(counts.get((lab, p), 0) for p in preds) for lab in labels}
         header = "".join(f'<th class="col">{esc(p)}</th>' for p in preds)
         body = []
+        lists = []
         for lab in labels:
             accepted = set(lab.split("|"))
             tds = []
@@ -514,14 +541,35 @@ def _confusion_section(data: dict[str, Any]) -> str:
                 alpha = 0.08 + 0.82 * share if n else 0.0
                 style = f"background: rgba({rgb},{alpha:.2f});" + ("color:#fff;" if alpha > 0.55 else "")
                 tip = f"label {lab}, predicted {p}: {n} ({_fmt_pct(share)} of the row)"
-                tds.append(f'<td style="{style}" title="{esc(tip)}">{n if n else ""}</td>')
+                images = data.get("cell_images", {}).get((field, lab, p)) if n and not agree else None
+                text = str(n) if n else ""
+                if images:
+                    anchor = f"cell-{field}-{labels.index(lab)}-{preds.index(p)}"
+                    text = f'<a class="cell" href="#{esc(anchor)}">{n}</a>'
+                    lists.append(_cell_images(anchor, field, lab, p, n, images))
+                tds.append(f'<td style="{style}" title="{esc(tip)}">{text}</td>')
             body.append(f'<tr><th class="rowh">{esc(lab)}</th>{"".join(tds)}<td class="tot">{row_tot[lab]}</td></tr>')
         blocks.append(
             f'<div class="cm"><h3>{esc(field)}</h3><table class="confusion">'
             f'<thead><tr><th class="corner">label \\ predicted</th>{header}<th class="tot">total</th></tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>'
+            f'<tbody>{"".join(body)}</tbody></table>{"".join(lists)}</div>'
         )
     return head + f'<div class="cms">{"".join(blocks)}</div></section>'
+
+
+def _cell_images(anchor: str, field: str, label: str, predicted: str, n: int, images: list[dict[str, Any]]) -> str:
+    """The images of one disagreeing confusion-matrix cell, shown when its link is followed (CSS :target)."""
+    items = []
+    for r in images:
+        thumb = (f'<img class="gthumb" src="{_data_uri(r["jpeg"])}" alt="thumbnail">' if r.get("jpeg") is not None
+                 else '<span class="empty">no thumbnail</span>')
+        flag = "flagged" if r.get("is_mismatch") else "not flagged"
+        p = "" if r.get("predicted_prob") is None else f"p {float(r['predicted_prob']):.2f}"
+        items.append(f'<figure class="cellimg">{thumb}<figcaption>{esc(p)}, {flag}<br><code>{esc(r["uri"])}</code>'
+                     "</figcaption></figure>")
+    shown = f"the {len(images)} most confident of {n}" if n > len(images) else f"all {n}"
+    return (f'<div class="cellimgs" id="{esc(anchor)}"><h4>{esc(field)}: label {esc(label)}, predicted '
+            f'{esc(predicted)} ({shown}) <a href="#confusion">close</a></h4>{"".join(items)}</div>')
 
 
 def _card(i: int, r: dict[str, Any]) -> str:
@@ -674,6 +722,11 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fo
 svg.chart text { font-size:11px; fill:#333; }
 svg.chart .tick, svg.chart .val { font-size:10px; fill:#555; }
 svg.chart line.ci { stroke:#222; stroke-width:1.2; }
+.cellimgs { display:none; margin:8px 0; } .cellimgs:target { display:block; }
+.cellimgs h4 { font-size:13px; margin:4px 0; }
+figure.cellimg { display:inline-block; margin:4px; width:150px; vertical-align:top; font-size:11px; }
+figure.cellimg code { font-size:10px; }
+table.confusion a.cell { color:inherit; font-weight:600; }
 svg.chart .grid { stroke:#e3e6ea; stroke-width:1; }
 .cms { display:flex; flex-wrap:wrap; gap:24px; }
 table.confusion td { text-align:center; min-width:44px; border:1px solid #eceff2; }

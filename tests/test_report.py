@@ -520,3 +520,36 @@ def test_wilson_interval():
     assert lo == 0.0 and 0.27 < hi < 0.28
     lo, hi = wilson_interval(50, 100)
     assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+
+
+def test_a_red_confusion_cell_opens_its_images_flagged_or_not(tmp_path):
+    db = build_db(tmp_path / "audit.duckdb", evil=False)
+    con = duckdb_connect(db)
+    try:
+        # image 2's BodyPartExamined is wrong; a prediction below its class threshold (0.6) is not a flag
+        con.execute("update predictions set probability = 0.55, probabilities = map_from_entries("
+                    "list_transform(map_entries(probabilities), lambda e: struct_pack(key := e.key, value := "
+                    "case when e.key = predicted then 0.55 else 0.45 / 8 end))) "
+                    "where uri like '%img0002.dcm' and task = 'body_part'")
+        database.create_views(con)
+        cells = con.execute("""
+            select header_class, predicted_class, count(*), count(*) filter (where is_mismatch)
+            from findings where field = 'body_part' and header_class <> predicted_class group by all""").fetchall()
+        unflagged = con.execute("select is_mismatch from findings where field = 'body_part' "
+                                "and uri like '%img0002.dcm'").fetchone()[0]
+    finally:
+        con.close()
+    assert cells and unflagged is False
+    page = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    confusion = page[page.index('id="confusion"'):page.index('id="suspects"') if 'id="suspects"' in page else None]
+    links = re.findall(r'<a class="cell" href="#(cell-body_part-[\d-]+)">(\d+)</a>', confusion)
+    assert len(links) == len(cells)  # every red body_part cell opens its images ...
+    assert sorted(int(n) for _, n in links) == sorted(n for _, _, n, _ in cells)
+    for anchor, n in links:
+        block = confusion[confusion.index(f'id="{anchor}"'):]
+        block = block[:block.index("</div>")]
+        assert block.count('src="data:image/jpeg;base64,') == int(n)
+    # ... the unflagged disagreement included, which the gallery of flags does not show
+    assert "img0002.dcm</code>" in confusion and "not flagged" in confusion
+    gallery = page[page.index('id="suspects"'):]
+    assert not re.search(r'data-field="body_part"[^>]*>(?:(?!</article>).)*img0002\.dcm', gallery, re.S)
