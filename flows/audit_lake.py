@@ -131,8 +131,10 @@ def audit_lake(
         logger.info("listed %d objects, %d to audit", len(objects), len(run.todo))
         planned = plan.plan_shards(run.todo, opts.executor, opts.dask_address, workers, opts.shard_size)
         if planned.estimated_seconds is not None:
-            logger.info("estimated %.1f s of work in one process (%.4f s per MB), break-even with %d Dask workers %.1f s",
-                        planned.estimated_seconds, planned.seconds_per_mb, workers, plan.break_even_seconds(workers))
+            # Not printed as seconds: the size-based index leaves out the model's inference and the
+            # orientation samples, and read as a time it was 5-8x short (issue 23).
+            logger.info("executor auto: %s (%d objects, %.0f MB, %.4f s per MB of decoding)", planned.executor,
+                        len(run.todo), sum(o.size_bytes for o in run.todo) / 1e6, planned.seconds_per_mb)
         if planned.executor == "dask" and not opts.dask_address and cluster is None and planned.shards:
             cluster = stack.enter_context(BackgroundCluster(planned.workers))
         results = submit(planned, plan.shard_options(opts, entry, out_dir, planned, run.orientation_sample_rate),
