@@ -49,3 +49,24 @@ def test_ci_runs_every_test_and_the_readme_names_the_fast_suite():
     # .ci/run executes this line: a marker filter here would silently drop the slow tests from CI
     assert ci_command.endswith(".venv/bin/python -m pytest"), ci_command
     assert '.venv/bin/python -m pytest -m "not slow"' in readme
+
+
+def test_readme_says_how_to_run_a_deployment_now_in_the_venv_with_analytics_off():
+    """What a newcomer missed in the deployment docs (issue 23): starting a run now, with names that
+    exist; that the commands need the virtual environment; how Prefect's analytics stay off."""
+    import re
+
+    import yaml
+
+    from radlint.flows.audit_lake import audit_lake
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    service = readme[readme.index("## Running it as a service"):]
+    service = service[:service.index("\n## ", 1)]
+    deployments = {d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    runs = re.findall(r"prefect deployment run '([^'/]+)/([^']+)'", service)
+    assert runs, "no `prefect deployment run` in the deployment docs"
+    for flow_name, deployment in runs:
+        assert flow_name == audit_lake.name and deployment in deployments
+    assert "source .venv/bin/activate" in service and ".venv/bin/prefect" in service
+    assert "PREFECT_SERVER_ANALYTICS_ENABLED=false" in service and "DO_NOT_TRACK=1" in service
