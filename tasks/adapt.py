@@ -54,7 +54,7 @@ ORIENTATION_SAMPLE_TARGET = 2000
 ORIENTATION_SAMPLE_MIN_RATE = 1 / 64
 
 # Bumped when the probes or their rules change, so the next run refits an unchanged lake.
-FIT_VERSION = 1
+FIT_VERSION = 2
 
 GENERIC = "generic"
 LAKE_OOF = "lake_oof"
@@ -163,13 +163,20 @@ def _compose(stored: str, turn: str) -> str:
 def orientation_probe(
     stored: np.ndarray, stored_labels: list[str], groups: list[str], sampled: np.ndarray,
     turned: dict[str, np.ndarray], *, n_folds: int = N_FOLDS, min_samples: int = MIN_ORIENTATION_SAMPLES,
+    rounds: int = 2,
 ) -> ProbeResult:
     """Self-supervised orientation probabilities for every stored image.
 
     ``stored`` [N, D]: embeddings of the images as stored; ``sampled``: indices of the images that
     were also run turned; ``turned[turn]`` [len(sampled), D] their turned embeddings. A sampled
-    image's stored label (``stored_labels``, 'upright' unless a label says otherwise) composed with
-    each turn is the training target. Sampled images are scored out-of-fold (grouped by patient).
+    image's stored orientation composed with each turn is the training target; it starts as the
+    label (``stored_labels``, 'upright' unless a label says otherwise).
+
+    A sampled image is scored out-of-fold (grouped by patient) on all four of its views at once:
+    the stored orientation s that makes every view agree (sum over turns t of
+    log p(compose(s, t) | view t)). That consensus is far surer than one view, so after the first
+    round the training targets of sampled images are re-derived from it, and the probe refitted
+    (``rounds``): the lake's own rotated images stop teaching it that rotated means upright.
     """
     n = len(stored)
     classes = tuple(ORIENTATION)
@@ -178,32 +185,49 @@ def orientation_probe(
         return ProbeResult(probs, [GENERIC] * n, ["too_few_samples"] * n)
     method = [LAKE_FIT] * n
     turns = ("upright", *turned)
+    m = len(sampled)
     x = np.concatenate([stored[sampled], *(turned[t] for t in turns[1:])])
-    y = np.array([_compose(stored_labels[i], t) for t in turns for i in sampled], dtype=object)
     g = np.array([groups[i] for _ in turns for i in sampled], dtype=object)
     col = {c: i for i, c in enumerate(classes)}
+    # compose_index[s, t]: class index of a view turned by t of an image stored as s
+    compose_index = np.array([[col[_compose(s_, t)] for t in turns] for s_ in classes])
+    stored_now = [stored_labels[i] for i in sampled]
 
-    def place(rows, p, fitted):
-        block = np.zeros((len(rows), len(classes)), np.float32)
+    def as_classes(p, fitted):
+        block = np.full((len(p), len(classes)), 1e-6, np.float32)
         for j, c in enumerate(fitted):
-            block[:, col[c]] = p[:, j]
-        probs[rows] = block
+            block[:, col[c]] = np.maximum(p[:, j], 1e-6)
+        return block
+
+    def consensus(view_probs):  # view_probs [4, k, classes] -> [k, classes] over the stored orientation
+        logp = np.log(view_probs)
+        score = np.stack([sum(logp[t, :, compose_index[s_, t]] for t in range(len(turns)))
+                          for s_ in range(len(classes))], axis=1)
+        score -= score.max(axis=1, keepdims=True)
+        e = np.exp(score)
+        return e / e.sum(axis=1, keepdims=True)
 
     k = min(n_folds, len(set(g)))
-    if k >= 2:
-        base = np.arange(len(sampled))
+    for _ in range(rounds if k >= 2 else 0):
+        y = np.array([_compose(stored_now[j], t) for t in turns for j in range(m)], dtype=object)
+        oof = np.zeros((m, len(classes)), np.float32)
         for fit_g, held_g in StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0).split(x, y, g):
-            held_images = sorted(set(base[held_g[held_g < len(sampled)]]))
-            if not held_images:
+            held = np.array(sorted(set(held_g % m)))
+            if not len(held):
                 continue
-            p, fitted = _fit_predict(_probe(), x[fit_g], y[fit_g], stored[sampled[held_images]])
-            place(sampled[held_images], p, fitted)
-            for i in sampled[held_images]:
-                method[i] = LAKE_OOF
-    others = np.array([m == LAKE_FIT for m in method])
+            views = np.concatenate([held + t * m for t in range(len(turns))])
+            p, fitted = _fit_predict(_probe(), x[fit_g], y[fit_g], x[views])
+            oof[held] = consensus(as_classes(p, fitted).reshape(len(turns), len(held), len(classes)))
+        probs[sampled] = oof
+        for i in sampled:
+            method[i] = LAKE_OOF
+        stored_now = [classes[int(c)] for c in oof.argmax(axis=1)]
+    others = np.array([mth == LAKE_FIT for mth in method])
     if others.any():
+        y = np.array([_compose(stored_now[j], t) for t in turns for j in range(m)], dtype=object)
         p, fitted = _fit_predict(_probe(), x, y, stored[others])
-        place(np.flatnonzero(others), p, fitted)
+        probs[np.flatnonzero(others)] = as_classes(p, fitted)
+        probs[np.flatnonzero(others)] /= probs[np.flatnonzero(others)].sum(axis=1, keepdims=True)
     return ProbeResult(probs, method, [None] * n)
 
 
