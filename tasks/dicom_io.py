@@ -436,6 +436,8 @@ def _gdcm_decode(raw: bytes, ds: Dataset) -> np.ndarray | None:
         import gdcm
     except ImportError:
         return None
+    if not _fragments_well_formed(ds):
+        return None  # GDCM aborts the whole process (an uncaught C++ exception) on such fragments
     with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:
         tmp.write(raw)
         tmp.flush()
@@ -459,6 +461,23 @@ def _gdcm_decode(raw: bytes, ds: Dataset) -> np.ndarray | None:
     if arr.size < rows * cols:
         return None
     return arr[: rows * cols].reshape(rows, cols)
+
+
+def _fragments_well_formed(ds: Dataset) -> bool:
+    """Whether encapsulated Pixel Data is a run of items, each of them whole: an RLE object cut
+    after 30 bytes of Pixel Data made GDCM's reader call std::terminate (gdcmSequenceOfFragments)."""
+    value = ds.get("PixelData")
+    if not isinstance(value, (bytes, bytearray)):
+        return False
+    pos = 0
+    while pos < len(value):
+        if pos + 8 > len(value) or value[pos : pos + 4] != b"\xfe\xff\x00\xe0":
+            return False
+        length = int.from_bytes(value[pos + 4 : pos + 8], "little")
+        pos += 8 + length
+        if pos > len(value):
+            return False
+    return True
 
 
 J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})

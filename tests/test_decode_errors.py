@@ -110,3 +110,24 @@ def test_real_decoder_message_and_its_reason(make_dicom, case):
     with pytest.raises(dicom_io.Skip) as skip:
         dicom_io.decode_pixels(dicom_io.parse(data), raw=None)
     assert skip.value.reason == reason, skip.value.detail
+
+
+def test_cut_encapsulated_pixel_data_is_a_row_not_a_crash(make_dicom, tmp_path):
+    """With the raw bytes, a RuntimeError from every plugin tries GDCM's own reader; on Pixel Data
+    whose item runs past its end GDCM calls std::terminate and the whole process (a Dask worker, or
+    the audit itself) dies, so the object never becomes a skipped row. Run in a child process: a
+    regression aborts the child, not the test session."""
+    import subprocess
+    import sys
+
+    data = _rewrite(make_dicom(RLELossless), lambda ds: setattr(ds, "PixelData", ds.PixelData[:30]))
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data)
+    code = (
+        "import sys; from pathlib import Path; from radlint.tasks import dicom_io\n"
+        "try:\n    dicom_io.read_dicom(Path(sys.argv[1]).read_bytes())\n"
+        "except dicom_io.Skip as s:\n    print(s.reason)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == dicom_io.READ_ERROR
