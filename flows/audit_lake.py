@@ -116,14 +116,19 @@ def audit_lake(
     entry = infer.default_model(opts.registry or infer.REGISTRY_PATH)
     infer.verify(entry)
     label_table = labels.read_label_file(opts.labels_file) if opts.labels_file else None
-    workers = opts.workers or settings.default_workers()
+    workers, too_many = settings.local_workers(opts.workers)
+    if opts.dask_address:  # a remote cluster's workers are its own, whatever the cores here
+        workers = opts.workers or workers
+    elif too_many:
+        logger.warning(too_many)
     with database.audit_lock(opts.db, wait_seconds=opts.lock_wait_seconds), contextlib.ExitStack() as stack:
         cluster: BackgroundCluster | None = None
         if opts.executor == "dask" and not opts.dask_address and not database.has_predictions(opts.db, entry.sha256):
             # A first audit with this model: every object listed is new, so the cluster will be
             # needed; its workers start while the lake is listed.
             cluster = stack.enter_context(BackgroundCluster(workers))
-        objects = discover.discover(opts.lake)
+        own = database.own_paths(opts.db, out_dir) + ([opts.report] if opts.report else [])
+        objects = discover.discover(opts.lake, exclude=own)
         run = runs.prepare(opts.db, entry, opts.lake, objects, out_dir, label_table, opts.labels_file,
                            wait_seconds=opts.lock_wait_seconds)
         if run.recovered:

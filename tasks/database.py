@@ -151,6 +151,13 @@ def audit_lock(db: str | Path, wait_seconds: float = 0.0):
         fh.close()
 
 
+def own_paths(db: str | Path, out_dir: str | Path) -> list[str]:
+    """The files and folders an audit of ``db`` writes: never lake objects, also when ``--db`` lies
+    inside the lake (the database, DuckDB's WAL and temporary folder, the lock, the salt, the parts)."""
+    db = str(db)
+    return [db, db + ".wal", db + ".tmp", db + ".lock", db + ".salt", str(out_dir)]
+
+
 def mark_interrupted_runs(con) -> int:
     """Runs still 'running' when a new audit holds the lock were interrupted (crash, kill)."""
     n = con.execute("select count(*) from runs where status = 'running'").fetchone()[0]
@@ -354,20 +361,59 @@ def _insert_rows(con, table: str, rows: list[tuple]) -> None:
 
 
 def load_labels(con, table, source_file: str) -> int:
-    """Append an external label table (from tasks.labels.read_label_file)."""
+    """Load an external label table (from tasks.labels.read_label_file), replacing by key: a key
+    (uri or sop_instance_uid) keeps one row, its latest labels. Rows whose labels are already
+    there are left alone (their loaded_at too), so loading the same file every run adds and
+    changes nothing. Returns the rows added or replaced.
+
+    Older databases appended every load; their superseded rows (all but the latest per key) are
+    dropped here first.
+    """
+    same_key = "l.uri is not distinct from n.uri and l.sop_instance_uid is not distinct from n.sop_instance_uid"
+    same_labels = " and ".join(f"l.{c} is not distinct from n.{c}" for c in ("body_part", "projection", "orientation"))
     con.register("_new_labels", table)
     try:
+        con.execute("begin transaction")
+        con.execute(
+            """
+            delete from labels where rowid in (
+                select rowid from (
+                    select rowid, row_number() over (partition by uri, sop_instance_uid order by loaded_at desc) as n
+                    from labels
+                ) where n > 1
+            )
+            """
+        )
+        # One row per key of the file (its last, as a load in file order would have kept).
+        con.execute(
+            f"""
+            create or replace temp table _changed_labels as
+            select n.* exclude (line, last_line) from (
+                select *, max(line) over (partition by uri, sop_instance_uid) as last_line
+                from (select *, row_number() over () as line from _new_labels)
+            ) as n
+            where line = last_line
+            and not exists (select 1 from labels as l where {same_key} and {same_labels})
+            """
+        )
+        con.execute(f"delete from labels as l where exists (select 1 from _changed_labels as n where {same_key})")
         con.execute(
             """
             insert into labels
             select uri, sop_instance_uid, body_part, projection, orientation, ?, ?
-            from _new_labels
+            from _changed_labels
             """,
             [source_file, utcnow()],
         )
+        n = con.execute("select count(*) from _changed_labels").fetchone()[0]
+        con.execute("drop table _changed_labels")
+        con.execute("commit")
+    except Exception:
+        con.execute("rollback")
+        raise
     finally:
         con.unregister("_new_labels")
-    return table.num_rows
+    return n
 
 
 def start_run(con, run_id: str, lake: str, models: list[dict[str, str]]) -> None:

@@ -124,8 +124,11 @@ def find_local(root: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-def discover(lake: str, storage_options: dict[str, Any] | None = None) -> list[ObjectRef]:
+def discover(lake: str, storage_options: dict[str, Any] | None = None, exclude: Iterable[str] = ()) -> list[ObjectRef]:
     """List every file under ``lake`` (recursively), sorted by uri.
+
+    ``exclude``: local paths (files, or folders with everything under them) that are not lake
+    objects although they lie in it: the audit's own database, its WAL, lock, salt and parts.
 
     Raises:
         LakeError: when the lake does not exist or cannot be listed.
@@ -144,9 +147,12 @@ def discover(lake: str, storage_options: dict[str, Any] | None = None) -> list[O
         raise
     except Exception as exc:  # botocore / OS errors differ per backend
         raise LakeError(f"cannot list lake {lake!r}: {type(exc).__name__}: {exc}") from exc
+    skip = _excluded(root, exclude) if isinstance(fs, LocalFileSystem) else None
     refs = []
     for path, info in found.items():
         if info.get("type", "file") != "file":
+            continue
+        if skip is not None and skip(path):
             continue
         name = path.rsplit("/", 1)[-1]
         # Hidden files and our own temporary parts are never lake objects.
@@ -155,6 +161,25 @@ def discover(lake: str, storage_options: dict[str, Any] | None = None) -> list[O
         refs.append(ObjectRef(uri_for(protocol, path), int(info.get("size") or 0), _etag(info)))
     refs.sort(key=lambda r: r.uri)
     return refs
+
+
+def _excluded(root: str, exclude: Iterable[str]):
+    """A test of listed local paths against ``exclude``, or None when nothing lies under ``root``.
+
+    Both the paths as given and as resolved are matched, also when the lake was named through a
+    symbolic link (listed paths start with ``root`` as given)."""
+    real_root = os.path.realpath(root)
+    targets: set[str] = set()
+    for path in exclude:
+        for p in {os.path.abspath(path), os.path.realpath(path)}:
+            targets.add(p)
+            if real_root != root and (p == real_root or p.startswith(real_root + os.sep)):
+                targets.add(root + p[len(real_root):])
+    targets = {t for t in targets if t == root or t.startswith(root.rstrip(os.sep) + os.sep)}
+    if not targets:
+        return None
+    prefixes = tuple(t.rstrip(os.sep) + os.sep for t in targets)
+    return lambda path: path in targets or path.startswith(prefixes)
 
 
 def diff(objects: Iterable[ObjectRef], done: set[tuple[str, str]]) -> list[ObjectRef]:

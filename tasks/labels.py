@@ -7,6 +7,7 @@ by ``|`` (for example ``abdomen|pelvis``); the findings view accepts any of them
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from pathlib import Path
@@ -223,7 +224,32 @@ class LabelFileError(ValueError):
     """The external label table cannot be used."""
 
 
+# The last label table read, by path and file identity: the audit command validates the file
+# before any work and the flow then loads it, in the same process; a 1M-row file is read once.
+_last_read: tuple[tuple, Any] | None = None
+
+
 def read_label_file(path: str | Path):
+    """Read a CSV or Parquet label table into a pyarrow Table (the last one read is kept, and
+    returned again while the file's size, mtime and ctime are unchanged).
+
+    Raises:
+        LabelFileError: as :func:`_read_label_file`.
+    """
+    global _last_read
+    try:
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    except OSError:
+        key = None
+    if key is not None and _last_read is not None and _last_read[0] == key:
+        return _last_read[1]
+    table = _read_label_file(path)
+    _last_read = (key, table) if key is not None else None
+    return table
+
+
+def _read_label_file(path: str | Path):
     """Read a CSV or Parquet label table into a pyarrow Table.
 
     The table is keyed by ``sop_instance_uid`` (or ``SOPInstanceUID``) or ``uri`` and holds any

@@ -70,6 +70,10 @@ def finish(db: str, entry, run: Prepared, results: list[dict], *, n_listed: int,
     con = database.connect(db, wait_seconds=wait_seconds)
     try:
         added = database.load_and_record(con, written)
+        # Rows an interrupted run left in parts count in the run that loaded them (prepare): the
+        # interrupted run's row never got its totals, so they would be in no run's otherwise.
+        for kind, n in (run.recovered or {}).items():
+            added[kind] = added.get(kind, 0) + n
         database.create_views(con)
         lake_counts = adapt.adapt_lake(con, entry, run.run_id)
         database.finish_run(

@@ -72,3 +72,15 @@ def patient_salt(db: str | Path) -> str:
 
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def local_workers(requested: int | None) -> tuple[int, str | None]:
+    """(worker processes for a local cluster, a warning or None): ``requested`` (default
+    :func:`default_workers`) capped at the core count, where more processes only compete for the
+    same cores and each holds its own model and ``max_inflight_bytes`` of objects."""
+    cores = os.cpu_count() or 1
+    if requested is None:
+        return default_workers(), None
+    if requested > cores:
+        return cores, f"--workers {requested} is more than the {cores} cores here: starting {cores} worker processes"
+    return requested, None
