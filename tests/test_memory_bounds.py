@@ -129,3 +129,35 @@ def test_peak_memory_of_a_hostile_shard(tmp_path, tiny_registry, make_dicom):
         "honest-header-huge-object.dcm": "too_large",
     }
     assert all(detail for _, detail in reasons.values())
+
+
+ODD = {b"victim": b"AA", b"victim::other.dcm": b"BB", b"a1.dcm": b"CC", b"a[1].dcm": b"DD",
+       b"k?versionId=abc.dcm": b"EE", b"k": b"FF"}
+
+
+def test_headers_are_read_by_each_objects_own_path(tmp_path):
+    from radlint.tasks import discover
+
+    for name, data in ODD.items():
+        (tmp_path / os.fsdecode(name)).write_bytes(data * 100)
+    refs = discover.discover(str(tmp_path))
+    fs, _ = discover.filesystem_for_uri(refs[0].uri)
+    paths = [discover.path_for_uri(r.uri)[1] for r in refs]
+    heads = discover.cat_heads(fs, paths, 2)
+    assert {os.fsencode(p).rsplit(b"/", 1)[-1]: heads[p] for p in paths} == ODD
+
+
+@pytest.mark.slow
+def test_s3_headers_are_read_by_exact_key(s3_server):
+    import s3fs
+
+    from radlint.tasks import discover
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("headlake")
+    for name, data in ODD.items():
+        # put_object, not fs.pipe: s3fs itself would cut the key at '?versionId='.
+        fs.call_s3("put_object", Bucket="headlake", Key="cr/" + name.decode(), Body=data * 100)
+    paths = ["headlake/cr/" + name.decode() for name in ODD]
+    heads = discover.cat_heads(fs, paths, 2)
+    assert {p.rsplit("/", 1)[-1].encode(): heads[p] for p in paths} == ODD
