@@ -59,9 +59,9 @@ def test_contract_columns_present(con):
 
 
 def test_readme_table_reference_is_current():
-    from radlint import tabledoc
+    from tests import tabledoc
     from tests.conftest import PROJECT_ROOT
 
     readme = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     block = readme[readme.index(tabledoc.BEGIN) + len(tabledoc.BEGIN) : readme.index(tabledoc.END)]
-    assert block.strip() == tabledoc.table_reference().strip(), "run: python -m radlint.tabledoc"
+    assert block.strip() == tabledoc.table_reference().strip(), "run: python -m tests.tabledoc"
