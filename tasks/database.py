@@ -8,9 +8,12 @@ adds nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -48,8 +51,6 @@ def sql_files(kind: str) -> list[Path]:
 
 def _sql_digest(kind: str) -> str:
     """sha256 over the names and texts of sql/<kind>: recorded in `meta` when they are applied."""
-    import hashlib
-
     h = hashlib.sha256()
     for path in sql_files(kind):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -82,8 +83,6 @@ def connect(db: str | Path, read_only: bool = False, wait_seconds: float = 0.0):
         DatabaseError: when another process holds the lock (after ``wait_seconds``) or the
             file is not a DuckDB database.
     """
-    import time
-
     import duckdb
 
     deadline = time.monotonic() + wait_seconds
@@ -121,9 +120,6 @@ def audit_lock(db: str | Path, wait_seconds: float = 0.0):
     Raises:
         DatabaseError: another audit holds the lock (after ``wait_seconds``).
     """
-    import fcntl
-    import time
-
     path = Path(str(db) + ".lock")
     fh = open(path, "a+")
     deadline = time.monotonic() + wait_seconds

@@ -7,6 +7,8 @@ mean 0.5 / std 0.5 (Mitsuyama et al. 2025). Training (models/train.py) and infer
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -112,8 +114,6 @@ THUMBNAIL_SIDE = 192  # longest side of the review report's thumbnails
 
 def thumbnail_jpeg(display_u8: np.ndarray, max_side: int = THUMBNAIL_SIDE, quality: int = 80) -> dict:
     """A small grayscale JPEG of the image as stored, for the review report."""
-    import io
-
     img = Image.fromarray(display_u8)
     img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
