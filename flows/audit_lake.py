@@ -16,7 +16,7 @@ from prefect_dask import DaskTaskRunner
 
 from radlint.flows.dask_env import BackgroundCluster
 from radlint.flows.progress import Progress
-from radlint.tasks import database, discover, findings, infer, labels, parts, plan, runs, settings, shard
+from radlint.tasks import database, discover, findings, infer, labels, parts, plan, runs, shard
 from radlint.tasks.options import AuditOptions
 
 
@@ -116,10 +116,8 @@ def audit_lake(
     entry = infer.default_model(opts.registry or infer.REGISTRY_PATH)
     infer.verify(entry)
     label_table = labels.read_label_file(opts.labels_file) if opts.labels_file else None
-    workers, too_many = settings.local_workers(opts.workers)
-    if opts.dask_address:  # a remote cluster's workers are its own, whatever the cores here
-        workers = opts.workers or workers
-    elif too_many:
+    workers, too_many = plan.worker_count(opts.workers, opts.dask_address)
+    if too_many:
         logger.warning(too_many)
     with database.audit_lock(opts.db, wait_seconds=opts.lock_wait_seconds), contextlib.ExitStack() as stack:
         cluster: BackgroundCluster | None = None
@@ -135,11 +133,8 @@ def audit_lake(
             logger.info("loaded parts left by an interrupted run: %s", run.recovered)
         logger.info("listed %d objects, %d to audit", len(objects), len(run.todo))
         planned = plan.plan_shards(run.todo, opts.executor, opts.dask_address, workers, opts.shard_size)
-        if planned.estimated_seconds is not None:
-            # Not printed as seconds: the size-based index leaves out the model's inference and the
-            # orientation samples, and read as a time it was 5-8x short (issue 23).
-            logger.info("executor auto: %s (%d objects, %.0f MB, %.4f s per MB of decoding)", planned.executor,
-                        len(run.todo), sum(o.size_bytes for o in run.todo) / 1e6, planned.seconds_per_mb)
+        if planned.note:
+            logger.info(planned.note)
         if planned.executor == "dask" and not opts.dask_address and cluster is None and planned.shards:
             cluster = stack.enter_context(BackgroundCluster(planned.workers))
         results = submit(planned, plan.shard_options(opts, entry, out_dir, planned, run.orientation_sample_rate),
