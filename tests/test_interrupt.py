@@ -117,9 +117,9 @@ def test_kill_9_takes_the_temporary_server_with_it(tmp_path, make_dicom, tiny_re
     lake = tmp_path / "lake"
     slow_lake(lake, make_dicom, n=8)
     proc, _, _ = start_audit(tmp_path, lake, tiny_registry, "--executor", "local")
+    servers: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 60
-        servers: list[psutil.Process] = []
         while not servers and time.monotonic() < deadline and proc.poll() is None:
             servers = [c for c in descendants(proc.pid) if is_server(c)]
             time.sleep(0.05)
@@ -130,6 +130,8 @@ def test_kill_9_takes_the_temporary_server_with_it(tmp_path, make_dicom, tiny_re
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        for p in descendants(os.getpid()):
-            if is_server(p):
+        # Only this audit's server: the session's Prefect API (tests/conftest.py) is a uvicorn
+        # child of this process too, and later tests need it.
+        for p in servers:
+            if p.is_running():
                 p.kill()
