@@ -211,10 +211,12 @@ def run_planted(args) -> int:
         con.close()
     print("\nGeneric-only vs lake-adaptive rules (where no probe scored an image the generic verdict stands):")
     print(planted.format_sweep(sweep))
-    print("\nLake gates chosen on this lake (registry tasks.<field>.gate: lake_rule, lake_weight, lake_min_severity):")
+    print("\nLake gates chosen on this lake (registry tasks.<field>.gate: lake_rule, lake_weight, "
+          "lake_prior_images, lake_min_severity):")
     for field, c in chosen.items():
-        print(f"  {field}: lake_rule {c['lake_rule']}, lake_weight {c['lake_weight']}, lake_min_severity "
-              f"{c['lake_min_severity']} -> precision {c['precision']:.3f}, recall {c['recall']:.3f} ({c['criterion']})")
+        print(f"  {field}: lake_rule {c['lake_rule']}, lake_weight {c['lake_weight']}, lake_prior_images "
+              f"{c['lake_prior_images']}, lake_min_severity {c['lake_min_severity']} -> precision "
+              f"{c['precision']:.3f}, recall {c['recall']:.3f} ({c['criterion']})")
     if group is not None:
         print(f"\nsystematic group: {group['n_images']} images, {group['per_image_flags']} flagged one by one; "
               f"group_findings {'flags' if group['group_flagged'] else 'does NOT flag'} protocol "

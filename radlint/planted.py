@@ -136,48 +136,57 @@ def format_table(scores: dict[str, dict[str, Any]]) -> str:
 LAKE_RULES = ("lake", "disagree", "both")
 LAKE_WEIGHTS = (0.5, 0.6, 0.7, 0.85, 1.0)
 LAKE_GATES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
+LAKE_PRIORS = (0, 25, 50, 100)
 
 
 def choose_lake_gates(con, truth_csv: str | Path, target_precision: float = 0.95) -> dict[str, dict[str, Any]]:
-    """Per field, the lake rule, weight and gate to register: the most recall at ``target_precision``
-    where some setting reaches it with recall at least as high, else the best F1 (ties: the higher
-    gate). Meant for a lake the model did not train on (``evaluate-planted --unseen-source``), never
-    the test split."""
+    """Per field, the lake rule, weight, prior and gate to register: the most recall at
+    ``target_precision`` where some setting reaches it with recall at least as high, else the best
+    F1 (ties: the higher gate, then the smaller prior). Meant for a lake the model did not train on
+    (``evaluate-planted --unseen-source``), never the test split."""
+    import numpy as np
+
     load_truth(con, truth_csv)
     out: dict[str, dict[str, Any]] = {}
     for field in FIELDS:
+        rows = con.execute(
+            """
+            select t.planted = 'True', f.lake_method in ('lake_oof', 'lake_fit'),
+                   coalesce(not list_contains(string_split(f.header_class, '|'), f.lake_predicted_class), false),
+                   coalesce(1 - f.lake_label_prob, 0), coalesce(1 - f.header_class_prob, 0),
+                   coalesce(f.generic_is_mismatch, false),
+                   not list_contains(string_split(f.header_class, '|'), f.predicted_class),
+                   count(*) over (partition by f.header_class)
+            from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
+            where t.field = ? and f.header_class is not null and (t.field <> 'projection' or t.true_class is not null)
+            """,
+            [field],
+        ).fetchall()
+        if not rows or not any(r[0] for r in rows):
+            continue
+        planted_, lake_ok, lake_dis, sev_l, sev_g, generic, gen_dis, n_label = (np.array(c) for c in zip(*rows))
+        planted_, lake_ok, lake_dis, generic, gen_dis = (a.astype(bool) for a in (planted_, lake_ok, lake_dis, generic, gen_dis))
+        sev_l, sev_g, n_label = (a.astype(float) for a in (sev_l, sev_g, n_label))
         grid = []
         for rule in LAKE_RULES:
-            extra = {"lake": "true",
-                     "disagree": "not list_contains(string_split(f.header_class, '|'), f.predicted_class)",
-                     "both": "coalesce(f.generic_is_mismatch, false)"}[rule]
-            for w in LAKE_WEIGHTS:
-                for g in LAKE_GATES:
-                    flag = (f"case when f.lake_method in ('lake_oof', 'lake_fit') then "
-                            f"not list_contains(string_split(f.header_class, '|'), f.lake_predicted_class) "
-                            f"and {w} * (1 - f.lake_label_prob) + {1 - w} * (1 - f.header_class_prob) >= {g} and {extra} "
-                            f"else f.generic_is_mismatch end")
-                    n_planted, n_flagged, tp = con.execute(
-                        f"""select count(*) filter (where t.planted = 'True'),
-                                   count(*) filter (where coalesce({flag}, false)),
-                                   count(*) filter (where coalesce({flag}, false) and t.planted = 'True')
-                            from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
-                            where t.field = ? and f.header_class is not null
-                              and (t.field <> 'projection' or t.true_class is not null)""",
-                        [field],
-                    ).fetchone()
-                    if not n_planted:
-                        continue
-                    p = tp / n_flagged if n_flagged else 0.0
-                    r = tp / n_planted
-                    f1 = 2 * p * r / (p + r) if p + r else 0.0
-                    grid.append({"lake_rule": rule, "lake_weight": w, "lake_min_severity": g,
-                                 "precision": p, "recall": r, "f1": f1})
-        if not grid:
-            continue
+            extra = {"lake": np.ones_like(generic), "disagree": gen_dis, "both": generic}[rule]
+            for prior in LAKE_PRIORS:
+                for w in LAKE_WEIGHTS:
+                    w_eff = w * n_label / (n_label + prior)
+                    blended = w_eff * sev_l + (1 - w_eff) * sev_g
+                    for g in LAKE_GATES:
+                        flag = np.where(lake_ok, lake_dis & (blended >= g) & extra, generic)
+                        tp = int((flag & planted_).sum())
+                        n_flagged = int(flag.sum())
+                        p = tp / n_flagged if n_flagged else 0.0
+                        r = tp / int(planted_.sum())
+                        grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
+                                     "lake_min_severity": g, "precision": p, "recall": r,
+                                     "f1": 2 * p * r / (p + r) if p + r else 0.0})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
-        best = (max(reaching, key=lambda x: (x["recall"], x["lake_min_severity"])) if reaching
-                else max(grid, key=lambda x: (round(x["f1"], 4), x["lake_min_severity"])))
+        key = (lambda x: (x["recall"], x["lake_min_severity"], -x["lake_prior_images"])) if reaching else \
+              (lambda x: (round(x["f1"], 4), x["lake_min_severity"], -x["lake_prior_images"]))
+        best = max(reaching or grid, key=key)
         out[field] = dict(best, criterion=f"recall at precision >= {target_precision}" if reaching else "best F1")
     return out
 

@@ -337,7 +337,8 @@ def load_thresholds(con, model_name: str, model_sha256: str, tasks: dict[str, An
     _insert_rows(con, "gates", [
         (model_name, model_sha256, task, spec.min_severity,
          spec.gate_policy.get("target_precision"), spec.gate_policy.get("prevalence"),
-         spec.class_thresholds, spec.lake_min_severity, spec.lake_rule, spec.lake_weight)
+         spec.class_thresholds, spec.lake_min_severity, spec.lake_rule, spec.lake_weight,
+         spec.lake_prior_images)
         for task, spec in tasks.items()
     ])
     con.execute("delete from label_gates where model_sha256 = ?", [model_sha256])

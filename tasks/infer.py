@@ -48,6 +48,7 @@ class TaskSpec:
     lake_min_severity: float | None = None  # gate on 1 - p_lake(label) where the lake probe scored
     lake_rule: str | None = None  # both | lake | disagree: what else a lake flag needs (sql/tables/gates.sql)
     lake_weight: float | None = None  # share of the lake probe in the blended severity a lake flag is gated on
+    lake_prior_images: float | None = None  # shrinks lake_weight for labels with few lake images
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
     lake = gate.pop("lake_min_severity", None)
     lake_rule = gate.pop("lake_rule", None)
     lake_weight = gate.pop("lake_weight", None)
+    lake_prior = gate.pop("lake_prior_images", None)
     if lake_weight is not None and not 0.0 <= float(lake_weight) <= 1.0:
         raise RegistryError(f"task {name}: gate.lake_weight must be within [0, 1], not {lake_weight!r}")
     if lake_rule not in (None, "both", "lake", "disagree"):
@@ -102,6 +104,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         lake_min_severity=None if lake is None else float(lake),
         lake_rule=lake_rule,
         lake_weight=None if lake_weight is None else float(lake_weight),
+        lake_prior_images=None if lake_prior is None else float(lake_prior),
     )
 
 

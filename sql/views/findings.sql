@@ -9,8 +9,8 @@
 -- predicted_prob: probability of predicted_class (0-1).
 -- header_class_prob: the model's probability of the labelled class (sum over accepted classes); NULL when header_class is NULL.
 -- threshold: the per-class threshold of predicted_class from the model registry; it applies only where the task's gate says class_thresholds (table gates).
--- is_mismatch: the flag. Where the lake probe scored the image (lake_method lake_oof or lake_fit): its most probable class is not among the label's accepted classes, the blended severity lake_weight x (1 - lake_label_prob) + (1 - lake_weight) x (1 - header_class_prob) >= lake_gate, and what the task's lake_rule adds (both: generic_is_mismatch too; disagree: the generic model's class is not the label either; lake: nothing). Elsewhere the generic model decides (generic_is_mismatch). NULL when the label is unknown.
--- severity: for ranking, 0-1: where the lake probe scored the image the blended severity lake_weight x (1 - lake_label_prob) + (1 - lake_weight) x (1 - header_class_prob), else 1 - header_class_prob; NULL when the label is unknown.
+-- is_mismatch: the flag. Where the lake probe scored the image (lake_method lake_oof or lake_fit): its most probable class is not among the label's accepted classes, the blended severity lake_weight x (1 - lake_label_prob) + (1 - lake_weight) x (1 - header_class_prob) (lake_weight as in its column) >= lake_gate, and what the task's lake_rule adds (both: generic_is_mismatch too; disagree: the generic model's class is not the label either; lake: nothing). Elsewhere the generic model decides (generic_is_mismatch). NULL when the label is unknown.
+-- severity: for ranking, 0-1: where the lake probe scored the image the blended severity lake_weight x (1 - lake_label_prob) + (1 - lake_weight) x (1 - header_class_prob) (lake_weight as in its column), else 1 - header_class_prob; NULL when the label is unknown.
 -- suggested_correction: for a mismatch, the value to write (body_part/projection: the deciding basis's most probable class; orientation: the rotation to apply to bring the image upright, in the orientation vocabulary); else NULL.
 -- model: registry name of the model that made the prediction.
 -- institution_name: InstitutionName of the image, for grouping.
@@ -27,7 +27,7 @@
 -- flag_basis: for a mismatch, which view decided it: both (the lake probe flagged and the generic model agrees), lake (the lake probe alone), generic (no lake probe for this image; the generic model alone); NULL when not flagged.
 -- lake_gate: the severity a lake-probe flag needs (table gates, lake_min_severity; 0.5 when unset).
 -- lake_rule: what else a lake-probe flag needs (table gates): both, lake or disagree; both when unset.
--- lake_weight: the lake probe's share of the blended severity (table gates); 1 when unset.
+-- lake_weight: the lake probe's share of the blended severity for this image: the task's lake_weight (table gates; 1 when unset) x n / (n + lake_prior_images), n = the lake's images with this label, so a probe that saw few of them counts less.
 create or replace view findings as
 with
 
@@ -158,7 +158,8 @@ scored as (
         coalesce(g.class_thresholds, true) as use_thresholds,
         coalesce(g.lake_min_severity, 0.5) as lake_gate,
         coalesce(g.lake_rule, 'both') as lake_rule,
-        coalesce(g.lake_weight, 1.0) as lake_weight
+        coalesce(g.lake_weight, 1.0) as lake_weight,
+        coalesce(g.lake_prior_images, 0.0) as lake_prior_images
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
     left join thresholds as t
@@ -175,6 +176,8 @@ adapted as (
         lp.method as lake_method,
         lp.fallback_reason as lake_fallback_reason,
         lp.predicted as lake_predicted_class,
+        -- a probe that saw few images of this label is trusted less: its share shrinks toward the generic model
+        s.lake_weight * n_label / (n_label + s.lake_prior_images) as lake_weight_eff,
         coalesce(lp.method in ('lake_oof', 'lake_fit') and lp.probabilities is not null, false) as lake_ok,
         case
             when s.header_class is null or lp.probabilities is null then null
@@ -187,7 +190,9 @@ adapted as (
                 and (not s.use_thresholds or s.predicted_prob >= s.threshold)
                 and 1.0 - s.header_class_prob >= s.min_severity
         end as generic_is_mismatch
-    from scored as s
+    from (
+        select *, count(*) over (partition by field, header_class) as n_label from scored
+    ) as s
     inner join latest_images as i on i.uri = s.uri
     left join lake_predictions as lp on lp.uri = s.uri and lp.etag = i.etag and lp.task = s.field
 ),
@@ -200,7 +205,7 @@ decided as (
             when a.header_class is null or a.predicted_class is null then null
             when a.lake_ok then
                 not list_contains(string_split(a.header_class, '|'), a.lake_predicted_class)
-                and a.lake_weight * (1.0 - a.lake_label_prob) + (1.0 - a.lake_weight) * (1.0 - a.header_class_prob)
+                and a.lake_weight_eff * (1.0 - a.lake_label_prob) + (1.0 - a.lake_weight_eff) * (1.0 - a.header_class_prob)
                     >= a.lake_gate
                 and case a.lake_rule
                     when 'lake' then true
@@ -231,7 +236,7 @@ final as (
         d.is_mismatch,
         case
             when d.lake_ok and d.lake_label_prob is not null then
-                greatest(0.0, d.lake_weight * (1.0 - d.lake_label_prob) + (1.0 - d.lake_weight) * (1.0 - d.header_class_prob))
+                greatest(0.0, d.lake_weight_eff * (1.0 - d.lake_label_prob) + (1.0 - d.lake_weight_eff) * (1.0 - d.header_class_prob))
             when d.header_class_prob is null then null
             else greatest(0.0, 1.0 - d.header_class_prob)
         end as severity,
@@ -269,7 +274,7 @@ final as (
         end as flag_basis,
         d.lake_gate,
         d.lake_rule,
-        d.lake_weight
+        d.lake_weight_eff as lake_weight
     from decided as d
     inner join latest_images as i on i.uri = d.uri
 )

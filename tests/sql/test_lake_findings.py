@@ -24,7 +24,7 @@ def rows(con):
 
 
 def test_lake_probe_decides_where_it_scored(con):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null)", [SHA])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null)", [SHA])
     given(
         con,
         [
@@ -64,7 +64,7 @@ def test_lake_gate_from_gates_table(con):
           [pred("s3://b/x", "body_part", {"chest": 0.9, "abdomen": 0.1})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.7, "chest": 0.3})
     assert rows(con)["s3://b/x"][1] is False  # default rule both: the generic model agrees with the label
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null)", [SHA])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null, null)", [SHA])
     assert rows(con)["s3://b/x"][1] is True  # default lake gate 0.5
     con.execute("update gates set lake_min_severity = 0.8")
     assert rows(con)["s3://b/x"][1] is False  # 1 - 0.3 < 0.8
@@ -78,7 +78,7 @@ def test_lake_gate_from_gates_table(con):
     ("lake", {"chest": 0.9, "abdomen": 0.1}, True),
 ])
 def test_lake_rule(con, rule, generic_probs, flagged):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null)", [SHA, rule])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null, null)", [SHA, rule])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", generic_probs)])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
@@ -143,10 +143,20 @@ def test_group_findings_needs_five_images(con, n, flagged):
 @pytest.mark.parametrize("weight,flagged,severity", [(1.0, True, 0.8), (0.5, False, 0.5), (0.7, True, 0.62)])
 def test_lake_weight_blends_the_two_severities(con, weight, flagged, severity):
     # the probe says abdomen (p(chest) 0.2), the generic model is sure of the label (p(chest) 0.8)
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?)",
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?, null)",
                 [SHA, weight])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
     got = rows(con)["s3://b/x"]
     assert got[1] is flagged and got[3] == pytest.approx(severity)
+
+
+def test_lake_prior_shrinks_the_probe_for_rare_labels(con):
+    # one chest image among the lake's labels: with a prior of 3 images the probe's share is 0.8 x 1/4
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', 0.8, 3)", [SHA])
+    given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
+          [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
+    lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
+    got = con.execute("select is_mismatch, lake_weight, round(severity, 3) from findings where field = 'body_part'").fetchone()
+    assert got == (False, pytest.approx(0.2), pytest.approx(0.2 * 0.8 + 0.8 * 0.2))
