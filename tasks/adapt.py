@@ -315,7 +315,7 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
     now = parts.utcnow()
     counts: dict[str, dict[str, int]] = {}
 
-    def emit(task, classes, rows_idx, result: ProbeResult, reasons_override=None):
+    def emit(task, classes, rows_idx, result: ProbeResult):
         for local, i in enumerate(rows_idx):
             m = result.method[local]
             reason = result.reason[local] if m == GENERIC else None
