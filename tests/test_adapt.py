@@ -233,6 +233,30 @@ def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embed
         con.close()
 
 
+@pytest.mark.slow
+def test_a_lake_of_five_images_falls_back_to_the_generic_model(tmp_path, make_dicom, embedding_registry, prefect_api):
+    from radlint.cli import run_audit
+    from tests.test_flows import audit_args
+
+    lake_dir = tmp_path / "lake"
+    lake_dir.mkdir()
+    for i in range(5):
+        (lake_dir / f"img{i}.dcm").write_bytes(make_dicom(seed=i, patient_id=f"P{i}"))
+    db = tmp_path / "a.duckdb"
+    summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, executor="local", shard_size=5))
+    assert summary["status"] == "completed"
+    con = database.connect(db, read_only=True)
+    try:
+        got = dict(con.execute("select task, list(distinct fallback_reason) from lake_predictions "
+                               "where method = 'generic' group by task").fetchall())
+        assert got["body_part"] == ["too_few_images"] and got["orientation"] == ["too_few_samples"]
+        # the generic model's verdict stands, and every row says so
+        assert con.execute("select count(*) from findings where is_mismatch is distinct from generic_is_mismatch "
+                           "or lake_method <> 'generic'").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
 def test_adapt_without_embeddings_falls_back_per_row():
     """Rows read by an older model have no vector of the current one: generic, and said so."""
     import duckdb
