@@ -82,6 +82,28 @@ def _check_writable_folder(path: str | Path, flag: str) -> None:
         raise CannotRun(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
 
 
+def _check_writable_out(out: str) -> None:
+    """``--out`` is a folder that can be written, or a store URL where an object can be put."""
+    import uuid
+
+    from radlint.tasks.parts import out_store
+
+    try:
+        fs, root, local = out_store(out)
+    except (ImportError, ValueError) as exc:
+        raise CannotRun(f"cannot open --out {out}: {exc}") from None
+    if local:
+        _check_writable_folder(root, "--out")
+        return
+    probe = f"{root}/.radlint-write-check-{uuid.uuid4().hex}"
+    try:
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise CannotRun(f"cannot write --out {out}: {type(exc).__name__}: {reason}") from None
+
+
 def _megabytes(value: str) -> int:
     return _positive(value) * 1024 * 1024
 
@@ -93,7 +115,8 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
     d = AuditOptions.default
     p.add_argument("lake", help="lake URL: a folder, file:///path, s3://bucket/prefix or any fsspec URL")
     p.add_argument("--db", required=True, help="DuckDB file to write (created if missing)")
-    p.add_argument("--out", default=d("out"), help="folder for Parquet parts (default: <db>_parts beside the database)")
+    p.add_argument("--out", default=d("out"), help="folder or fsspec URL (s3://bucket/prefix) for Parquet parts and manifests "
+                   "(default: <db>_parts beside the database)")
     p.add_argument("--labels", dest="labels_file", default=d("labels_file"),
                    help="CSV or Parquet label table keyed by sop_instance_uid or uri")
     p.add_argument("--dask-address", default=d("dask_address"),
@@ -155,7 +178,7 @@ def _check_audit_inputs(opts: AuditOptions) -> None:
     if opts.report:
         _check_writable_file(opts.report, "--report")
     if opts.out:
-        _check_writable_folder(opts.out, "--out")
+        _check_writable_out(opts.out)
     try:
         fs, root, _ = discover.open_lake(opts.lake)
         # info(), not exists(): exists() reports a connection failure as "not there".

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-from radlint.tasks.parts import KINDS, SCHEMAS, utcnow
+from radlint.tasks.parts import KINDS, SCHEMAS, out_store, utcnow
 
 SQL_DIR = Path(str(resources.files("radlint.sql")))
 # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds; 4: label_gates;
@@ -151,7 +151,8 @@ def own_paths(db: str | Path, out_dir: str | Path) -> list[str]:
     """The files and folders an audit of ``db`` writes: never lake objects, also when ``--db`` lies
     inside the lake (the database, DuckDB's WAL and temporary folder, the lock, the salt, the parts)."""
     db = str(db)
-    return [db, db + ".wal", db + ".tmp", db + ".lock", db + ".salt", str(out_dir)]
+    local_out = [] if _is_url(str(out_dir)) else [out_store(out_dir)[1]]
+    return [db, db + ".wal", db + ".tmp", db + ".lock", db + ".salt", *local_out]
 
 
 def mark_interrupted_runs(con) -> int:
@@ -272,7 +273,7 @@ def load_parts(con, parts: dict[str, list[str]]) -> dict[str, int]:
     """Insert the rows of Parquet parts that are not in the tables yet; returns rows added per kind."""
     added = {}
     for kind in KINDS:
-        files = [p for p in parts.get(kind, []) if p and Path(p).exists()]
+        files = _existing(con, parts.get(kind, []))
         if not files:
             added[kind] = 0
             continue
@@ -297,13 +298,54 @@ def load_parts(con, parts: dict[str, list[str]]) -> dict[str, int]:
     return added
 
 
+def _is_url(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _part_key(path: str) -> str:
+    """A part's name in ``loaded_parts``: a local part's resolved path, another store's URL."""
+    if _is_url(path):
+        return str(path)
+    return str(Path(out_store(path)[1] if str(path).startswith("file://") else path).resolve())
+
+
+def _existing(con, paths: Iterable[str]) -> list[str]:
+    """The parts of ``paths`` that exist, as DuckDB reads them; the filesystem of each other store
+    is registered with ``con`` (DuckDB's httpfs is never downloaded: autoinstall stays off)."""
+    found = []
+    for p in paths:
+        if not p:
+            continue
+        if not _is_url(p):
+            local = _part_key(p)
+            if Path(local).exists():
+                found.append(local)
+            continue
+        fs, root, _ = out_store(p)
+        # The workers wrote these objects: a listing this process cached earlier may not show them.
+        fs.invalidate_cache(root.rsplit("/", 1)[0])
+        if fs.exists(root):
+            protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+            if protocol not in con.list_filesystems():
+                con.register_filesystem(fs)
+            found.append(str(p))
+    return found
+
+
 def unloaded_parts(con, out_dir: str | Path) -> dict[str, list[str]]:
-    """Part files under ``out_dir`` that were never loaded (a run that crashed after writing them)."""
+    """Part files under ``out_dir`` (a folder or any fsspec URL) that were never loaded (a run that
+    crashed after writing them)."""
     loaded = {r[0] for r in con.execute("select path from loaded_parts").fetchall()}
     found: dict[str, list[str]] = {}
+    fs, root, local = out_store(out_dir)
+    if not local:
+        fs.invalidate_cache(root)
     for kind in KINDS:
-        for path in sorted((Path(out_dir) / kind).glob("run_id=*/part-*.parquet")):
-            p = str(path.resolve())
+        if local:
+            paths = [str(p.resolve()) for p in sorted((Path(root) / kind).glob("run_id=*/part-*.parquet"))]
+        else:
+            paths = [fs.unstrip_protocol(p) for p in sorted(fs.glob(f"{root}/{kind}/run_id=*/part-*.parquet"))]
+        for p in paths:
             if p not in loaded:
                 found.setdefault(kind, []).append(p)
     return found
@@ -315,7 +357,7 @@ def load_and_record(con, parts: dict[str, list[str]]) -> dict[str, int]:
     try:
         added = load_parts(con, parts)
         now = utcnow()
-        rows = [(str(Path(p).resolve()), kind, now) for kind, paths in parts.items() for p in paths if Path(p).exists()]
+        rows = [(_part_key(p), kind, now) for kind, paths in parts.items() for p in _existing(con, paths)]
         if rows:
             con.executemany("insert or ignore into loaded_parts values (?, ?, ?)", rows)
         con.execute("commit")

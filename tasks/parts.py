@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,9 +123,38 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def part_path(out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Path:
-    """``OUT/<kind>/run_id=<run>/part-<shard>.parquet`` (hive-partitioned by run)."""
-    return Path(out_dir) / kind / f"run_id={run_id}" / f"part-{shard_id}.parquet"
+def out_store(out_dir: str | Path) -> tuple[Any, str, bool]:
+    """(fsspec filesystem, root path inside it, whether it is the local disk) of ``--out``: a
+    folder, ``file://`` URL, ``s3://bucket/prefix`` or any fsspec URL. Endpoints and credentials
+    come from the environment and fsspec's configuration, never from parameters."""
+    from fsspec.core import url_to_fs
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = url_to_fs(str(out_dir))
+    return fs, root.rstrip("/") or root, isinstance(fs, LocalFileSystem)
+
+
+def local_out(out_dir: str | Path) -> str | None:
+    """The local folder of ``--out``, or None when it is on another store."""
+    _, root, local = out_store(out_dir)
+    return root if local else None
+
+
+def part_path(out_dir: str | Path, kind: str, run_id: str, shard_id: str) -> Path | str:
+    """``OUT/<kind>/run_id=<run>/part-<shard>.parquet`` (hive-partitioned by run): a Path on the
+    local disk, else the part's URL (``s3://bucket/prefix/...``)."""
+    fs, root, local = out_store(out_dir)
+    rel = f"{kind}/run_id={run_id}/part-{shard_id}.parquet"
+    return Path(root) / rel if local else fs.unstrip_protocol(f"{root}/{rel}")
+
+
+def _publish(fs, tmp: Path, url: str) -> None:
+    """Upload the complete local file ``tmp`` as the object ``url``: an object store shows an
+    object only once its PUT (or multipart upload) completes, so nothing half-written ever
+    appears under the final key, and no rename is needed (object stores have none that is atomic)."""
+    fs.put_file(str(tmp), url)
+    with contextlib.suppress(Exception):  # a later listing by this process must see the new object
+        fs.invalidate_cache(url.rsplit("/", 1)[0])
 
 
 class PartWriter:
@@ -139,7 +169,12 @@ class PartWriter:
     def __init__(self, out_dir: str | Path, kind: str, run_id: str, shard_id: str, row_group_rows: int = ROW_GROUP_ROWS):
         self.schema = SCHEMAS[kind]
         self.final = part_path(out_dir, kind, run_id, shard_id)
-        self.tmp = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}.tmp")
+        self.fs = None
+        if isinstance(self.final, Path):
+            self.tmp = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}.tmp")
+        else:  # an object store: written on this worker's own disk, uploaded whole by close()
+            self.fs = out_store(out_dir)[0]
+            self.tmp = Path(tempfile.gettempdir()) / f"radlint-{kind}-{shard_id}-{uuid.uuid4().hex}.parquet.tmp"
         self.row_group_rows = row_group_rows
         self.rows: list[dict[str, Any]] = []
         self.n_rows = 0
@@ -159,19 +194,23 @@ class PartWriter:
         if not self.rows:
             return
         if self._writer is None:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
         self._writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
         self.rows.clear()
 
-    def close(self) -> Path | None:
-        """Publish the part; returns its path, or None when no row was added."""
+    def close(self) -> Path | str | None:
+        """Publish the part; returns its path (its URL on an object store), or None when no row
+        was added."""
         try:
             self._flush()
             if self._writer is None:
                 return None
             self._writer.close()
             self._writer = None
+            if self.fs is not None:
+                _publish(self.fs, self.tmp, self.final)
+                return self.final
             with open(self.tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(self.tmp, self.final)
@@ -190,16 +229,22 @@ class PartWriter:
             self.tmp.unlink()
 
 
-def write_manifest(shards: list[list[Any]], out_dir: str | Path, run_id: str) -> Path:
-    """The run's shard lists as one Parquet file (shard, uri, size_bytes, etag), for tasks to read.
+def write_manifest(shards: list[list[Any]], out_dir: str | Path, run_id: str) -> Path | str:
+    """The run's shard lists as one Parquet file (shard, uri, size_bytes, etag), for tasks to read;
+    returns its path (its URL when ``out_dir`` is on an object store, where workers read it).
 
     Row group ``i`` holds shard ``i``, so a task reads only its own shard instead of decoding the
     whole run's list (100k objects: ~48 ms per shard otherwise).
     """
     schema = pa.schema([("shard", pa.int32()), ("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])
-    path = Path(out_dir) / "manifests" / f"run_id={run_id}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fs, root, local = out_store(out_dir)
+    name = f"manifests/run_id={run_id}.parquet"
+    path: Path | str = Path(root) / name if local else fs.unstrip_protocol(f"{root}/{name}")
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    else:
+        tmp = Path(tempfile.gettempdir()) / f"radlint-manifest-{uuid.uuid4().hex}.parquet.tmp"
     with pq.ParquetWriter(tmp, schema) as writer:
         for i, objs in enumerate(shards):
             writer.write_table(
@@ -213,7 +258,13 @@ def write_manifest(shards: list[list[Any]], out_dir: str | Path, run_id: str) ->
                     schema=schema,
                 )
             )
-    os.replace(tmp, path)
+    if isinstance(path, Path):
+        os.replace(tmp, path)
+        return path
+    try:
+        _publish(fs, tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -221,7 +272,12 @@ def read_manifest(path: str | Path, shard: int) -> list:
     """The objects of one shard of a manifest written by :func:`write_manifest`."""
     from radlint.tasks.discover import ObjectRef
 
-    table = pq.ParquetFile(path).read_row_group(shard)
+    fs, root, local = out_store(path)
+    if local:
+        table = pq.ParquetFile(root).read_row_group(shard)
+    else:  # range reads of the footer and this row group only
+        with fs.open(root, "rb") as f:
+            table = pq.ParquetFile(f).read_row_group(shard)
     return [
         ObjectRef(u, int(s), e)
         for u, s, e in zip(

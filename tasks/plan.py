@@ -98,8 +98,14 @@ def plan_shards(todo: list[discover.ObjectRef], executor: str, dask_address: str
 def shard_options(opts: AuditOptions, entry, out_dir: str, planned: Plan, orientation_sample_rate: float) -> dict[str, Any]:
     """The keyword arguments every shard of the run gets (tasks.shard.audit_shard)."""
     return {
+        # A folder or URL of the store the workers write to; nothing else here is a path of the
+        # flow's disk, except --registry and the salt file when the user's setup provides them
+        # (docs/architecture.md, "What a worker needs").
         "out_dir": out_dir,
-        "registry_path": str(entry.path.parent / "registry.yaml") if opts.registry is None else opts.registry,
+        # None: each worker loads the model its own installed package ships; model_sha256 makes a
+        # worker with another model fail its shard instead of writing rows the diff would not match.
+        "registry_path": opts.registry,
+        "model_sha256": entry.sha256,
         # The salt's location, never its value: flow and task parameters are stored by Prefect.
         "salt_file": settings.salt_source(opts.db),
         "batch_size": opts.batch_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 SALT_ENV = "RADLINT_PATIENT_SALT"
@@ -51,13 +52,16 @@ def read_salt(salt_file: str | Path | None) -> str:
         try:
             value = Path(salt_file).read_text().strip()
         except OSError as exc:
+            # The file lies beside the database, on the flow's machine: a worker elsewhere cannot see it.
             raise SaltError(
-                f"cannot read the patient-key salt file {salt_file} ({exc.strerror}); on workers "
-                f"without the database's disk set {SALT_ENV}"
+                f"worker {socket.gethostname()} cannot read the patient-key salt file {salt_file} "
+                f"({exc.strerror}): it lies beside the database on the flow's machine; on workers "
+                f"without that disk set {SALT_ENV} to one value in the flow's and every worker's environment"
             ) from None
         if value:
             return value
-    raise SaltError(f"no patient-key salt: set {SALT_ENV} in the environment of every worker")
+    raise SaltError(f"no patient-key salt on worker {socket.gethostname()}: set {SALT_ENV} in the "
+                    "flow's and every worker's environment")
 
 
 def patient_salt(db: str | Path) -> str:

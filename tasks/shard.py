@@ -96,6 +96,15 @@ def _fetch_chunk(objects: list[ObjectRef], storage_options: dict | None,
         return []
     fs, _ = filesystem_for_uri(objects[0].uri, storage_options)
     paths = [filesystem_for_uri(o.uri, storage_options)[1] for o in objects]
+    # fsspec shares one filesystem per process: in a long-lived one (a second audit in a Prefect
+    # worker, a test) a folder listing cached earlier predates objects that arrived since, and
+    # s3fs reports them as missing (FileNotFoundError, a fetch_error row). Dropping the cached
+    # listings of these folders costs no request.
+    for folder in {p.rsplit("/", 1)[0] for p in paths}:
+        try:
+            fs.invalidate_cache(folder)
+        except Exception:  # a filesystem without a listing cache
+            pass
     results: dict[str, Any] = _verdicts(fs, objects, paths, max_pixels, max_inflight_bytes)
     pending = [p for p in paths if p not in results]
     delay = 0.2
@@ -259,8 +268,10 @@ def audit_shard(
     decode_threads: int = 1,
     orientation_sample_rate: float = 0.0,
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+    model_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """Audit ``objects`` and write their parts under ``out_dir``; returns a ShardResult dict.
+    """Audit ``objects`` and write their parts under ``out_dir`` (a folder or any fsspec URL);
+    returns a ShardResult dict.
 
     ``max_inflight_bytes``: object bytes held at once (fetched and fetched ahead); a larger object
     is a ``too_large`` row, decided from its header.
@@ -269,13 +280,20 @@ def audit_shard(
     reads native (uncompressed) pixel data that many objects at a time.
     ``salt_file``: the patient-key salt is read here (``RADLINT_PATIENT_SALT``, else this file),
     never passed in: task parameters are stored by Prefect (settings.salt_source).
+    ``model_sha256``: the model the flow planned with; this worker's must be the same.
 
     Raises:
         settings.SaltError: when the worker finds no salt.
+        infer.RegistryError: this worker's model is not ``model_sha256``.
     """
     started = time.perf_counter()
     salt = settings.read_salt(salt_file)
     entry = infer.default_model(registry_path or infer.REGISTRY_PATH)
+    if model_sha256 and entry.sha256 != model_sha256:
+        raise infer.RegistryError(
+            f"this worker's model {entry.name} (sha256 {entry.sha256[:12]}) is not the flow's "
+            f"({model_sha256[:12]}): install the same radlint version on every worker"
+        )
     result = ShardResult(shard_id=shard_id, n_objects=len(objects))
     # Rows stream to their parts a row group at a time: memory does not grow with the shard size.
     # Images first, predictions next at publication: a loader that sees predictions has their image.

@@ -41,8 +41,28 @@ def test_audit_refuses_unwritable_paths_before_any_work(place, capsys):
         assert "cannot write --db" in _one_line_exit_2(capsys, ["audit", lake, "--db", str(READ_ONLY / "x.duckdb")])
         assert "cannot write --report" in _one_line_exit_2(
             capsys, ["audit", lake, "--db", db, "--report", str(READ_ONLY / "r.html")])
+    # --out as a URL: an unknown protocol, a file:// URL under a file
+    assert "cannot open --out nosuch://x" in _one_line_exit_2(capsys, ["audit", lake, "--db", db, "--out", "nosuch://x"])
+    assert "--out" in _one_line_exit_2(capsys, ["audit", lake, "--db", db, "--out", f"file://{place}/afile/parts"])
     # Nothing was started: no database, lock or salt file, and no folder created on the way.
     assert sorted(p.name for p in place.iterdir()) == ["afile", "lake", "other.duckdb"]
+
+
+def test_out_url_is_checked_by_putting_an_object(monkeypatch):
+    """A store --out is probed with one small object, removed at once (s3 is covered in test_s3)."""
+    import fsspec
+
+    from radlint.cli import CannotRun, _check_writable_out
+
+    _check_writable_out("memory:///writable-out")
+    assert not fsspec.filesystem("memory").find("/writable-out")
+
+    def refuse(self, path, value, **kw):
+        raise PermissionError("Access Denied")
+
+    monkeypatch.setattr("fsspec.implementations.memory.MemoryFileSystem.pipe_file", refuse)
+    with pytest.raises(CannotRun, match=r"cannot write --out memory:///x: PermissionError: Access Denied"):
+        _check_writable_out("memory:///x")
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])

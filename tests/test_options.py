@@ -103,3 +103,35 @@ def test_plan_runs_a_small_remainder_in_process(tmp_path):
     assert planned.executor == "dask" and [len(s) for s in planned.shards] == [3, 3, 3, 1]
     assert planned.workers == 2 and planned.estimated_seconds is None
     assert plan.plan_shards([], "auto", None, workers=2).shards == []
+
+
+def test_shard_options_hold_no_path_of_the_flows_disk_when_out_is_a_url(tmp_path, monkeypatch):
+    """Issue 24 item 2: with --out on a store and the salt in the environment, a worker on another
+    machine reads nothing of the flow's disk; only a --registry the user passes stays a path."""
+    from radlint.tasks import infer, plan
+
+    monkeypatch.setenv("RADLINT_PATIENT_SALT", "s")
+    entry = infer.default_model()
+    todo = [plan.discover.ObjectRef("s3://lake/a.dcm", 1000, "e")]
+    planned = plan.plan_shards(todo, "dask", "tcp://scheduler:8786", workers=2)
+    opts = AuditOptions(lake="s3://lake", db=str(tmp_path / "a.duckdb"), out="s3://bucket/parts")
+    kwargs = plan.shard_options(opts, entry, opts.out, planned, 0.0)
+    assert kwargs["out_dir"] == "s3://bucket/parts" and kwargs["model_sha256"] == entry.sha256
+    assert kwargs["registry_path"] is None and kwargs["salt_file"] is None
+    strings = [v for v in kwargs.values() if isinstance(v, str)]
+    assert not [v for v in strings if str(tmp_path) in v or v.startswith("/")]
+    assert not (tmp_path / "a.duckdb.salt").exists()
+    registry = str(tmp_path / "registry.yaml")
+    assert plan.shard_options(AuditOptions(**{**opts.parameters(), "registry": registry}), entry, opts.out, planned,
+                              0.0)["registry_path"] == registry
+
+
+def test_a_worker_without_the_salt_file_says_where_it_is_and_what_to_set(tmp_path, monkeypatch):
+    from radlint.tasks import settings
+
+    monkeypatch.delenv("RADLINT_PATIENT_SALT", raising=False)
+    with pytest.raises(settings.SaltError, match=r"cannot read the patient-key salt file .*beside the database on "
+                       r"the flow's machine.* set RADLINT_PATIENT_SALT"):
+        settings.read_salt(str(tmp_path / "elsewhere.duckdb.salt"))
+    with pytest.raises(settings.SaltError, match="no patient-key salt on worker .*RADLINT_PATIENT_SALT"):
+        settings.read_salt(None)

@@ -59,3 +59,73 @@ def test_unreachable_s3_lake_exits_2(tmp_path, s3_server, tiny_registry):
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("radlint: lake not reachable") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _rows(db, table: str) -> list[tuple]:
+    """A table's rows without the columns that differ between two runs (run id, timestamps)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cols = [r[0] for r in con.execute(f"describe {table}").fetchall()
+                if r[0] not in ("run_id", "audited_at", "predicted_at", "skipped_at")]
+        return con.execute(f"select {', '.join(cols)} from {table} order by all").fetchall()
+    finally:
+        con.close()
+
+
+def test_out_on_s3_matches_a_local_out_and_recovers_orphan_parts(tmp_path, s3_server, make_dicom, tiny_registry,
+                                                                prefect_api, monkeypatch):
+    import s3fs
+
+    from radlint.cli import run_audit
+    from radlint.tasks import database, parts, shard
+
+    # Workers get the salt from their environment, as on a cluster without the flow's disk.
+    monkeypatch.setenv("RADLINT_PATIENT_SALT", "test-salt")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("outlake")
+    fs.mkdir("outparts")
+    for i in range(5):
+        fs.pipe(f"outlake/cr/img{i}.dcm", make_dicom(seed=i))
+    fs.pipe("outlake/cr/broken.dcm", b"not dicom")
+
+    local_db, s3_db = tmp_path / "local.duckdb", tmp_path / "s3.duckdb"
+    assert run_audit(audit_args("s3://outlake/cr", local_db, tiny_registry, executor="local"))["status"] == "completed"
+    summary = run_audit(audit_args("s3://outlake/cr", s3_db, tiny_registry, out="s3://outparts/audit", shard_size=3))
+    assert summary["status"] == "completed" and summary["out"] == "s3://outparts/audit"
+    for table in ("images", "predictions", "skipped", "thumbnails"):
+        assert _rows(s3_db, table) == _rows(local_db, table), table
+    assert counts(s3_db) == {"images": 5, "predictions": 15, "skipped": 1, "runs": 1}
+    # Nothing of the run on the flow's disk: no parts folder, no manifest, no part.
+    assert not (tmp_path / "s3_parts").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s3")) == ["s3.duckdb", "s3.duckdb.lock"]
+    fs.invalidate_cache()
+    assert len(fs.glob("outparts/audit/manifests/run_id=*.parquet")) == 1
+    assert len(fs.glob("outparts/audit/images/run_id=*/part-*.parquet")) >= 2
+    assert not [k for k in fs.find("outparts/audit") if k.rsplit("/", 1)[-1].startswith(".")]
+
+    # A crash after a shard wrote its parts to S3: they are never loaded by that run.
+    fs.pipe("outlake/cr/late.dcm", make_dicom(seed=9))
+    late = [r for r in discover.discover("s3://outlake/cr") if r.uri.endswith("late.dcm")]
+    assert len(late) == 1, late
+    orphan = shard.audit_shard(late, out_dir="s3://outparts/audit", run_id="crashed", shard_id="00000",
+                               registry_path=str(tiny_registry), device="cpu")
+    assert orphan["n_images"] == 1, "an object that arrived after this process listed the lake is fetched"
+    assert orphan["parts"]["images"].startswith("s3://outparts/audit/images/run_id=crashed/")
+    recovered = run_audit(audit_args("s3://outlake/cr", s3_db, tiny_registry, out="s3://outparts/audit"))
+    assert recovered["n_new"] == 0, "the orphan's object counts as audited once its part is loaded"
+    assert counts(s3_db)["images"] == 6 and counts(s3_db)["predictions"] == 18
+    con = database.connect(s3_db, read_only=True)
+    try:
+        assert database.unloaded_parts(con, "s3://outparts/audit") == {}
+        loaded = [r[0] for r in con.execute("select path from loaded_parts").fetchall()]
+    finally:
+        con.close()
+    assert len(loaded) == len(set(loaded)) and orphan["parts"]["images"] in loaded
+    assert all(p.startswith("s3://outparts/audit/") for p in loaded)
+    # and it is loaded exactly once: a further run adds nothing
+    again = run_audit(audit_args("s3://outlake/cr", s3_db, tiny_registry, out="s3://outparts/audit"))
+    assert again["n_new"] == 0 and counts(s3_db)["images"] == 6
+    assert not (tmp_path / "s3_parts").exists()
+    assert parts.local_out("s3://outparts/audit") is None

@@ -64,3 +64,15 @@ def test_threaded_native_decode_writes_what_one_thread_writes(tmp_path, make_dic
     for kind in one_tables:
         assert one_tables[kind].equals(two_tables[kind]), kind
     assert one_tables["skipped"].column("uri").to_pylist()[0].endswith("truncated.dcm")
+
+
+def test_a_worker_with_another_model_fails_its_shard_and_writes_nothing(tmp_path, make_dicom, tiny_registry):
+    import pytest
+
+    from radlint.tasks import infer
+
+    (tmp_path / "a.dcm").write_bytes(make_dicom(seed=1))
+    with pytest.raises(infer.RegistryError, match="is not the flow's .*same radlint version"):
+        shard.audit_shard(discover.discover(str(tmp_path / "a.dcm")), out_dir=str(tmp_path / "out"), run_id="r",
+                          shard_id="0", registry_path=str(tiny_registry), device="cpu", model_sha256="0" * 64)
+    assert not (tmp_path / "out").exists()

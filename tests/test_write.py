@@ -231,3 +231,53 @@ def test_has_predictions(tmp_path):
     con.close()
     assert database.has_predictions(db, "sha-a")
     assert not database.has_predictions(db, "sha-b")
+
+
+def test_parts_and_manifest_on_an_object_store_are_uploaded_whole(tmp_path, monkeypatch):
+    """On a store without rename (fsspec's memory store stands in for S3), a part is written on
+    local disk and appears under its final key only once complete; the flow reads it back through
+    DuckDB's registered fsspec filesystem, and finds it again when a crash left it unloaded."""
+    import uuid
+
+    import fsspec
+
+    from radlint.tasks.discover import ObjectRef
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    store = fsspec.filesystem("memory")
+    out = f"memory:///parts-{uuid.uuid4().hex}"
+    writer = parts.PartWriter(out, "skipped", "r1", "00001", row_group_rows=2)
+    writer.extend(skipped_row(f"file:///{i}") for i in range(5))
+    assert writer.final == f"{out}/skipped/run_id=r1/part-00001.parquet"
+    assert writer.tmp.parent == tmp_path and writer.tmp.exists()
+    assert not store.exists(writer.final), "nothing under the final key before close"
+    assert writer.close() == writer.final and store.exists(writer.final)
+    assert list(tmp_path.iterdir()) == []
+    aborted = parts.PartWriter(out, "skipped", "r1", "00002", row_group_rows=2)
+    aborted.extend(skipped_row(f"file:///{i}") for i in range(3))
+    aborted.abort()
+    assert list(tmp_path.iterdir()) == [] and not store.exists(aborted.final)
+
+    shards = [[ObjectRef("s3://b/0", 1, "e0")], [ObjectRef("s3://b/1", 2, "e1")]]
+    manifest = parts.write_manifest(shards, out, "r1")
+    assert manifest == f"{out}/manifests/run_id=r1.parquet" and list(tmp_path.iterdir()) == []
+    assert parts.read_manifest(manifest, 1) == shards[1]
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    database.ensure_schema(con)
+    assert database.unloaded_parts(con, out) == {"skipped": [writer.final]}
+    assert database.load_and_record(con, database.unloaded_parts(con, out)) == {**dict.fromkeys(parts.KINDS, 0), "skipped": 5}
+    assert database.unloaded_parts(con, out) == {}
+    assert database.load_and_record(con, {"skipped": [writer.final]})["skipped"] == 0
+    assert con.execute("select path from loaded_parts").fetchall() == [(writer.final,)]
+    assert parts.local_out(out) is None and parts.local_out(f"file://{tmp_path}") == str(tmp_path)
+
+
+def test_file_url_out_is_the_local_folder(tmp_path):
+    path = write_part([skipped_row("file:///a")], f"file://{tmp_path}", "skipped", "r", "1")
+    assert path == tmp_path / "skipped" / "run_id=r" / "part-1.parquet" and path.exists()
+    con = duckdb.connect()
+    database.ensure_schema(con)
+    assert database.unloaded_parts(con, f"file://{tmp_path}") == {"skipped": [str(path.resolve())]}
+    assert database.load_and_record(con, {"skipped": [f"file://{path}"]})["skipped"] == 1
+    assert database.unloaded_parts(con, tmp_path) == {}
