@@ -2,7 +2,7 @@
 
 The reproductions are built in tmp: a deflated dataset that inflates to 1.5 GB from ~1.5 MB,
 1 GB files of zeros named .dcm and DICOM headers that declare huge frames (sparse files, so the
-disk is not filled). The shard runs in a subprocess whose peak RSS is read from getrusage.
+disk is not filled). The shard runs in a subprocess whose peak RSS is read from /proc/self/status (VmHWM).
 """
 
 from __future__ import annotations
@@ -85,12 +85,15 @@ def test_header_decides_before_the_body():
 
 
 SHARD_SCRIPT = """
-import json, resource, sys
+import json, sys
 from radlint.tasks import discover, shard
 objects = discover.discover(sys.argv[1])
 result = shard.audit_shard(objects, out_dir=sys.argv[2], run_id="r", shard_id="00000", registry_path=sys.argv[3],
                            device="cpu", threads=1)
-print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "result": result}))
+# VmHWM, not getrusage: ru_maxrss survives execve, so a child of a large pytest process would
+# report the parent's peak; VmHWM belongs to the process's own address space.
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"maxrss_kb": hwm, "result": result}))
 """
 
 
