@@ -12,7 +12,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
 
 from radlint.flows.dask_env import BackgroundCluster
 from radlint.flows.progress import Progress
@@ -165,5 +164,8 @@ def submit(planned: plan.Plan, shard_kwargs: dict[str, Any], run_id: str, n_list
     shard_args = (str(manifest), [len(s) for s in planned.shards], shard_kwargs, run_id, n_listed)
     if planned.executor == "local":  # no subflow: its creation and states cost ~0.3-0.4 s of API calls
         return run_shards(*shard_args)
+    # Imported here: prefect_dask brings in distributed (~0.5 s), which a run in this process never uses.
+    from prefect_dask import DaskTaskRunner
+
     address = dask_address or (cluster.address() if cluster else None)
     return audit_shards.with_options(task_runner=DaskTaskRunner(address=address))(*shard_args)
