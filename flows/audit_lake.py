@@ -17,6 +17,7 @@ from radlint.flows.dask_env import BackgroundCluster
 from radlint.flows.progress import Progress
 from radlint.tasks import database, discover, findings, infer, labels, parts, plan, runs, shard
 from radlint.tasks.options import AuditOptions
+from radlint.tasks.report import write_report
 
 
 @task(name="audit-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
@@ -145,8 +146,6 @@ def audit_lake(
         logger.info("lake adaptation: %s", summary["lake_adaptation"])
         summary.update(db=str(opts.db), out=out_dir, executor=planned.executor if planned.shards else None)
         if opts.report:
-            from radlint.report import write_report
-
             summary["report"] = str(write_report(opts.db, opts.report))
         create_markdown_artifact(key="radlint-audit-summary", markdown=findings.summary_markdown(summary),
                                  description=f"radlint audit of {opts.lake}")

@@ -256,7 +256,7 @@ def cmd_export_corrections(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from radlint import report
+    from radlint.tasks import report
 
     if not Path(args.db).exists():
         raise CannotRun(f"database not found: {args.db}")

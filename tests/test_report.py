@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radlint.report import corrected_jpeg, write_report
 from radlint.tasks import database
 from radlint.tasks.preprocess import rotate_to_orientation, thumbnail_jpeg
+from radlint.tasks.report import corrected_jpeg, write_report
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=timezone.utc)
 SHA = "sha-test-model"
@@ -511,7 +511,7 @@ def test_vendor_spellings_are_one_group_and_tiny_groups_get_no_bar(tmp_path):
 
 
 def test_wilson_interval():
-    from radlint.report import wilson_interval
+    from radlint.tasks.report import wilson_interval
 
     assert wilson_interval(0, 0) == (0.0, 1.0)
     lo, hi = wilson_interval(2, 2)  # "100 %" from two images: anything above a third is plausible
