@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_env = env
         row("python -c pass", lambda i: [PY, "-c", "pass"])
         row("import radlint.cli (what radlint --help loads)", lambda i: [PY, "-c", "import radlint.cli"])
-        row("import radlint.flows.audit_lake (Prefect, sklearn, radlint)",
+        row("import radlint.flows.audit_lake (Prefect, radlint)",
             lambda i: [PY, "-c", "import radlint.flows.audit_lake"])
         row(f"naive: imports + read + predict {args.objects} objects, no Prefect",
             lambda i: [PY, "-c", NAIVE, *files])

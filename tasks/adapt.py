@@ -32,11 +32,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from radlint.tasks import parts, preprocess
@@ -80,12 +75,20 @@ class ProbeResult:
 
 
 def _probe():
+    # sklearn is imported where a probe is fitted: importing it costs ~1.6 s of every audit's start,
+    # and a small lake or an unchanged one fits none (bench/README.md, "Fixed cost").
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=300))
 
 
 def _fit_predict(model, x_fit, y_fit, x_pred):
     # One OpenMP thread: these fits are small, and sklearn's threaded loss spun 25-50x slower than
     # one thread when the cores were busy (bench/adapt_fit.py beside a training job).
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x_fit, y_fit)
@@ -127,6 +130,8 @@ def cross_fitted_probe(
     idx = np.flatnonzero(train)
     k = min(n_folds, len(set(g[idx])))
     if k >= 2:
+        from sklearn.model_selection import StratifiedGroupKFold
+
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=0)
         with warnings.catch_warnings():  # a class in fewer groups than folds only warns
             warnings.simplefilter("ignore", UserWarning)
@@ -208,6 +213,8 @@ def orientation_probe(
         return e / e.sum(axis=1, keepdims=True)
 
     k = min(n_folds, len(set(g)))
+    if k >= 2:
+        from sklearn.model_selection import StratifiedGroupKFold
     for _ in range(rounds if k >= 2 else 0):
         y = np.array([_compose(stored_now[j], t) for t in turns for j in range(m)], dtype=object)
         oof = np.zeros((m, len(classes)), np.float32)
