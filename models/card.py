@@ -329,7 +329,9 @@ def main(argv=None) -> int:
           "8-bit min-max, letterboxed (aspect kept, black padding), mean 0.5 / std 0.5 "
           "(`tasks/preprocess.py`, the same code in training and in the audit).",
           "- Outputs (softmax, class order of `tasks/vocabulary.py`): `body_part` [N, 9], "
-          "`projection` [N, 3] (meaningful for chest images only), `orientation` [N, 4].",
+          "`projection` [N, 3] (meaningful for chest images only), `orientation` [N, 4]"
+          + (f"; `{entry.embedding.output}` [N, {entry.embedding.size}], the pooled features the "
+             "heads read, for the audit's lake-adaptation probes." if entry.embedding else "."),
           f"- Architecture: {raw['training']['architecture']}; {summary['params']:,} parameters, "
           f"trained from scratch (no pretrained weights). CPU throughput "
           f"{export['throughput_img_s']:.0f} img/s (ONNX Runtime, batch 64, 2 threads, the "
