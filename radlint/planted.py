@@ -49,36 +49,60 @@ def systematic_group(con, truth_csv: str | Path) -> dict[str, Any] | None:
 
 
 def rule_sweep(con, truth_csv: str | Path, gates=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95)) -> list[dict[str, Any]]:
-    """Precision/recall per field of the generic model's rule and of the lake rule at each gate
-    (where no probe scored an image the generic verdict stands): the data a lake gate is chosen on."""
+    """Precision/recall per field of the generic model's rule and of the lake rules at each gate
+    (lake alone, lake and the generic model's flag, lake and the generic model's class not the
+    label; where no probe scored an image the generic verdict stands)."""
     load_truth(con, truth_csv)
-    rules = {"generic": "f.generic_is_mismatch"}
-    for g in gates:
-        lake = (f"(not list_contains(string_split(f.header_class, '|'), f.lake_predicted_class) "
-                f"and 1 - f.lake_label_prob >= {g})")
-        rules[f"lake>={g}"] = f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} else f.generic_is_mismatch end"
-        rules[f"both>={g}"] = (f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} and f.generic_is_mismatch "
-                               f"else f.generic_is_mismatch end")
-        disagree = "not list_contains(string_split(f.header_class, '|'), f.predicted_class)"
-        rules[f"lake+dis>={g}"] = (f"case when f.lake_method in ('lake_oof', 'lake_fit') then {lake} and {disagree} "
-                                   f"else f.generic_is_mismatch end")
+    inputs = {field: _flag_inputs(con, field) for field in sorted(_fields(con))}
+    rules = [("generic", None, None)] + [(f"{name}>={g}", rule, g) for g in gates
+                                          for name, rule in (("lake", "lake"), ("both", "both"), ("lake+dis", "disagree"))]
     out = []
-    for name, rule in rules.items():
-        rows = con.execute(
-            f"""
-            select t.field, count(*) filter (where t.planted = 'True'),
-                   count(*) filter (where coalesce({rule}, false)),
-                   count(*) filter (where coalesce({rule}, false) and t.planted = 'True')
-            from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
-            where f.header_class is not null and (t.field <> 'projection' or t.true_class is not null)
-            group by t.field order by t.field
-            """
-        ).fetchall()
-        for field, n_planted, n_flagged, tp in rows:
+    for name, rule, g in rules:
+        for field, x in inputs.items():
+            flag = x["generic"] if rule is None else _lake_flags(x, rule, 1.0, 0, g)
+            n_planted, n_flagged, tp = int(x["planted"].sum()), int(flag.sum()), int((flag & x["planted"]).sum())
             out.append({"rule": name, "field": field, "planted": n_planted, "flagged": n_flagged, "tp": tp,
                         "precision": tp / n_flagged if n_flagged else None,
                         "recall": tp / n_planted if n_planted else None})
     return out
+
+
+def _fields(con) -> list[str]:
+    return [r[0] for r in con.execute("select distinct field from planted_truth").fetchall()]
+
+
+def _flag_inputs(con, field: str) -> dict[str, Any]:
+    """What a lake rule reads, per checked finding of ``field`` with a planted-truth row (one query
+    over the findings view; every rule and gate is then evaluated on these arrays)."""
+    import numpy as np
+
+    rows = con.execute(
+        """
+        select t.planted = 'True', coalesce(f.lake_method in ('lake_oof', 'lake_fit'), false),
+               coalesce(not list_contains(string_split(f.header_class, '|'), f.lake_predicted_class), false),
+               coalesce(1 - f.lake_label_prob, 0), coalesce(1 - f.header_class_prob, 0),
+               coalesce(f.generic_is_mismatch, false),
+               coalesce(not list_contains(string_split(f.header_class, '|'), f.predicted_class), false),
+               count(*) over (partition by f.header_class)
+        from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
+        where t.field = ? and f.header_class is not null and (t.field <> 'projection' or t.true_class is not null)
+        """,
+        [field],
+    ).fetchall()
+    names = ("planted", "lake_ok", "lake_dis", "sev_lake", "sev_generic", "generic", "generic_dis", "n_label")
+    cols = list(zip(*rows)) if rows else [()] * len(names)
+    return {n: np.array(c, dtype=float if n in ("sev_lake", "sev_generic", "n_label") else bool)
+            for n, c in zip(names, cols)}
+
+
+def _lake_flags(x: dict[str, Any], rule: str, weight: float, prior: float, gate: float):
+    """The flags findings.sql would raise under one lake rule, weight, prior and gate."""
+    import numpy as np
+
+    w = weight * x["n_label"] / (x["n_label"] + prior) if prior else np.full(len(x["n_label"]), weight)
+    blended = w * x["sev_lake"] + (1 - w) * x["sev_generic"]
+    extra = {"lake": True, "disagree": x["generic_dis"], "both": x["generic"]}[rule]
+    return np.where(x["lake_ok"], x["lake_dis"] & (blended >= gate) & extra, x["generic"])
 
 
 def score(con, truth_csv: str | Path) -> dict[str, dict[str, Any]]:
@@ -144,42 +168,22 @@ def choose_lake_gates(con, truth_csv: str | Path, target_precision: float = 0.95
     ``target_precision`` where some setting reaches it with recall at least as high, else the best
     F1 (ties: the higher gate, then the smaller prior). Meant for a lake the model did not train on
     (``evaluate-planted --unseen-source``), never the test split."""
-    import numpy as np
-
     load_truth(con, truth_csv)
     out: dict[str, dict[str, Any]] = {}
     for field in FIELDS:
-        rows = con.execute(
-            """
-            select t.planted = 'True', f.lake_method in ('lake_oof', 'lake_fit'),
-                   coalesce(not list_contains(string_split(f.header_class, '|'), f.lake_predicted_class), false),
-                   coalesce(1 - f.lake_label_prob, 0), coalesce(1 - f.header_class_prob, 0),
-                   coalesce(f.generic_is_mismatch, false),
-                   not list_contains(string_split(f.header_class, '|'), f.predicted_class),
-                   count(*) over (partition by f.header_class)
-            from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
-            where t.field = ? and f.header_class is not null and (t.field <> 'projection' or t.true_class is not null)
-            """,
-            [field],
-        ).fetchall()
-        if not rows or not any(r[0] for r in rows):
+        x = _flag_inputs(con, field)
+        n_planted = int(x["planted"].sum())
+        if not n_planted:
             continue
-        planted_, lake_ok, lake_dis, sev_l, sev_g, generic, gen_dis, n_label = (np.array(c) for c in zip(*rows))
-        planted_, lake_ok, lake_dis, generic, gen_dis = (a.astype(bool) for a in (planted_, lake_ok, lake_dis, generic, gen_dis))
-        sev_l, sev_g, n_label = (a.astype(float) for a in (sev_l, sev_g, n_label))
         grid = []
         for rule in LAKE_RULES:
-            extra = {"lake": np.ones_like(generic), "disagree": gen_dis, "both": generic}[rule]
             for prior in LAKE_PRIORS:
                 for w in LAKE_WEIGHTS:
-                    w_eff = w * n_label / (n_label + prior)
-                    blended = w_eff * sev_l + (1 - w_eff) * sev_g
                     for g in LAKE_GATES:
-                        flag = np.where(lake_ok, lake_dis & (blended >= g) & extra, generic)
-                        tp = int((flag & planted_).sum())
-                        n_flagged = int(flag.sum())
+                        flag = _lake_flags(x, rule, w, prior, g)
+                        tp, n_flagged = int((flag & x["planted"]).sum()), int(flag.sum())
                         p = tp / n_flagged if n_flagged else 0.0
-                        r = tp / int(planted_.sum())
+                        r = tp / n_planted
                         grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
                                      "lake_min_severity": g, "precision": p, "recall": r,
                                      "f1": 2 * p * r / (p + r) if p + r else 0.0})
