@@ -193,19 +193,26 @@ def embedding_registry(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embedding_registry, prefect_api):
+def synthetic_lake(tmp_path, make_dicom, n: int) -> Path:
+    """A folder of ``n`` synthetic DICOMs, one patient each."""
+    lake_dir = tmp_path / "lake"
+    lake_dir.mkdir()
+    for i in range(n):
+        (lake_dir / f"img{i:03d}.dcm").write_bytes(make_dicom(seed=i, patient_id=f"P{i}"))
+    return lake_dir
+
+
+def audit(lake_dir: Path, db: Path, registry: Path, shard_size: int) -> dict:
     from radlint.cli import run_audit
     from tests.test_flows import audit_args
 
-    lake_dir = tmp_path / "lake"
-    lake_dir.mkdir()
-    for i in range(40):
-        (lake_dir / f"img{i:03d}.dcm").write_bytes(make_dicom(seed=i, patient_id=f"P{i}"))
-    db = tmp_path / "a.duckdb"
-    args = dict(executor="local", shard_size=20)
-    summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, **args))
-    assert summary["status"] == "completed"
+    return run_audit(audit_args(str(lake_dir), db, registry, executor="local", shard_size=shard_size))
+
+
+@pytest.mark.slow
+def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embedding_registry, prefect_api):
+    lake_dir, db = synthetic_lake(tmp_path, make_dicom, 40), tmp_path / "a.duckdb"
+    assert audit(lake_dir, db, embedding_registry, shard_size=20)["status"] == "completed"
     con = database.connect(db, read_only=True)
     try:
         assert con.execute("select count(*), min(len(vector)), max(len(vector)) from embeddings").fetchone() == (40, 16, 16)
@@ -222,8 +229,7 @@ def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embed
 
     # one new object: it alone is read; the probes are refitted over all 41 images
     (lake_dir / "new.dcm").write_bytes(make_dicom(seed=99, patient_id="P99"))
-    summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, **args))
-    assert summary["n_new"] == 1
+    assert audit(lake_dir, db, embedding_registry, shard_size=20)["n_new"] == 1
     con = database.connect(db, read_only=True)
     try:
         assert con.execute("select count(*) from embeddings").fetchone()[0] == 41
@@ -235,16 +241,8 @@ def test_audit_stores_embeddings_and_refits_on_rerun(tmp_path, make_dicom, embed
 
 @pytest.mark.slow
 def test_a_lake_of_five_images_falls_back_to_the_generic_model(tmp_path, make_dicom, embedding_registry, prefect_api):
-    from radlint.cli import run_audit
-    from tests.test_flows import audit_args
-
-    lake_dir = tmp_path / "lake"
-    lake_dir.mkdir()
-    for i in range(5):
-        (lake_dir / f"img{i}.dcm").write_bytes(make_dicom(seed=i, patient_id=f"P{i}"))
     db = tmp_path / "a.duckdb"
-    summary = run_audit(audit_args(str(lake_dir), db, embedding_registry, executor="local", shard_size=5))
-    assert summary["status"] == "completed"
+    assert audit(synthetic_lake(tmp_path, make_dicom, 5), db, embedding_registry, shard_size=5)["status"] == "completed"
     con = database.connect(db, read_only=True)
     try:
         got = dict(con.execute("select task, list(distinct fallback_reason) from lake_predictions "
