@@ -335,8 +335,8 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
                 row.update(predicted=classes[best], probability=float(p[best]),
                            probabilities=list(zip(classes, (float(v) for v in p))))
             out.append(row)
-            counts.setdefault(task, {}).setdefault(m if m != GENERIC else f"generic:{reason}", 0)
-            counts[task][m if m != GENERIC else f"generic:{reason}"] += 1
+            key = m if m != GENERIC else f"generic:{reason}"
+            counts.setdefault(task, {})[key] = counts.get(task, {}).get(key, 0) + 1
 
     for task in ("body_part", "projection"):
         if task not in entry.tasks:

@@ -261,7 +261,8 @@ def done_keys(con, model_sha256s: Iterable[str]) -> set[tuple[str, str]]:
 
 
 def orientation_sampled_count(con, model_sha256: str) -> int:
-    """Current images (latest version of each uri) already in the orientation sample of this model."""
+    """Objects already in this model's orientation sample (any audited version of them: a replaced
+    version's sample counts until the next fit, which reads only current versions)."""
     return con.execute(
         """select count(distinct s.uri) from orientation_samples as s
            join images as i on i.uri = s.uri and i.etag = s.etag where s.model_sha256 = ?""",
