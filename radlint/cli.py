@@ -278,6 +278,12 @@ def cmd_evaluate_planted(args) -> int:
     return demo.run_planted(args)
 
 
+def cmd_choose_lake_gates(args) -> int:
+    from radlint import demo
+
+    return demo.choose_gates(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radlint", description=__doc__)
     parser.add_argument("--version", action="version", version="radlint 0.1.0")
@@ -328,6 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "one protocol (a systematic error that group_findings should show), e.g. abdomen:spine")
     p.add_argument("--registry", help="model registry YAML (default: the packaged one)")
     p.set_defaults(func=cmd_evaluate_planted)
+
+    p = sub.add_parser(
+        "choose-lake-gates",
+        help="the lake gates that do best over several evaluate-planted folders together (pooled flags)",
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="an evaluate-planted --dir (radlint.duckdb and "
+                   "planted_errors.csv inside), each audited by a model that did not train on its lake")
+    p.add_argument("--target-precision", type=float, default=0.95)
+    p.set_defaults(func=cmd_choose_lake_gates)
 
     # A missing optional dependency must be named when its subcommand is used, not make the
     # subcommand vanish from the parser.

@@ -206,17 +206,14 @@ def run_planted(args) -> int:
     try:
         sweep = planted.rule_sweep(con, truth)
         group = planted.systematic_group(con, truth)
-        chosen = planted.choose_lake_gates(con, truth)
+        chosen = planted.choose_lake_gates([(con, truth)])
     finally:
         con.close()
     print("\nGeneric-only vs lake-adaptive rules (where no probe scored an image the generic verdict stands):")
     print(planted.format_sweep(sweep))
     print("\nLake gates chosen on this lake (registry tasks.<field>.gate: lake_rule, lake_weight, "
           "lake_prior_images, lake_min_severity):")
-    for field, c in chosen.items():
-        print(f"  {field}: lake_rule {c['lake_rule']}, lake_weight {c['lake_weight']}, lake_prior_images "
-              f"{c['lake_prior_images']}, lake_min_severity {c['lake_min_severity']} -> precision "
-              f"{c['precision']:.3f}, recall {c['recall']:.3f} ({c['criterion']})")
+    print(_format_chosen(chosen))
     if group is not None:
         print(f"\nsystematic group: {group['n_images']} images, {group['per_image_flags']} flagged one by one; "
               f"group_findings {'flags' if group['group_flagged'] else 'does NOT flag'} protocol "
@@ -232,3 +229,36 @@ def run_planted(args) -> int:
             con.close()
         print(f"precision-recall plot: {args.plot}")
     return 0 if summary.get("status") == "completed" else 1
+
+
+def _format_chosen(chosen: dict) -> str:
+    return "\n".join(
+        f"  {field}: lake_rule {c['lake_rule']}, lake_weight {c['lake_weight']}, lake_prior_images "
+        f"{c['lake_prior_images']}, lake_min_severity {c['lake_min_severity']} -> precision "
+        f"{c['precision']:.3f}, recall {c['recall']:.3f}"
+        + (f" (worst lake {c['worst'][0]:.3f} / {c['worst'][1]:.3f})" if c["n_lakes"] > 1 else "")
+        + f" ({c['criterion']})"
+        for field, c in chosen.items()
+    )
+
+
+def choose_gates(args) -> int:
+    """`radlint choose-lake-gates DIR...`: pooled over the folders' audited planted lakes."""
+    from radlint.tasks import database
+
+    cons = []
+    try:
+        for d in args.dirs:
+            db, truth = Path(d) / "radlint.duckdb", Path(d) / "planted_errors.csv"
+            if not db.exists() or not truth.exists():
+                print(f"radlint: {d} has no radlint.duckdb and planted_errors.csv (run evaluate-planted --dir {d})",
+                      file=sys.stderr)
+                return 2
+            cons.append((database.connect(db, read_only=True), truth))
+        chosen = planted.choose_lake_gates(cons, args.target_precision)
+    finally:
+        for con, _ in cons:
+            con.close()
+    print(f"Lake gates chosen over {len(cons)} lake(s), flags pooled (registry tasks.<field>.gate):")
+    print(_format_chosen(chosen))
+    return 0

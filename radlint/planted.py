@@ -163,35 +163,47 @@ LAKE_GATES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 LAKE_PRIORS = (0, 25, 50, 100)
 
 
-def choose_lake_gates(con, truth_csv: str | Path, target_precision: float = 0.95) -> dict[str, dict[str, Any]]:
-    """Per field, the lake rule, weight, prior and gate to register: the most recall at
-    ``target_precision`` where some setting reaches it with recall at least as high, else the best
-    F1 (ties: the higher gate, then the smaller prior). Meant for a lake the model did not train on
-    (``evaluate-planted --unseen-source``), never the test split."""
-    load_truth(con, truth_csv)
+def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Per field, the lake rule, weight, prior and gate to register, scored over every lake of
+    ``lakes`` (pairs of an audited database connection and its planted-truth CSV) with their
+    flags and planted errors pooled: the most recall at ``target_precision`` where some setting
+    reaches it with recall at least as high, else the best F1 (ties: the higher gate, then the
+    smaller prior). Meant for lakes the model did not train on (``evaluate-planted
+    --unseen-source``), never the test split. ``worst`` in each result is the lowest precision and
+    recall any one lake got under the chosen setting."""
+    import numpy as np
+
+    inputs: dict[str, list[dict[str, Any]]] = {}
+    for con, truth_csv in lakes:
+        load_truth(con, truth_csv)
+        for field in FIELDS:
+            x = _flag_inputs(con, field)
+            if x["planted"].sum():
+                inputs.setdefault(field, []).append(x)
     out: dict[str, dict[str, Any]] = {}
-    for field in FIELDS:
-        x = _flag_inputs(con, field)
-        n_planted = int(x["planted"].sum())
-        if not n_planted:
-            continue
+    for field, xs in inputs.items():
         grid = []
         for rule in LAKE_RULES:
             for prior in LAKE_PRIORS:
                 for w in LAKE_WEIGHTS:
                     for g in LAKE_GATES:
-                        flag = _lake_flags(x, rule, w, prior, g)
-                        tp, n_flagged = int((flag & x["planted"]).sum()), int(flag.sum())
+                        per_lake = []
+                        for x in xs:
+                            flag = _lake_flags(x, rule, w, prior, g)
+                            per_lake.append((int((flag & x["planted"]).sum()), int(flag.sum()), int(x["planted"].sum())))
+                        tp, n_flagged, n_planted = (int(v) for v in np.sum(per_lake, axis=0))
                         p = tp / n_flagged if n_flagged else 0.0
                         r = tp / n_planted
+                        worst = (min(t / f if f else 0.0 for t, f, _ in per_lake), min(t / n for t, _, n in per_lake))
                         grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
                                      "lake_min_severity": g, "precision": p, "recall": r,
-                                     "f1": 2 * p * r / (p + r) if p + r else 0.0})
+                                     "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
         key = (lambda x: (x["recall"], x["lake_min_severity"], -x["lake_prior_images"])) if reaching else \
               (lambda x: (round(x["f1"], 4), x["lake_min_severity"], -x["lake_prior_images"]))
         best = max(reaching or grid, key=key)
-        out[field] = dict(best, criterion=f"recall at precision >= {target_precision}" if reaching else "best F1")
+        out[field] = dict(best, criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
+                          n_lakes=len(xs))
     return out
 
 

@@ -6,12 +6,19 @@ lake's embeddings against the lake's labels learns what this site's films look l
 out-of-fold, an image whose label disagrees with what its look-alikes are labelled stands out
 (confident learning, Northcutt et al., JAIR 2021).
 
-- body_part, projection: a multinomial logistic regression on the model's pooled features plus
-  its log-probabilities, fitted on the current labels (labels file, else header), K folds grouped
-  by patient (patient_key, else study, else the object) so no patient is in both halves of a fold.
+- features: the registry's ``embedding.probe_features`` columns of each image's embedding. The
+  shipped model's embedding is its own pooled features followed by ImageNet EfficientNet-Lite0
+  features (models/lake_embedder.py): a classifier's own features only separate what it was trained
+  to separate, so films it never saw land on top of classes it knows; ImageNet's keep them apart.
+- body_part, projection: standardised features (plus the generic model's log-probabilities), their
+  first PROBE_COMPONENTS principal components, a multinomial logistic regression, fitted on the
+  current labels (labels file, else header), K folds grouped by patient (patient_key, else study,
+  else the object) so no patient is in both halves of a fold.
 - orientation: headers rarely say anything, so the probe is self-supervised: a sample of the
   lake's images, run turned by each quarter turn during the audit (table orientation_samples),
-  teaches it what each turn looks like here; the stored images are then scored.
+  teaches it what each turn looks like here; the stored images are then scored. The probe is a
+  vote of the 15 nearest turned views (cosine, same principal components), since which way is up
+  depends on the kind of film.
 
 Fallback rules (the row's ``method`` is ``generic`` and ``fallback_reason`` says why):
 - ``no_embedding``: the image has no vector from the current model (e.g. read by an older model).
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 from threadpoolctl import threadpool_limits
 
 from radlint.tasks import parts, preprocess
@@ -42,14 +50,21 @@ MIN_CLASS_IMAGES = 8
 MIN_ORIENTATION_SAMPLES = 24
 N_FOLDS = 5
 # Strong regularisation: the probe must follow the lake's majority, not memorise its errors.
-PROBE_C = 0.1
+# The embedding's principal components bound the fit's cost at any embedding width. Both chosen on
+# a leave-one-source-out lake (docs/notes-2026-12-lake-adaptation.md).
+PROBE_C = 0.003
+PROBE_COMPONENTS = 128
+# Orientation: which way is up differs by kind of film (a lateral foot lies flat, a knee stands),
+# which a linear probe over the whole lake cannot follow; the nearest turned views of similar
+# films can.
+ORIENTATION_NEIGHBORS = 15
 # Orientation sample: enough images for a stable probe on any lake, then a small share of each
 # run's new objects (each sampled image costs three more forward passes in its shard).
 ORIENTATION_SAMPLE_TARGET = 2000
 ORIENTATION_SAMPLE_MIN_RATE = 1 / 64
 
 # Bumped when the probes or their rules change, so the next run refits an unchanged lake.
-FIT_VERSION = 2
+FIT_VERSION = 4
 
 GENERIC = "generic"
 LAKE_OOF = "lake_oof"
@@ -74,21 +89,31 @@ class ProbeResult:
     reason: list[str | None]
 
 
-def _probe():
+def _probe(n_rows: int, n_features: int, kind: str = "linear"):
+    """Standardise, keep the first principal components, then a logistic regression (``linear``)
+    or a cosine k-nearest-neighbour vote (``neighbors``)."""
     # sklearn is imported where a probe is fitted: importing it costs ~1.6 s of every audit's start,
     # and a small lake or an unchanged one fits none (bench/README.md, "Fixed cost").
+    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import Normalizer, StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=300))
+    k = min(PROBE_COMPONENTS, n_features, max(n_rows - 1, 1))
+    steps = [StandardScaler(), PCA(k, svd_solver="randomized", random_state=0)]
+    if kind == "neighbors":
+        return make_pipeline(*steps, Normalizer(),
+                             KNeighborsClassifier(min(ORIENTATION_NEIGHBORS, n_rows), weights="distance"))
+    return make_pipeline(*steps, LogisticRegression(C=PROBE_C, max_iter=300))
 
 
-def _fit_predict(model, x_fit, y_fit, x_pred):
+def _fit_predict(x_fit, y_fit, x_pred, kind: str = "linear"):
     # One OpenMP thread: these fits are small, and sklearn's threaded loss spun 25-50x slower than
     # one thread when the cores were busy (bench/adapt_fit.py beside a training job).
     from sklearn.exceptions import ConvergenceWarning
 
+    model = _probe(*x_fit.shape, kind=kind)
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(x_fit, y_fit)
@@ -140,7 +165,7 @@ def cross_fitted_probe(
             fit_rows, held_rows = idx[fit_i], idx[held_i]
             if len(set(y[fit_rows])) < 2:
                 continue
-            p, fitted = _fit_predict(_probe(), features[fit_rows], y[fit_rows], features[held_rows])
+            p, fitted = _fit_predict(features[fit_rows], y[fit_rows], features[held_rows])
             place(held_rows, p, fitted)
             for r in held_rows:
                 method[r] = LAKE_OOF
@@ -149,7 +174,7 @@ def cross_fitted_probe(
     )
     rest_rows = np.flatnonzero(rest)
     if len(rest_rows):
-        p, fitted = _fit_predict(_probe(), features[idx], y[idx], features[rest_rows])
+        p, fitted = _fit_predict(features[idx], y[idx], features[rest_rows])
         place(rest_rows, p, fitted)
         for r in rest_rows:
             method[r] = LAKE_FIT
@@ -223,7 +248,7 @@ def orientation_probe(
             if not len(held):
                 continue
             views = np.concatenate([held + t * m for t in range(len(turns))])
-            p, fitted = _fit_predict(_probe(), x[fit_g], y[fit_g], x[views])
+            p, fitted = _fit_predict(x[fit_g], y[fit_g], x[views], kind="neighbors")
             oof[held] = consensus(as_classes(p, fitted).reshape(len(turns), len(held), len(classes)))
         probs[sampled] = oof
         for i in sampled:
@@ -232,7 +257,7 @@ def orientation_probe(
     others = np.array([mth == LAKE_FIT for mth in method])
     if others.any():
         y = np.array([_compose(stored_now[j], t) for t in turns for j in range(m)], dtype=object)
-        p, fitted = _fit_predict(_probe(), x, y, stored[others])
+        p, fitted = _fit_predict(x, y, stored[others], kind="neighbors")
         probs[np.flatnonzero(others)] = as_classes(p, fitted)
         probs[np.flatnonzero(others)] /= probs[np.flatnonzero(others)].sum(axis=1, keepdims=True)
     return ProbeResult(probs, method, [None] * n)
@@ -259,6 +284,30 @@ _CURRENT_SQL = """
     group by all
     order by i.uri
 """
+
+
+def _arrow(con, sql: str, params: list) -> pa.Table:
+    cur = con.execute(sql, params)
+    # duckdb 2 renamed fetch_arrow_table to to_arrow_table (pyproject allows both majors), and
+    # warns that a cursor's Arrow output is one more copy of the rows: accepted, it is freed here.
+    fetch = getattr(cur, "to_arrow_table", None) or cur.fetch_arrow_table
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return fetch()
+
+
+def _vectors(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(has [N] bool, [N, dim] float32) from a list<float> column; missing or wrong-width rows are
+    zeros and not ``has``. Through Arrow: a Python list per float costs seconds per 10k images."""
+    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    n = len(column)
+    lengths = np.asarray(pa.compute.fill_null(pa.compute.list_value_length(column), 0))
+    has = lengths == dim
+    emb = np.zeros((n, dim), np.float32)
+    if has.any():
+        good = column.filter(pa.array(has))
+        emb[has] = np.asarray(good.flatten(), dtype=np.float32).reshape(-1, dim)
+    return has, emb
 
 
 def _single(label: str | None, classes) -> str | None:
@@ -303,19 +352,14 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
         # Nothing the probes read has changed since the last fit: its rows stand (a re-run of an
         # unchanged lake costs no refit).
         return {"unchanged": {"kept": con.execute("select count(*) from lake_predictions").fetchone()[0]}}
-    cur = con.execute(_CURRENT_SQL, [entry.sha256])
-    rows = cur.fetchall()
-    names = [d[0] for d in cur.description]
-    data = {k: [r[i] for r in rows] for i, k in enumerate(names)}
-    n = len(rows)
+    table = _arrow(con, _CURRENT_SQL, [entry.sha256])
+    n = table.num_rows
     con.execute("delete from lake_predictions")
     if n == 0 or entry.embedding is None:
         return {}
-    has = np.array([v is not None for v in data["vector"]], dtype=bool)
     dim = entry.embedding.size
-    emb = np.zeros((n, dim), np.float32)
-    if has.any():
-        emb[has] = np.asarray([v for v in data["vector"] if v is not None], dtype=np.float32)
+    has, emb = _vectors(table.column("vector"), dim)
+    data = {k: table.column(k).to_pylist() for k in table.column_names if k != "vector"}
     keys = list(zip(data["uri"], data["etag"]))
     groups = data["grp"]
     out: list[dict] = []
@@ -349,7 +393,8 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
                                                  ["no_embedding"] * len(without)))
         if len(with_emb) == 0:
             continue
-        feats = np.concatenate([emb[with_emb], _generic_logprobs(con, [keys[i] for i in with_emb], entry.sha256,
+        a, b = entry.embedding.columns(task)
+        feats = np.concatenate([emb[with_emb, a:b], _generic_logprobs(con, [keys[i] for i in with_emb], entry.sha256,
                                                                  task, classes)], axis=1)
         labels = [_single(data[f"{task}_label"][i], classes) for i in with_emb]
         result = cross_fitted_probe(feats, labels, [groups[i] for i in with_emb], classes)
@@ -362,24 +407,28 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
         emit("orientation", classes, without, ProbeResult(np.zeros((len(without), 4)), [GENERIC] * len(without),
                                                           ["no_embedding"] * len(without)))
         if len(with_emb):
-            turned_rows = con.execute(
+            turned_rows = _arrow(
+                con,
                 """select s.uri, s.turn, s.vector from orientation_samples as s
                    join images as i on i.uri = s.uri and i.etag = s.etag
                    where s.model_sha256 = ?""",
                 [entry.sha256],
-            ).fetchall()
+            )
+            t_has, t_vec = _vectors(turned_rows.column("vector"), dim)
             position = {keys[i][0]: j for j, i in enumerate(with_emb)}
-            by_uri: dict[str, dict[str, list[float]]] = {}
-            for uri, turn, vec in turned_rows:
-                if uri in position:
-                    by_uri.setdefault(uri, {})[turn] = vec
+            by_uri: dict[str, dict[str, int]] = {}
+            for r, (uri, turn) in enumerate(zip(turned_rows.column("uri").to_pylist(),
+                                                turned_rows.column("turn").to_pylist())):
+                if uri in position and t_has[r]:
+                    by_uri.setdefault(uri, {})[turn] = r
             complete = sorted(position[u] for u, t in by_uri.items() if all(x in t for x in TURNS))
             sampled = np.asarray(complete, dtype=int)
             uri_of = [keys[i][0] for i in with_emb]
-            turned = {t: np.asarray([by_uri[uri_of[j]][t] for j in sampled], np.float32).reshape(len(sampled), dim)
-                      for t in TURNS}
+            turned = {t: t_vec[[by_uri[uri_of[j]][t] for j in sampled]].reshape(len(sampled), dim) for t in TURNS}
             stored_labels = [_single(data["orientation_label"][i], classes) or "upright" for i in with_emb]
-            result = orientation_probe(emb[with_emb], stored_labels, [groups[i] for i in with_emb], sampled, turned)
+            a, b = entry.embedding.columns("orientation")
+            result = orientation_probe(emb[with_emb, a:b], stored_labels, [groups[i] for i in with_emb], sampled,
+                                       {t: v[:, a:b] for t, v in turned.items()})
             emit("orientation", classes, with_emb, result)
 
     con.execute("insert or replace into meta values ('lake_fit_fingerprint', ?)", [fingerprint])

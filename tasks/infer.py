@@ -57,6 +57,11 @@ class EmbeddingSpec:
 
     output: str
     size: int
+    # columns [start, stop) of the vector each lake probe reads; a task not named reads them all
+    probe_features: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def columns(self, task: str) -> tuple[int, int]:
+        return self.probe_features.get(task, (0, self.size))
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,18 @@ def _check_preprocessing(name: str, m: dict) -> None:
                                 "(tasks/preprocess.py); retrain or re-export the model for radlint's preprocessing")
 
 
+def _embedding_spec(name: str, spec: dict) -> EmbeddingSpec:
+    size = int(spec["size"])
+    spans = {}
+    for task, span in (spec.get("probe_features") or {}).items():
+        a, b = (int(v) for v in span)
+        if not 0 <= a < b <= size:
+            raise RegistryError(f"model {name}: embedding.probe_features.{task} {span} is not a column range "
+                                f"of the {size}-wide embedding")
+        spans[task] = (a, b)
+    return EmbeddingSpec(str(spec["output"]), size, spans)
+
+
 def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
     """Parse the registry into entries. Paths are relative to the registry's folder.
 
@@ -164,8 +181,7 @@ def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
                 input_size=int(m["input"]["size"]),
                 preprocessing=dict(m.get("preprocessing") or {}),
                 tasks=tasks,
-                embedding=EmbeddingSpec(str(m["embedding"]["output"]), int(m["embedding"]["size"]))
-                if m.get("embedding") else None,
+                embedding=_embedding_spec(m["name"], m["embedding"]) if m.get("embedding") else None,
             )
         )
     return entries

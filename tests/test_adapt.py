@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from radlint.tasks import adapt, database
+from radlint.tasks.infer import EmbeddingSpec
 from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, TURNS
 
 
@@ -48,9 +49,9 @@ def test_folds_never_split_a_patient(monkeypatch):
     seen = []
     real = adapt._fit_predict
 
-    def spy(model, x_fit, y_fit, x_pred):
+    def spy(x_fit, y_fit, x_pred):
         seen.append((x_fit, x_pred))
-        return real(model, x_fit, y_fit, x_pred)
+        return real(x_fit, y_fit, x_pred)
 
     monkeypatch.setattr(adapt, "_fit_predict", spy)
     adapt.cross_fitted_probe(x, labels, groups, classes)
@@ -278,7 +279,7 @@ def test_adapt_without_embeddings_falls_back_per_row():
 
     class Entry:
         sha256 = SHA
-        embedding = adapt_embedding = type("E", (), {"output": "embedding", "size": 8})()
+        embedding = EmbeddingSpec("embedding", 8)
         tasks = {"body_part": type("T", (), {"classes": BODY_PART})()}
 
     counts = adapt.adapt_lake(con, Entry(), "r2")
@@ -315,7 +316,7 @@ def test_adapt_follows_a_labels_file_that_changes_between_runs():
 
     class Entry:
         sha256 = SHA
-        embedding = type("E", (), {"output": "embedding", "size": 8})()
+        embedding = EmbeddingSpec("embedding", 8)
         tasks = {"body_part": type("T", (), {"classes": BODY_PART})()}
 
     adapt.adapt_lake(con, Entry(), "r1")

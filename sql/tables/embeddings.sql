@@ -1,8 +1,8 @@
--- table-description: one row per image version x model: the model's pooled feature vector (ONNX output named in the registry's embedding block), the input of the lake-adaptation probes.
+-- table-description: one row per image version x model: the feature vector the model exposes as its embedding output (named in the registry's embedding block), the input of the lake-adaptation probes.
 -- uri: object URL, as in images.
 -- etag: object version, as in images.
 -- model_sha256: sha256 of the ONNX file that produced the vector.
--- vector: the pooled features, float32, length = the registry's embedding size (224 for radlint-multihead-v3).
+-- vector: float32, length = the registry's embedding size; for radlint-multihead-v3 1,504 numbers (6 KB): the model's own 224 pooled features, then 1,280 ImageNet EfficientNet-Lite0 features (embedding.probe_features says which columns each probe reads).
 -- run_id: the audit run that computed the vector.
 create table if not exists embeddings (
     uri varchar not null,

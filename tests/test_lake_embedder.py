@@ -1,0 +1,107 @@
+"""models/lake_embedder.graft on small ONNX graphs (no torch): the model's class outputs stay
+bit-identical, the embedding output becomes the grafted network's, and a model whose own pooled
+features were named ``embedding`` (and feed its heads) keeps them under another name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from radlint.models import lake_embedder  # noqa: E402
+
+SIZE = 8
+
+
+def model_with_own_embedding():
+    """GAP -> Flatten named 'embedding' -> MatMul head: the tensor feeds the head and is an output."""
+    w = numpy_helper.from_array(np.array([[1.0, -1.0]], np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["embedding"], axis=1),
+             helper.make_node("MatMul", ["embedding", "w"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["body_part"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "model", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("body_part", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 1])], initializer=[w])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def embedder():
+    """Its own input name and internal names that collide with the model's ('gap', 'w')."""
+    w = numpy_helper.from_array(np.arange(3, dtype=np.float32)[None, :] + 1, "w")
+    nodes = [helper.make_node("GlobalMaxPool", ["x"], ["gap"]),
+             helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["out"])]
+    graph = helper.make_graph(
+        nodes, "embedder", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])], initializer=[w])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def run(model, x):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {"image": x})))
+
+
+def test_graft_keeps_class_outputs_and_replaces_the_embedding():
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 1, SIZE, SIZE)).astype(np.float32)
+    before = run(model_with_own_embedding(), x)
+    grafted, own_width, width = lake_embedder.graft(model_with_own_embedding(), embedder(), "image")
+    onnx.checker.check_model(grafted)
+    after = run(grafted, x)
+    assert (own_width, width) == (1, 3)
+    assert sorted(after) == ["body_part", "embedding"]
+    assert np.array_equal(after["body_part"], before["body_part"])
+    assert np.array_equal(after["embedding"][:, :1], before["embedding"])
+    expected = x.reshape(5, -1).max(axis=1, keepdims=True) * np.array([[1.0, 2.0, 3.0]], np.float32)
+    np.testing.assert_allclose(after["embedding"][:, 1:], expected, rtol=1e-6)
+    names = [n.name for n in grafted.graph.initializer]
+    assert len(names) == len(set(names)) and "lake_embedder/w" in names
+    assert [i.name for i in grafted.graph.input] == ["image"]
+
+
+def test_graft_drops_an_identity_that_only_exposed_the_old_embedding():
+    m = model_with_own_embedding()
+    for node in m.graph.node:  # the older layout: pooled features 'feat', Identity -> 'embedding'
+        node.input[:] = ["feat" if n == "embedding" else n for n in node.input]
+        node.output[:] = ["feat" if n == "embedding" else n for n in node.output]
+    m.graph.node.append(helper.make_node("Identity", ["feat"], ["embedding"], name="embedding_output"))
+    grafted, own_width, _ = lake_embedder.graft(m, embedder(), "image")
+    assert own_width == 1
+    assert not [n for n in grafted.graph.node if n.op_type == "Identity"]
+    x = np.ones((2, 1, SIZE, SIZE), np.float32)
+    np.testing.assert_allclose(run(grafted, x)["embedding"], [[1, 1, 2, 3], [1, 1, 2, 3]])
+
+
+def test_register_rewrites_the_entry_and_the_registry_reads_it(tmp_path):
+    from radlint.tasks.infer import load_registry, sha256_file
+
+    src = (Path(__file__).resolve().parent.parent / "models" / "registry.yaml").read_text()
+    (tmp_path / "registry.yaml").write_text(src)
+    entry = yaml.safe_load(src)["models"][0]
+    (tmp_path / entry["file"]).write_bytes(b"stand-in model bytes")
+    own = entry["embedding"]["probe_features"]["projection"][1] if "probe_features" in entry["embedding"] \
+        else entry["embedding"]["size"]
+    lake_embedder.register(tmp_path / "registry.yaml", entry["name"], own, 1280)
+    text = (tmp_path / "registry.yaml").read_text()
+    assert text.count("probe_features:") == src.count("probe_features:") + ("probe_features" not in entry["embedding"])
+    first = load_registry(tmp_path / "registry.yaml")[0]
+    assert first.sha256 == sha256_file(tmp_path / entry["file"])
+    assert first.embedding.size == own + 1280
+    assert first.embedding.probe_features == {"body_part": (own, own + 1280), "projection": (0, own),
+                                              "orientation": (own, own + 1280)}
+    rest = [line for line in text.splitlines() if "sha256" not in line]
+    assert "# radlint model registry" in text and len(rest) >= len(src.splitlines()) - 2
