@@ -149,10 +149,11 @@ def audit_lock(db: str | Path, wait_seconds: float = 0.0):
 
 def own_paths(db: str | Path, out_dir: str | Path) -> list[str]:
     """The files and folders an audit of ``db`` writes: never lake objects, also when ``--db`` lies
-    inside the lake (the database, DuckDB's WAL and temporary folder, the lock, the salt, the parts)."""
+    inside the lake (the database, DuckDB's WAL and temporary folder, the lock, the salt, the parts:
+    a local folder, or an object-store URL that may lie under an object-store lake)."""
     db = str(db)
-    local_out = [] if _is_url(str(out_dir)) else [out_store(out_dir)[1]]
-    return [db, db + ".wal", db + ".tmp", db + ".lock", db + ".salt", *local_out]
+    out = str(out_dir) if _is_url(str(out_dir)) else out_store(out_dir)[1]
+    return [db, db + ".wal", db + ".tmp", db + ".lock", db + ".salt", out]
 
 
 def mark_interrupted_runs(con) -> int:

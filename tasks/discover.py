@@ -127,8 +127,9 @@ def find_local(root: str) -> dict[str, dict[str, Any]]:
 def discover(lake: str, storage_options: dict[str, Any] | None = None, exclude: Iterable[str] = ()) -> list[ObjectRef]:
     """List every file under ``lake`` (recursively), sorted by uri.
 
-    ``exclude``: local paths (files, or folders with everything under them) that are not lake
-    objects although they lie in it: the audit's own database, its WAL, lock, salt and parts.
+    ``exclude``: paths or URLs (files, or folders / prefixes with everything under them) that are
+    not lake objects although they lie in it: the audit's own database, its WAL, lock, salt and
+    parts (``--out s3://bucket/lake/_parts`` under an ``s3://bucket/lake`` lake included).
 
     Raises:
         LakeError: when the lake does not exist or cannot be listed.
@@ -147,7 +148,7 @@ def discover(lake: str, storage_options: dict[str, Any] | None = None, exclude: 
         raise
     except Exception as exc:  # botocore / OS errors differ per backend
         raise LakeError(f"cannot list lake {lake!r}: {type(exc).__name__}: {exc}") from exc
-    skip = _excluded(root, exclude) if isinstance(fs, LocalFileSystem) else None
+    skip = _excluded(root, exclude) if isinstance(fs, LocalFileSystem) else _excluded_urls(fs, exclude)
     refs = []
     for path, info in found.items():
         if info.get("type", "file") != "file":
@@ -171,6 +172,8 @@ def _excluded(root: str, exclude: Iterable[str]):
     real_root = os.path.realpath(root)
     targets: set[str] = set()
     for path in exclude:
+        if "://" in str(path):  # another store's URL (tasks.database.own_paths): never under a local root
+            continue
         for p in {os.path.abspath(path), os.path.realpath(path)}:
             targets.add(p)
             if real_root != root and (p == real_root or p.startswith(real_root + os.sep)):
@@ -179,6 +182,17 @@ def _excluded(root: str, exclude: Iterable[str]):
     if not targets:
         return None
     prefixes = tuple(t.rstrip(os.sep) + os.sep for t in targets)
+    return lambda path: path in targets or path.startswith(prefixes)
+
+
+def _excluded_urls(fs, exclude: Iterable[str]):
+    """Like :func:`_excluded` for an object store: the ``exclude`` URLs of ``fs``'s protocol."""
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    targets = {fs._strip_protocol(u).rstrip("/") for u in exclude
+               if "://" in str(u) and str(u).partition("://")[0] in protocols}
+    if not targets:
+        return None
+    prefixes = tuple(t + "/" for t in targets)
     return lambda path: path in targets or path.startswith(prefixes)
 
 

@@ -129,3 +129,25 @@ def test_out_on_s3_matches_a_local_out_and_recovers_orphan_parts(tmp_path, s3_se
     assert again["n_new"] == 0 and counts(s3_db)["images"] == 6
     assert not (tmp_path / "s3_parts").exists()
     assert parts.local_out("s3://outparts/audit") is None
+
+
+def test_out_under_the_s3_lake_is_not_listed_as_lake_objects(tmp_path, s3_server, make_dicom, tiny_registry,
+                                                             prefect_api, monkeypatch):
+    import s3fs
+
+    from radlint.cli import run_audit
+
+    monkeypatch.setenv("RADLINT_PATIENT_SALT", "test-salt")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("inlake")
+    for i in range(3):
+        fs.pipe(f"inlake/cr/img{i}.dcm", make_dicom(seed=i))
+    db = tmp_path / "in.duckdb"
+    out = "s3://inlake/cr/_radlint_parts"
+    first = run_audit(audit_args("s3://inlake/cr", db, tiny_registry, out=out))
+    assert first["status"] == "completed" and counts(db)["images"] == 3
+    fs.invalidate_cache()
+    assert fs.glob("inlake/cr/_radlint_parts/images/run_id=*/part-*.parquet"), "the parts are inside the lake"
+    again = run_audit(audit_args("s3://inlake/cr", db, tiny_registry, out=out))
+    assert again["n_listed"] == 3 and again["n_new"] == 0
+    assert counts(db)["skipped"] == 0, "no part or manifest was audited as a lake object"
