@@ -153,6 +153,7 @@ scored as (
             when c.header_class is null or p.probabilities is null then null
             else list_sum(list_transform(string_split(c.header_class, '|'), lambda x: coalesce(p.probabilities[x], 0.0)))
         end as header_class_prob,
+        not list_contains(string_split(c.header_class, '|'), p.predicted) as generic_disagrees,
         coalesce(t.threshold, 0.5) as threshold,
         coalesce(lg.min_severity, g.min_severity, 0.0) as min_severity,
         coalesce(g.class_thresholds, true) as use_thresholds,
@@ -183,10 +184,11 @@ adapted as (
             when s.header_class is null or lp.probabilities is null then null
             else list_sum(list_transform(string_split(s.header_class, '|'), lambda x: coalesce(lp.probabilities[x], 0.0)))
         end as lake_label_prob,
+        not list_contains(string_split(s.header_class, '|'), lp.predicted) as lake_disagrees,
         -- the generic model's verdict (the rule before lake adaptation)
         case
             when s.header_class is null or s.predicted_class is null then null
-            else not list_contains(string_split(s.header_class, '|'), s.predicted_class)
+            else s.generic_disagrees
                 and (not s.use_thresholds or s.predicted_prob >= s.threshold)
                 and 1.0 - s.header_class_prob >= s.min_severity
         end as generic_is_mismatch
@@ -197,24 +199,36 @@ adapted as (
     left join lake_predictions as lp on lp.uri = s.uri and lp.etag = i.etag and lp.task = s.field
 ),
 
-decided as (
+severities as (
     select
         a.*,
+        -- where the lake probe scored the image, the two views' severities blended; else the generic model's
+        case
+            when a.lake_ok and a.lake_label_prob is not null then
+                greatest(0.0, a.lake_weight_eff * (1.0 - a.lake_label_prob) + (1.0 - a.lake_weight_eff) * (1.0 - a.header_class_prob))
+            when a.header_class_prob is null then null
+            else greatest(0.0, 1.0 - a.header_class_prob)
+        end as severity
+    from adapted as a
+),
+
+decided as (
+    select
+        s.*,
         -- where the lake probe scored the image it decides; elsewhere the generic model does
         case
-            when a.header_class is null or a.predicted_class is null then null
-            when a.lake_ok then
-                not list_contains(string_split(a.header_class, '|'), a.lake_predicted_class)
-                and a.lake_weight_eff * (1.0 - a.lake_label_prob) + (1.0 - a.lake_weight_eff) * (1.0 - a.header_class_prob)
-                    >= a.lake_gate
-                and case a.lake_rule
+            when s.header_class is null or s.predicted_class is null then null
+            when s.lake_ok then
+                s.lake_disagrees
+                and s.severity >= s.lake_gate
+                and case s.lake_rule
                     when 'lake' then true
-                    when 'disagree' then not list_contains(string_split(a.header_class, '|'), a.predicted_class)
-                    else a.generic_is_mismatch
+                    when 'disagree' then s.generic_disagrees
+                    else s.generic_is_mismatch
                 end
-            else a.generic_is_mismatch
+            else s.generic_is_mismatch
         end as is_mismatch
-    from adapted as a
+    from severities as s
 ),
 
 final as (
@@ -234,12 +248,7 @@ final as (
         d.threshold,
         -- verdict
         d.is_mismatch,
-        case
-            when d.lake_ok and d.lake_label_prob is not null then
-                greatest(0.0, d.lake_weight_eff * (1.0 - d.lake_label_prob) + (1.0 - d.lake_weight_eff) * (1.0 - d.header_class_prob))
-            when d.header_class_prob is null then null
-            else greatest(0.0, 1.0 - d.header_class_prob)
-        end as severity,
+        d.severity,
         case
             when not coalesce(d.is_mismatch, false) then null
             when d.field = 'orientation' then
