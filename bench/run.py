@@ -21,6 +21,8 @@ shard task (tasks.shard.audit_shard) reports. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import io
 import json
 import math
@@ -30,6 +32,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -517,9 +520,6 @@ def ensure_bytecode() -> float | None:
     new process: importing the flow and Prefect then took ~10 s instead of ~4 s per Dask worker
     here, which no user of a pip-installed radlint pays. Returns seconds spent, None when current.
     """
-    import compileall
-    import importlib.util
-    import sysconfig
 
     import prefect
 

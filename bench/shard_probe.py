@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import threading
 import time
 
 
@@ -47,7 +48,6 @@ def _sample_rss(interval: float = 0.1) -> None:
 
 
 def dask_setup(worker) -> None:  # called by distributed in each worker process (and by run.py in its own)
-    import threading
 
     import radlint.tasks.shard as shard
 

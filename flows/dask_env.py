@@ -11,6 +11,11 @@ cluster starts, not when the first task arrives.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import multiprocessing.forkserver as forkserver
+import os
+import signal
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -27,9 +32,6 @@ def dask_setup(worker: Any) -> None:
     mid-shard with a traceback and Prefect would retry its shard. The audit process handles it
     and stops the workers itself (BackgroundCluster.__exit__).
     """
-    import logging
-    import signal
-    import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -47,7 +49,6 @@ def _start_method() -> str:
     and ~0.2 s for later clusters of the same process). A method the user configured (``fork``,
     ``forkserver``) is left alone.
     """
-    import multiprocessing
 
     import dask
 
@@ -60,7 +61,6 @@ def _start_method() -> str:
 def _add_forkserver_preload(modules: tuple[str, ...]) -> None:
     # Dask sets the fork server's preload (distributed and its optional packages) on first use;
     # add the shard task's modules. No effect once this process's fork server runs (it has them).
-    import multiprocessing.forkserver as forkserver
 
     from distributed.utils import get_mp_context
 
@@ -70,8 +70,6 @@ def _add_forkserver_preload(modules: tuple[str, ...]) -> None:
 
 
 def _start(n_workers: int) -> Any:
-    import os
-
     import dask
     import distributed
 
@@ -152,8 +150,6 @@ class BackgroundCluster:
             cluster = self._started.result()
         except BaseException:
             return
-        import os
-        import signal
 
         self.close_in_background()  # nannies closing do not restart the workers killed below
         for nanny in list(getattr(cluster, "workers", {}).values()):

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import importlib
+import inspect
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -193,8 +196,6 @@ def _die_with_parent(parent: int):
     audit would hold ~220 MB forever."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
-    import signal
 
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -218,7 +219,6 @@ def _drain_workers() -> None:
     Stopping the server first leaves them retrying against a closed port for a minute or more
     at interpreter exit (as prefect.testing.utilities.prefect_test_harness also avoids).
     """
-    import inspect
 
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker

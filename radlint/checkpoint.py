@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 from pathlib import Path
 
 BODYPART_CLASSES = ("Head", "Neck", "Chest", "Incomplete Chest", "Abdomen", "Pelvis",
@@ -235,7 +236,6 @@ def convert(checkpoint: Path, kind: str, out_dir: Path, name: str | None = None,
             size: int = PAPER_SIZE, swap_lr: bool = False, trust: bool = False,
             opset: int = 17, parity_batch: int = 2) -> dict:
     """Checkpoint -> ONNX file in ``out_dir``; returns the registry entry (not yet written)."""
-    import warnings
 
     import numpy as np
     import torch

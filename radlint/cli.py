@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -47,7 +50,6 @@ def _check_writable_file(path: str | Path, flag: str) -> None:
     Raises:
         CannotRun: with one line naming ``flag`` and the reason.
     """
-    import tempfile
 
     path = Path(path)
     if path.is_dir():
@@ -69,7 +71,6 @@ def _check_writable_file(path: str | Path, flag: str) -> None:
 
 def _check_writable_folder(path: str | Path, flag: str) -> None:
     """``path`` is a folder that can be written, or can be created under its nearest existing parent."""
-    import tempfile
 
     folder = Path(path)
     while not folder.exists() and folder != folder.parent:
@@ -84,7 +85,6 @@ def _check_writable_folder(path: str | Path, flag: str) -> None:
 
 def _check_writable_out(out: str) -> None:
     """``--out`` is a folder that can be written, or a store URL where an object can be put."""
-    import uuid
 
     from radlint.tasks.parts import out_store
 
@@ -196,7 +196,6 @@ def _check_audit_inputs(opts: AuditOptions) -> None:
 
 def run_audit(opts: AuditOptions, quiet: bool = False) -> dict:
     """Validate ``opts`` (an AuditOptions), then run the audit_lake flow; returns its summary."""
-    import dataclasses
 
     from radlint.flows.prefect_env import prefect_api
 

@@ -12,9 +12,13 @@ import hashlib
 import io
 import json
 import logging
+import math
+import tempfile
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 import numpy as np
@@ -45,7 +49,6 @@ ANNEX_E_FILE = "annex_e_basic_profile.csv"
 @functools.cache
 def annex_e_basic_profile() -> dict[int, tuple[str, str]]:
     """``{tag: (keyword, action)}`` of every attribute PS3.15 Table E.1-1 does not simply keep."""
-    from importlib.resources import files
 
     table: dict[int, tuple[str, str]] = {}
     lines = files("radlint.tasks").joinpath(ANNEX_E_FILE).read_text(encoding="utf-8").splitlines()
@@ -280,9 +283,6 @@ def _inflate(d, stream, state: list, limit: int, stop: bytes | None = None, out:
 
 
 def _inflate_declared(stream, max_pixels: int) -> bytes:
-    import math
-    import zlib
-
     d = zlib.decompressobj(-zlib.MAX_WBITS)
     state = [0]
     try:
@@ -431,7 +431,6 @@ def _gdcm_decode(raw: bytes, ds: Dataset) -> np.ndarray | None:
     taken only after the usual decoders failed.
     """
     try:
-        import tempfile
 
         import gdcm
     except ImportError:

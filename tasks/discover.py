@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -318,8 +319,6 @@ def cat_objects(fs, paths: list[str]) -> dict[str, Any]:
     exact = "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
     async def read_all() -> list:
-        import asyncio
-
         return await asyncio.gather(
             *(_s3_get_exact(fs, p) if exact and "?versionId=" in p else fs._cat_file(p) for p in paths),
             return_exceptions=True,
@@ -349,8 +348,6 @@ def cat_heads(fs, paths: list[str], nbytes: int) -> dict[str, Any]:
     exact = "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
 
     async def read_all() -> list:
-        import asyncio
-
         return await asyncio.gather(
             *(_s3_get_exact(fs, p, nbytes) if exact and "?versionId=" in p else fs._cat_file(p, start=0, end=nbytes)
               for p in paths),
