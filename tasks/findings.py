@@ -34,15 +34,20 @@ def mismatch_counts(con, source: str = "findings") -> dict[str, dict[str, int]]:
     return {f: {"findings": n, "checked": c, "mismatch": m, "unlabelled": u} for f, n, c, m, u in rows}
 
 
+# The order of suspects, most certain first: the top_suspects view (sql/views/top_suspects.sql,
+# its rank), the run summary and the report all use it (tests/sql/test_top_suspects_order.py).
+SUSPECT_ORDER = "severity desc nulls last, predicted_prob desc, uri, field"
+
+
 def top_suspects(con, limit: int = 10, field: str | None = None, source: str = "findings") -> list[dict[str, Any]]:
-    """Mismatches ordered by severity, most certain first."""
+    """Mismatches in SUSPECT_ORDER, most certain first."""
     sql = f"""
         select uri, field, header_value, header_class, predicted_class,
                round(predicted_prob::double, 3) as predicted_prob, round(severity::double, 3) as severity,
                suggested_correction
         from {source}
         where is_mismatch and (? is null or field = ?)
-        order by severity desc, predicted_prob desc, uri
+        order by {SUSPECT_ORDER}
         limit ?
     """
     cur = con.execute(sql, [field, field, limit])

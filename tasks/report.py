@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from radlint.tasks.findings import CHECKED_MEANING
+from radlint.tasks.findings import CHECKED_MEANING, SUSPECT_ORDER
 
 FIELDS = ("body_part", "projection", "orientation")
 FIELD_COLOURS = {"body_part": "#3b6fb6", "projection": "#d9822b", "orientation": "#2a9d6f"}
@@ -241,7 +241,7 @@ def _collect(con, limit: int) -> dict[str, Any]:
         f"""
         with s as (
             select * from _report_findings where is_mismatch
-            order by severity desc nulls last, predicted_prob desc, uri, field
+            order by {SUSPECT_ORDER}
             limit {int(limit)}
         )
         select s.uri, s.field, s.header_value, s.header_class, s.label_source, s.predicted_class,

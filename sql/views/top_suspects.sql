@@ -22,7 +22,7 @@ flagged as (
 
 final as (
     select
-        row_number() over (order by severity desc, predicted_prob desc, uri, field) as rank,
+        row_number() over (order by severity desc nulls last, predicted_prob desc, uri, field) as rank,
         uri,
         sop_instance_uid,
         field,
