@@ -7,7 +7,10 @@ shell or a scheduler would start it, except the rows marked "in process", which 
 itself after its imports. The lake is ``--objects`` small uncompressed CR images on local disk, audited
 with the packaged model and radlint's defaults (``--executor auto`` runs them in the flow's process).
 
-- cold: no ``PREFECT_API_URL``; radlint starts (and stops) its temporary Prefect server.
+- cold: no ``PREFECT_API_URL`` and ``RADLINT_PREFECT_SERVER_IDLE=0``; radlint starts (and stops)
+  a temporary Prefect server per call.
+- kept: no ``PREFECT_API_URL``, radlint's default: the first call in a ``PREFECT_HOME`` starts a
+  server that stays up while used (flows/kept_server.py); the next call finds it running.
 - warm: ``prefect server start`` runs in the background (started outside the timings, own
   ``PREFECT_HOME``) and ``PREFECT_API_URL`` points at it.
 - "new": a fresh database, every object audited; "re-run": the same database again, nothing new.
@@ -101,6 +104,20 @@ def start_prefect_server(home: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("prefect server start did not answer within 120 s")
 
 
+def stop_kept_servers(homes: list[Path]) -> None:
+    """The servers the kept rows left running (they would stop when idle; a benchmark cleans up)."""
+    import json
+    import signal
+
+    for home in homes:
+        state = home / "radlint-server.json"
+        if state.exists():
+            try:
+                os.kill(json.loads(state.read_text())["pid"], signal.SIGTERM)
+            except (ProcessLookupError, KeyError, ValueError):
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.run import free_port, write_small_lake
 
@@ -114,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         lake = work / "lake"
         write_small_lake(lake, args.objects, uid_base=7_000_000)
         files = sorted(str(p) for p in lake.rglob("*.dcm"))
-        env = quiet_env()
+        env = quiet_env(RADLINT_PREFECT_SERVER_IDLE="0")
 
         def row(name: str, make_cmd, parse=False) -> None:
             values = []
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<58} {statistics.median(values):6.2f} s", flush=True)
 
         def env_for(name: str) -> dict[str, str]:
+            if name.startswith("kept"):
+                return kept_env
             return warm_env if name.startswith("warm") else env
 
         warm_env = env
@@ -141,6 +160,21 @@ def main(argv: list[str] | None = None) -> int:
             lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"cold{i}.duckdb")])
         row("cold: radlint audit, re-run (nothing new)",
             lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "cold0.duckdb")])
+        kept_homes = [work / f"kept-home{i}" for i in range(args.repeat)]
+        first = []
+        for i, home in enumerate(kept_homes):  # each a first call: a fresh PREFECT_HOME
+            wall, _ = timed([RADLINT, "audit", str(lake), "--db", str(work / f"kept-first{i}.duckdb")],
+                            quiet_env(PREFECT_HOME=str(home), RADLINT_PREFECT_SERVER_IDLE="120"))
+            first.append(wall)
+        name = f"kept: radlint audit, {args.objects} new objects, first call (starts the server)"
+        rows.append((name, first))
+        print(f"{name:<58} {statistics.median(first):6.2f} s", flush=True)
+        kept_env = quiet_env(PREFECT_HOME=str(kept_homes[0]), RADLINT_PREFECT_SERVER_IDLE="120")
+        row(f"kept: radlint audit, {args.objects} new objects, next call",
+            lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"kept{i}.duckdb")])
+        row("kept: radlint audit, re-run (nothing new), next call",
+            lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "kept0.duckdb")])
+        stop_kept_servers(kept_homes)
         port = free_port()
         server = start_prefect_server(work / "prefect-home", port)
         try:

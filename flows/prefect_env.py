@@ -1,8 +1,11 @@
-"""Where flows report to: the configured Prefect API, or a temporary local one.
+"""Where flows report to: the configured Prefect API, or a local one radlint starts.
 
 With no PREFECT_API_URL, a flow would start its own temporary server, and under the Dask task
-runner every worker process would start one more. We start one temporary server here and export
-its URL, so the flow process and all Dask workers it spawns report to the same API.
+runner every worker process would start one more. We start one server here and export its URL, so
+the flow process and all Dask workers it spawns report to the same API. It stays up for
+RADLINT_PREFECT_SERVER_IDLE seconds (default 600) after the call's last use, so the next call in
+this PREFECT_HOME skips its ~10 s boot (flows/kept_server.py); 0 makes it a temporary server that
+stops when the call ends.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import ctypes
 import importlib
 import inspect
+import json
 import os
 import signal
 import socket
@@ -23,7 +27,16 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: a temporary server per call there
+    fcntl = None
+
+IDLE_ENV = "RADLINT_PREFECT_SERVER_IDLE"
+DEFAULT_IDLE_SECONDS = 600.0
 
 QUIET_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -49,6 +62,10 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
     existing = os.environ.get("PREFECT_API_URL")
     if existing:  # nothing to boot, so nothing to overlap the imports with
         yield existing
+        return
+    if idle_seconds() > 0 and fcntl is not None:
+        with _kept_api(timeout, warm_imports) as url:
+            yield url
         return
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 
@@ -83,6 +100,90 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
         server.stop()
 
 
+def idle_seconds() -> float:
+    """How long a server radlint started stays up after its last use (RADLINT_PREFECT_SERVER_IDLE;
+    0: a temporary server per call, stopped when the call ends)."""
+    value = os.environ.get(IDLE_ENV, "").strip()
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_IDLE_SECONDS
+    except ValueError:
+        raise ValueError(f"{IDLE_ENV} must be a number of seconds, not {value!r}") from None
+
+
+def _state_paths() -> tuple[Path, Path, Path, Path]:
+    """(state, lock, touch, log) files of the kept server, in this PREFECT_HOME."""
+    from prefect.settings import get_current_settings
+
+    home = Path(get_current_settings().home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return tuple(home / f"radlint-server.{ext}" for ext in ("json", "lock", "used", "log"))
+
+
+def _healthy(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def _touch(path: Path) -> None:
+    path.touch()
+    os.utime(path)
+
+
+@contextlib.contextmanager
+def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
+    """The API of the server this PREFECT_HOME's last radlint call left running, or a new one that
+    stays up idle_seconds() after its last use (flows/kept_server.py)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
+
+    state, lock, touch, log = _state_paths()
+    with open(lock, "a+") as held:
+        # One call at a time decides whether to start a server: two would start two.
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _touch(touch)
+        url = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            url = json.loads(state.read_text())["url"]
+        if url is None or not _healthy(url):
+            server = TemporaryServer(kept=(idle_seconds(), touch, log))
+            server.launch()
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                ready = pool.submit(server.wait_ready, timeout)
+                for name in warm_imports:
+                    importlib.import_module(name)
+                try:
+                    ready.result()
+                except _PortTaken:
+                    server.launch()
+                    server.wait_ready(timeout)
+            url = server.api_url
+            state.write_text(json.dumps({"url": url, "pid": server.process.pid}))
+        else:
+            for name in warm_imports:
+                importlib.import_module(name)
+    done = threading.Event()
+
+    def keep_alive() -> None:  # a long audit may not call the API for minutes
+        while not done.wait(30):
+            _touch(touch)
+
+    os.environ["PREFECT_API_URL"] = url
+    threading.Thread(target=keep_alive, name="radlint-server-keepalive", daemon=True).start()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+                                         PREFECT_UI_URL: ""}):
+            try:
+                yield url
+            finally:
+                _drain_workers()
+    finally:
+        done.set()
+        _touch(touch)
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 class TemporaryServer:
     """Prefect's own API app (``prefect.server.api.server:create_app``) under uvicorn in a child
     process, launched as ``prefect.server.api.server.SubprocessASGIServer`` launches it.
@@ -91,10 +192,13 @@ class TemporaryServer:
     while launching the same command directly lets the child boot during our own imports.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kept: tuple[float, Path, Path] | None = None) -> None:
+        """``kept``: (idle seconds, touch file, log file) for a server that outlives this process
+        (flows/kept_server.py); None for one that ends with it."""
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
         self.log: Any = None
+        self.kept = kept
 
     @property
     def api_url(self) -> str:
@@ -116,28 +220,38 @@ class TemporaryServer:
             # Its output goes to a file, shown only if it fails to start: stopped while it flushes
             # events (the end of every run, a Ctrl-C), it logs cancellation tracebacks that are
             # no news to the user.
-            self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [
+            self.log = tempfile.TemporaryFile() if self.kept is None else open(self.kept[2], "a+b")
+        if self.kept is None:
+            command = [
                 sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
-            ],
+            ]
+        else:
+            command = [sys.executable, "-m", "radlint.flows.kept_server", "--port", str(self.port),
+                       "--idle", str(self.kept[0]), "--touch", str(self.kept[1])]
+        self.process = subprocess.Popen(
+            command,
             env=env,
+            stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=self.log,
             # Its own session: a Ctrl-C at the terminal reaches the audit, which stops the server
             # after its last API call, instead of killing the API under a running flow.
             start_new_session=True,
-            preexec_fn=_die_with_parent(os.getpid()),
+            # A kept server outlives this process on purpose and stops itself when idle.
+            preexec_fn=_die_with_parent(os.getpid()) if self.kept is None else None,
         )
-        atexit.register(self.stop)
+        if self.kept is None:
+            atexit.register(self.stop)
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self.process.poll() if self.process else None
-            if code == 3:  # uvicorn could not bind: the port was taken meanwhile
+            # uvicorn could not bind (the port was taken meanwhile): 3 from its command line, 1 from
+            # uvicorn.Server in kept_server
+            if code == 3 or (code == 1 and self.kept is not None and "address already in use" in self.output_tail().lower()):
                 if threading.current_thread() is not threading.main_thread():
                     raise _PortTaken()
                 self.launch()

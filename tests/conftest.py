@@ -31,6 +31,9 @@ def pytest_configure(config):
     apply_quiet_defaults()
     os.environ.setdefault("RADLINT_PATIENT_SALT", "test-salt")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # A Prefect server that a test's radlint call starts ends with that call (no server left
+    # running after the session); tests/test_prefect_env.py tests the kept one explicitly.
+    os.environ.setdefault("RADLINT_PREFECT_SERVER_IDLE", "0")
 
 
 @pytest.fixture(autouse=True)

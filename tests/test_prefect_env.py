@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -45,3 +47,52 @@ def test_the_executor_choice_is_logged_without_a_time_estimate(audit_output):
     """The size-based estimate was logged as "estimated 1.5 s of work" for a 12.4 s run."""
     assert "executor auto: local (3 objects" in audit_output
     assert "s of work" not in audit_output and "estimated" not in audit_output
+
+
+def test_a_server_radlint_starts_is_reused_by_the_next_call_and_stops_when_idle(tmp_path):
+    """Two processes in one PREFECT_HOME without PREFECT_API_URL: the second finds the first's
+    server (no boot), and the server exits once idle for RADLINT_PREFECT_SERVER_IDLE seconds."""
+    home = tmp_path / "prefect_home"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), RADLINT_PREFECT_SERVER_IDLE="6")
+    code = ("import time; from radlint.flows.prefect_env import prefect_api\n"
+            "t = time.perf_counter()\n"
+            "with prefect_api() as url:\n"
+            "    from prefect.client.orchestration import get_client\n"
+            "    with get_client(sync_client=True) as c: c.hello()\n"
+            "print(url, round(time.perf_counter() - t, 2))")
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stderr[-3000:]
+        url, seconds = out.stdout.split()[-2:]
+        runs.append((url, float(seconds)))
+    assert runs[0][0] == runs[1][0], "the second call used the first call's server"
+    assert runs[1][1] < runs[0][1] / 2, runs
+    state = json.loads((home / "radlint-server.json").read_text())
+    assert state["url"] == runs[0][0]
+    pid = state["pid"]
+    os.kill(pid, 0)  # still running after both calls ended
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the kept server did not stop after being idle")
+    # A call after it stopped starts a new one.
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, RADLINT_PREFECT_SERVER_IDLE="2"),
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    new_pid = json.loads((home / "radlint-server.json").read_text())["pid"]
+    assert new_pid != pid
+    time.sleep(6)
+    try:
+        os.kill(new_pid, 0)
+        os.kill(new_pid, 9)
+        raise AssertionError("the second kept server did not stop after being idle")
+    except ProcessLookupError:
+        pass
