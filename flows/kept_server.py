@@ -41,6 +41,11 @@ async def serve(port: int, idle: float, touch: str) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
 
     async def watch() -> None:
+        # The idle clock starts once the server answers: booting (imports, a new home's database
+        # migrations) can take longer than the idle time on a busy machine.
+        while not server.started and not server.should_exit:
+            await asyncio.sleep(0.1)
+        last_request[0] = time.time()
         while not server.should_exit:
             await asyncio.sleep(min(1.0, idle / 4))
             if time.time() - last_used(touch, last_request[0]) > idle:

@@ -136,6 +136,7 @@ def _touch(path: Path) -> None:
 def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
     """The API of the server this PREFECT_HOME's last radlint call left running, or a new one that
     stays up idle_seconds() after its last use (flows/kept_server.py)."""
+    import prefect
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 
     state, lock, touch, log = _state_paths()
@@ -145,7 +146,10 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
         _touch(touch)
         url = None
         with contextlib.suppress(OSError, ValueError, KeyError):
-            url = json.loads(state.read_text())["url"]
+            found = json.loads(state.read_text())
+            # Another install's server (another Prefect version) may not speak this client's API.
+            if found["prefect_version"] == prefect.__version__:
+                url = found["url"]
         if url is None or not _healthy(url):
             server = TemporaryServer(kept=(idle_seconds(), touch, log))
             server.launch()
@@ -159,7 +163,7 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
                     server.launch()
                     server.wait_ready(timeout)
             url = server.api_url
-            state.write_text(json.dumps({"url": url, "pid": server.process.pid}))
+            state.write_text(json.dumps({"url": url, "pid": server.process.pid, "prefect_version": prefect.__version__}))
         else:
             for name in warm_imports:
                 importlib.import_module(name)
