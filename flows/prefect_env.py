@@ -152,7 +152,13 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
                 url = found["url"]
         if url is None or not _healthy(url):
             server = TemporaryServer(kept=(idle_seconds(), touch, log))
+
+            def record() -> None:  # at once: a call interrupted while it boots still leaves it findable
+                state.write_text(json.dumps({"url": server.api_url, "pid": server.process.pid,
+                                             "prefect_version": prefect.__version__}))
+
             server.launch()
+            record()
             with ThreadPoolExecutor(max_workers=1) as pool:
                 ready = pool.submit(server.wait_ready, timeout)
                 for name in warm_imports:
@@ -161,9 +167,9 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
                     ready.result()
                 except _PortTaken:
                     server.launch()
+                    record()
                     server.wait_ready(timeout)
             url = server.api_url
-            state.write_text(json.dumps({"url": url, "pid": server.process.pid, "prefect_version": prefect.__version__}))
         else:
             for name in warm_imports:
                 importlib.import_module(name)
