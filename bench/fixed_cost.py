@@ -19,7 +19,9 @@ with the packaged model and radlint's defaults (``--executor auto`` runs them in
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,9 +108,6 @@ def start_prefect_server(home: Path, port: int) -> subprocess.Popen:
 
 def stop_kept_servers(homes: list[Path]) -> None:
     """The servers the kept rows left running (they would stop when idle; a benchmark cleans up)."""
-    import json
-    import signal
-
     for home in homes:
         state = home / "radlint-server.json"
         if state.exists():

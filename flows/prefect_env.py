@@ -53,7 +53,8 @@ def apply_quiet_defaults() -> None:
 
 @contextlib.contextmanager
 def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterator[str]:
-    """Yield the API URL in use, starting a temporary local server when none is configured.
+    """Yield the API URL in use; when none is configured, that of a local server radlint keeps
+    running between calls (_kept_api), or of a temporary one for this call (idle_seconds() 0).
 
     ``warm_imports``: modules to import while the server boots (it takes ~10 s to import and
     start on a small machine; the flow's own imports take several more, and the two overlap).
@@ -67,37 +68,54 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
         with _kept_api(timeout, warm_imports) as url:
             yield url
         return
+    server = TemporaryServer()
+    try:
+        _boot_while_importing(server, timeout, warm_imports)
+        with _reporting_to(server.api_url):
+            yield server.api_url
+    finally:
+        server.stop()
+
+
+def _boot_while_importing(server: TemporaryServer, timeout: float, warm_imports: tuple[str, ...],
+                          launched=lambda: None) -> None:
+    """Launch ``server`` and import ``warm_imports`` while it boots and answers its first API
+    request; ``launched`` is called after each launch."""
+    server.launch()
+    launched()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ready = pool.submit(server.wait_ready, timeout)
+        for name in warm_imports:
+            importlib.import_module(name)
+        try:
+            ready.result()
+        except _PortTaken:
+            # Relaunched here, never in the pool's thread: a temporary server's parent-death
+            # signal fires when the thread that started it ends.
+            server.launch()
+            launched()
+            server.wait_ready(timeout)
+
+
+@contextlib.contextmanager
+def _reporting_to(url: str) -> Iterator[str]:
+    """This process, and the Dask workers it starts (through the environment), report to ``url``."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 
-    server = TemporaryServer()
-    server.launch()
+    os.environ["PREFECT_API_URL"] = url
     try:
-        # The server boots and answers its first API request while this process imports.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            ready = pool.submit(server.wait_ready, timeout)
-            for name in warm_imports:
-                importlib.import_module(name)
-            try:
-                ready.result()
-            except _PortTaken:
-                # Relaunched here, never in the pool's thread: the server's parent-death signal
-                # fires when the thread that started it ends.
-                server.launch()
-                server.wait_ready(timeout)
-        os.environ["PREFECT_API_URL"] = server.api_url
-        # Heartbeats let a server mark crashed flow runs; this server ends with the process, so none
-        # would be read, and joining each flow run's heartbeat thread costs up to 1 s per run.
+        # Heartbeats let a server mark crashed flow runs; radlint's servers are not watched for them,
+        # and joining each flow run's heartbeat thread costs up to 1 s per run.
         # No UI URL: Prefect would log "View at http://127.0.0.1:PORT/runs/..." for every flow run,
-        # a link to a server (without a UI) that is gone when the audit ends.
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+        # a link to a server without a UI (and, for a temporary one, gone when the audit ends).
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
                                          PREFECT_UI_URL: ""}):
             try:
-                yield server.api_url
+                yield url
             finally:
                 _drain_workers()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
 
 
 def idle_seconds() -> float:
@@ -127,23 +145,17 @@ def _healthy(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _touch(path: Path) -> None:
-    path.touch()
-    os.utime(path)
-
-
 @contextlib.contextmanager
 def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
     """The API of the server this PREFECT_HOME's last radlint call left running, or a new one that
     stays up idle_seconds() after its last use (flows/kept_server.py)."""
     import prefect
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 
     state, lock, touch, log = _state_paths()
     with open(lock, "a+") as held:
         # One call at a time decides whether to start a server: two would start two.
         fcntl.flock(held, fcntl.LOCK_EX)
-        _touch(touch)
+        touch.touch()
         url = None
         with contextlib.suppress(OSError, ValueError, KeyError):
             found = json.loads(state.read_text())
@@ -157,18 +169,7 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
                 state.write_text(json.dumps({"url": server.api_url, "pid": server.process.pid,
                                              "prefect_version": prefect.__version__}))
 
-            server.launch()
-            record()
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                ready = pool.submit(server.wait_ready, timeout)
-                for name in warm_imports:
-                    importlib.import_module(name)
-                try:
-                    ready.result()
-                except _PortTaken:
-                    server.launch()
-                    record()
-                    server.wait_ready(timeout)
+            _boot_while_importing(server, timeout, warm_imports, launched=record)
             url = server.api_url
         else:
             for name in warm_imports:
@@ -177,21 +178,15 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
 
     def keep_alive() -> None:  # a long audit may not call the API for minutes
         while not done.wait(30):
-            _touch(touch)
+            touch.touch()
 
-    os.environ["PREFECT_API_URL"] = url
     threading.Thread(target=keep_alive, name="radlint-server-keepalive", daemon=True).start()
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
-                                         PREFECT_UI_URL: ""}):
-            try:
-                yield url
-            finally:
-                _drain_workers()
+        with _reporting_to(url):
+            yield url
     finally:
         done.set()
-        _touch(touch)
-        os.environ.pop("PREFECT_API_URL", None)
+        touch.touch()
 
 
 class TemporaryServer:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 from threadpoolctl import threadpool_limits
 
 from radlint.tasks import parts, preprocess
@@ -301,7 +301,7 @@ def _vectors(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
     zeros and not ``has``. Through Arrow: a Python list per float costs seconds per 10k images."""
     column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     n = len(column)
-    lengths = np.asarray(pa.compute.fill_null(pa.compute.list_value_length(column), 0))
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(column), 0))
     has = lengths == dim
     emb = np.zeros((n, dim), np.float32)
     if has.any():
@@ -424,11 +424,11 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
             complete = sorted(position[u] for u, t in by_uri.items() if all(x in t for x in TURNS))
             sampled = np.asarray(complete, dtype=int)
             uri_of = [keys[i][0] for i in with_emb]
-            turned = {t: t_vec[[by_uri[uri_of[j]][t] for j in sampled]].reshape(len(sampled), dim) for t in TURNS}
-            stored_labels = [_single(data["orientation_label"][i], classes) or "upright" for i in with_emb]
             a, b = entry.embedding.columns("orientation")
+            turned = {t: t_vec[[by_uri[uri_of[j]][t] for j in sampled], a:b] for t in TURNS}
+            stored_labels = [_single(data["orientation_label"][i], classes) or "upright" for i in with_emb]
             result = orientation_probe(emb[with_emb, a:b], stored_labels, [groups[i] for i in with_emb], sampled,
-                                       {t: v[:, a:b] for t, v in turned.items()})
+                                       turned)
             emit("orientation", classes, with_emb, result)
 
     con.execute("insert or replace into meta values ('lake_fit_fingerprint', ?)", [fingerprint])

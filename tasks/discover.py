@@ -179,21 +179,22 @@ def _excluded(root: str, exclude: Iterable[str]):
             targets.add(p)
             if real_root != root and (p == real_root or p.startswith(real_root + os.sep)):
                 targets.add(root + p[len(real_root):])
-    targets = {t for t in targets if t == root or t.startswith(root.rstrip(os.sep) + os.sep)}
-    if not targets:
-        return None
-    prefixes = tuple(t.rstrip(os.sep) + os.sep for t in targets)
-    return lambda path: path in targets or path.startswith(prefixes)
+    return _under_any({t for t in targets if t == root or t.startswith(root.rstrip(os.sep) + os.sep)}, os.sep)
 
 
 def _excluded_urls(fs, exclude: Iterable[str]):
     """Like :func:`_excluded` for an object store: the ``exclude`` URLs of ``fs``'s protocol."""
     protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    targets = {fs._strip_protocol(u).rstrip("/") for u in exclude
-               if "://" in str(u) and str(u).partition("://")[0] in protocols}
+    return _under_any({fs._strip_protocol(u) for u in exclude
+                       if "://" in str(u) and str(u).partition("://")[0] in protocols}, "/")
+
+
+def _under_any(targets: set[str], sep: str):
+    """A test of a listed path: is it one of ``targets`` or under one; None when there are none."""
+    targets = {t.rstrip(sep) for t in targets}
     if not targets:
         return None
-    prefixes = tuple(t + "/" for t in targets)
+    prefixes = tuple(t + sep for t in targets)
     return lambda path: path in targets or path.startswith(prefixes)
 
 

