@@ -13,7 +13,9 @@ out-of-fold, an image whose label disagrees with what its look-alikes are labell
 - body_part, projection: standardised features (plus the generic model's log-probabilities), their
   first PROBE_COMPONENTS principal components, a multinomial logistic regression, fitted on the
   current labels (labels file, else header), K folds grouped by patient (patient_key, else study,
-  else the object) so no patient is in both halves of a fold.
+  else the object) so no patient is in both halves of a fold. Body part, which a quarter turn does
+  not change, also learns from the orientation sample's turned views of each image, and an image
+  with turned views gets the mean of its four views' probabilities.
 - orientation: headers rarely say anything, so the probe is self-supervised: a sample of the
   lake's images, run turned by each quarter turn during the audit (table orientation_samples),
   teaches it what each turn looks like here; the stored images are then scored. The probe is a
@@ -63,8 +65,12 @@ ORIENTATION_NEIGHBORS = 15
 ORIENTATION_SAMPLE_TARGET = 2000
 ORIENTATION_SAMPLE_MIN_RATE = 1 / 64
 
+# Tasks a quarter turn does not change: their probes also learn from, and average over, the
+# orientation sample's turned views of an image.
+ROTATION_INVARIANT = ("body_part",)
+
 # Bumped when the probes or their rules change, so the next run refits an unchanged lake.
-FIT_VERSION = 4
+FIT_VERSION = 5
 
 GENERIC = "generic"
 LAKE_OOF = "lake_oof"
@@ -120,15 +126,45 @@ def _fit_predict(x_fit, y_fit, x_pred, kind: str = "linear"):
         return model.predict_proba(x_pred), list(model.classes_)
 
 
+def _with_views(features: np.ndarray, views: dict[int, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows' features followed by their extra views; and for each stacked row, its row's position
+    in ``rows``."""
+    extra = [r for r in rows if r in views]
+    if not extra:
+        return features[rows], np.arange(len(rows))
+    where = {r: j for j, r in enumerate(rows)}
+    stacked = np.concatenate([features[rows], *(views[r] for r in extra)])
+    owner = np.concatenate([np.arange(len(rows)), *(np.full(len(views[r]), where[r]) for r in extra)])
+    return stacked, owner
+
+
+def _fit_predict_views(features, y, views, fit_rows, pred_rows):
+    """_fit_predict over every view of ``fit_rows`` (each with its row's label); per
+    ``pred_rows`` row, the mean probabilities over its views."""
+    x_fit, fit_owner = _with_views(features, views, fit_rows)
+    x_pred, pred_owner = _with_views(features, views, pred_rows)
+    p, fitted = _fit_predict(x_fit, y[fit_rows][fit_owner], x_pred)
+    if len(x_pred) == len(pred_rows):
+        return p, fitted
+    total = np.zeros((len(pred_rows), p.shape[1]), np.float64)
+    np.add.at(total, pred_owner, p)
+    return (total / np.bincount(pred_owner, minlength=len(pred_rows))[:, None]).astype(p.dtype), fitted
+
+
 def cross_fitted_probe(
     features: np.ndarray, labels: list[str | None], groups: list[str], classes: tuple[str, ...],
-    *, n_folds: int = N_FOLDS, min_images: int = MIN_IMAGES, min_class: int = MIN_CLASS_IMAGES,
+    *, views: dict[int, np.ndarray] | None = None, n_folds: int = N_FOLDS, min_images: int = MIN_IMAGES,
+    min_class: int = MIN_CLASS_IMAGES,
 ) -> ProbeResult:
     """Out-of-fold probabilities for labelled rows, full-fit ones for the others.
 
     ``labels[i]`` is a class of ``classes``, or None (unlabelled or ambiguous: scored, not fitted).
     Folds are grouped by ``groups`` (patients), stratified by label.
+    ``views[i]`` [k, D]: more views of row i's image (its turned views, for a task a turn does not
+    change). They are fitted with the row's label and its probabilities are the mean over all its
+    views, always within the row's own fold.
     """
+    views = views or {}
     n = len(labels)
     probs = np.full((n, len(classes)), np.nan, dtype=np.float32)
     method = [GENERIC] * n
@@ -165,7 +201,7 @@ def cross_fitted_probe(
             fit_rows, held_rows = idx[fit_i], idx[held_i]
             if len(set(y[fit_rows])) < 2:
                 continue
-            p, fitted = _fit_predict(features[fit_rows], y[fit_rows], features[held_rows])
+            p, fitted = _fit_predict_views(features, y, views, fit_rows, held_rows)
             place(held_rows, p, fitted)
             for r in held_rows:
                 method[r] = LAKE_OOF
@@ -174,7 +210,7 @@ def cross_fitted_probe(
     )
     rest_rows = np.flatnonzero(rest)
     if len(rest_rows):
-        p, fitted = _fit_predict(features[idx], y[idx], features[rest_rows])
+        p, fitted = _fit_predict_views(features, y, views, idx, rest_rows)
         place(rest_rows, p, fitted)
         for r in rest_rows:
             method[r] = LAKE_FIT
@@ -331,6 +367,24 @@ def _generic_logprobs(con, uris_etags, model_sha256: str, task: str, classes) ->
     return np.log(np.clip(out, 1e-6, 1.0))
 
 
+def _turned_views(con, model_sha256: str, dim: int, row_of: dict[str, int]) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """The orientation sample's turned embeddings of current images: ([M, dim] vectors, image row ->
+    its rows of the vectors in TURNS order), for the images that have every turn."""
+    table = _arrow(
+        con,
+        """select s.uri, s.turn, s.vector from orientation_samples as s
+           join images as i on i.uri = s.uri and i.etag = s.etag
+           where s.model_sha256 = ?""",
+        [model_sha256],
+    )
+    has, vectors = _vectors(table.column("vector"), dim)
+    by_row: dict[int, dict[str, int]] = {}
+    for r, (uri, turn) in enumerate(zip(table.column("uri").to_pylist(), table.column("turn").to_pylist())):
+        if uri in row_of and has[r]:
+            by_row.setdefault(row_of[uri], {})[turn] = r
+    return vectors, {i: [t[x] for x in TURNS] for i, t in by_row.items() if all(x in t for x in TURNS)}
+
+
 def _fingerprint(con, model_sha256: str) -> str:
     """What the probes depend on: the images and their versions, labels, embeddings and samples."""
     parts = con.execute(
@@ -362,6 +416,7 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
     data = {k: table.column(k).to_pylist() for k in table.column_names if k != "vector"}
     keys = list(zip(data["uri"], data["etag"]))
     groups = data["grp"]
+    t_vec, turned_of = _turned_views(con, entry.sha256, dim, {u: i for i, (u, _) in enumerate(keys)})
     out: list[dict] = []
     now = parts.utcnow()
     counts: dict[str, dict[str, int]] = {}
@@ -397,7 +452,12 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
         feats = np.concatenate([emb[with_emb, a:b], _generic_logprobs(con, [keys[i] for i in with_emb], entry.sha256,
                                                                  task, classes)], axis=1)
         labels = [_single(data[f"{task}_label"][i], classes) for i in with_emb]
-        result = cross_fitted_probe(feats, labels, [groups[i] for i in with_emb], classes)
+        views = {}
+        if task in ROTATION_INVARIANT:
+            views = {j: np.concatenate([t_vec[turned_of[i], a:b], np.repeat(feats[j:j + 1, b - a:], len(TURNS), 0)],
+                                       axis=1)
+                     for j, i in enumerate(with_emb) if i in turned_of}
+        result = cross_fitted_probe(feats, labels, [groups[i] for i in with_emb], classes, views=views)
         emit(task, classes, with_emb, result)
 
     if "orientation" in entry.tasks:
@@ -407,25 +467,10 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
         emit("orientation", classes, without, ProbeResult(np.zeros((len(without), 4)), [GENERIC] * len(without),
                                                           ["no_embedding"] * len(without)))
         if len(with_emb):
-            turned_rows = _arrow(
-                con,
-                """select s.uri, s.turn, s.vector from orientation_samples as s
-                   join images as i on i.uri = s.uri and i.etag = s.etag
-                   where s.model_sha256 = ?""",
-                [entry.sha256],
-            )
-            t_has, t_vec = _vectors(turned_rows.column("vector"), dim)
-            position = {keys[i][0]: j for j, i in enumerate(with_emb)}
-            by_uri: dict[str, dict[str, int]] = {}
-            for r, (uri, turn) in enumerate(zip(turned_rows.column("uri").to_pylist(),
-                                                turned_rows.column("turn").to_pylist())):
-                if uri in position and t_has[r]:
-                    by_uri.setdefault(uri, {})[turn] = r
-            complete = sorted(position[u] for u, t in by_uri.items() if all(x in t for x in TURNS))
-            sampled = np.asarray(complete, dtype=int)
-            uri_of = [keys[i][0] for i in with_emb]
+            position = {i: j for j, i in enumerate(with_emb)}
+            sampled = np.asarray(sorted(position[i] for i in turned_of if i in position), dtype=int)
             a, b = entry.embedding.columns("orientation")
-            turned = {t: t_vec[[by_uri[uri_of[j]][t] for j in sampled], a:b] for t in TURNS}
+            turned = {t: t_vec[[turned_of[with_emb[j]][k] for j in sampled], a:b] for k, t in enumerate(TURNS)}
             stored_labels = [_single(data["orientation_label"][i], classes) or "upright" for i in with_emb]
             result = orientation_probe(emb[with_emb, a:b], stored_labels, [groups[i] for i in with_emb], sampled,
                                        turned)

@@ -62,6 +62,40 @@ def test_folds_never_split_a_patient(monkeypatch):
         assert not fit_groups & pred_groups
 
 
+def test_turned_views_are_fitted_and_averaged_within_the_rows_fold(monkeypatch):
+    classes = ("head", "chest", "lower_limb")
+    x, truth = clusters(60, classes, spread=2.5, seed=3)  # one view alone is a poor witness
+    rng = np.random.default_rng(4)
+    views = {i: x[i] + rng.normal(scale=2.5, size=(3, x.shape[1])).astype(np.float32) for i in range(len(x))}
+    labels = list(truth)
+    flipped = rng.choice(len(labels), size=18, replace=False)
+    for i in flipped:
+        labels[i] = next(c for c in classes if c != truth[i])
+    groups = [f"p{i // 2}" for i in range(len(labels))]
+    group_of = {v.tobytes(): groups[i] for i in range(len(x)) for v in (x[i], *views[i])}
+    seen = []
+    real = adapt._fit_predict
+
+    def spy(x_fit, y_fit, x_pred):
+        seen.append((x_fit, x_pred))
+        return real(x_fit, y_fit, x_pred)
+
+    monkeypatch.setattr(adapt, "_fit_predict", spy)
+    with_views = adapt.cross_fitted_probe(x, labels, groups, classes, views=views)
+    for x_fit, x_pred in seen:
+        assert len(x_fit) % 4 == 0 and len(x_pred) % 4 == 0  # every view of every row
+        assert not {group_of[v.tobytes()] for v in x_fit} & {group_of[v.tobytes()] for v in x_pred}
+    alone = adapt.cross_fitted_probe(x, labels, groups, classes)
+
+    def errors(r):  # flipped labels missed + right labels flagged, at p(label) < 0.5
+        p_label = np.array([r.probs[i, classes.index(lab)] for i, lab in enumerate(labels)])
+        flagged = set(np.flatnonzero(p_label < 0.5))
+        return len(set(flipped) - flagged) + len(flagged - set(flipped))
+
+    assert np.allclose(with_views.probs.sum(axis=1), 1.0, atol=1e-5)
+    assert errors(with_views) < errors(alone)
+
+
 def test_fallbacks_small_lake_one_class_rare_class():
     x, labels = clusters(3, ("head", "chest"))
     r = adapt.cross_fitted_probe(x[:5], labels[:5], [str(i) for i in range(5)], BODY_PART)
