@@ -17,6 +17,13 @@ to the model's own pooled features in the ``embedding`` output ([N, own + 1280])
 ``embedding.probe_features`` says which columns each probe reads. The model's class
 outputs are checked bit-identical before and after; the embedding is checked against PyTorch.
 The file is rewritten in place and the registry entry gets the new sha256 and embedding size.
+
+The embedder alone (model input -> its [N, 1280] features) is also written beside the model as
+``<model>.turned.onnx`` and named by the registry's ``embedding.turned``: the audit runs it on the
+orientation sample's turned views, which need no class outputs (ONNX Runtime runs a whole graph
+whatever outputs are asked for, so the grafted file would run the classifier for them too). Its
+features are checked identical to the grafted model's. Run on a model that is already grafted, the
+tool only (re)writes that file.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ EMBED_TOLERANCE = 2e-2
 HALF_MIN_SIZE = 1024  # float32 initializers at least this large are stored as float16
 OWN = "pooled_features"  # the model's own pooled features, when they were the embedding
 DEFAULT_EMBED_SIZE = 224
+TURNED_SUFFIX = ".turned.onnx"
 
 
 def imagenet_embedder(embed_size: int):
@@ -167,6 +175,55 @@ def build(onnx_path: Path, input_name: str, input_size: int, embed_size: int) ->
     return own_width, width
 
 
+def is_grafted(model) -> bool:
+    return any(node.name.startswith(PREFIX) for node in model.graph.node)
+
+
+def turned_model(model, input_name: str):
+    """The embedder's part of a grafted ``model`` (onnx ModelProto) alone: ``input_name`` -> its
+    [N, width] features, output named ``embedding``."""
+    from onnx import shape_inference, utils
+
+    produced = {name for node in model.graph.node for name in node.output}
+    source = PREFIX + OUTPUT if PREFIX + OUTPUT in produced else OUTPUT
+    sub = utils.Extractor(shape_inference.infer_shapes(model)).extract_model([input_name], [source])
+    for node in sub.graph.node:
+        node.output[:] = [OUTPUT if n == source else n for n in node.output]
+    for out in sub.graph.output:
+        if out.name == source:
+            out.name = OUTPUT
+    return sub
+
+
+def write_turned(onnx_path: Path, input_name: str, input_size: int) -> tuple[int, int]:
+    """Write ``<model>.turned.onnx`` from the grafted ``onnx_path``; returns (own width, embedder
+    width). Its output is checked identical to the grafted model's embedder columns."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    if not is_grafted(model):
+        raise SystemExit(f"{onnx_path.name} has no grafted embedder")
+    sub = turned_model(model, input_name)
+    onnx.checker.check_model(sub)
+    path = turned_path(onnx_path)
+    onnx.save(sub, str(path))
+    probe = np.random.default_rng(1).uniform(-1, 1, (4, 1, input_size, input_size)).astype(np.float32)
+    whole = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
+        [OUTPUT], {input_name: probe})[0]
+    alone = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT], {input_name: probe})[0]
+    own_width = whole.shape[1] - alone.shape[1]
+    if not np.array_equal(whole[:, own_width:], alone):
+        path.unlink()
+        raise SystemExit(f"{path.name} differs from the grafted model's embedder columns")
+    print(f"{path.name}: the embedder alone, identical to the grafted model's columns [{own_width}, {whole.shape[1]})")
+    return own_width, alone.shape[1]
+
+
+def turned_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + TURNED_SUFFIX)
+
+
 def probe_features(own_width: int, width: int) -> dict[str, tuple[int, int]]:
     """Columns of the embedding each lake probe reads. Body part and orientation: the ImageNet
     features; projection (PA vs AP, a distinction ImageNet has no reason to keep): the model's own,
@@ -175,9 +232,9 @@ def probe_features(own_width: int, width: int) -> dict[str, tuple[int, int]]:
     return {"body_part": general, "projection": (0, own_width) if own_width else general, "orientation": general}
 
 
-def register(registry: Path, name: str, own_width: int, width: int) -> None:
-    """New sha256, embedding size and probe features in ``name``'s entry (text edit: comments and
-    layout stay)."""
+def register(registry: Path, name: str, own_width: int, width: int, turned_file: str | None = None) -> None:
+    """New sha256, embedding size, probe features and turned file (``turned_file``, relative to the
+    registry) in ``name``'s entry (text edit: comments and layout stay)."""
     text = registry.read_text()
     data = yaml.safe_load(text)
     entry = next(m for m in data["models"] if m["name"] == name)
@@ -197,6 +254,10 @@ def register(registry: Path, name: str, own_width: int, width: int) -> None:
     spans = "".join(f"{indent}    {task}: [{a}, {b}]\n" for task, (a, b) in probe_features(own_width, width).items())
     block = (f"sha256: {new}\n{indent}embedding:\n{indent}  output: {OUTPUT}\n{indent}  size: {own_width + width}\n"
              f"{indent}  probe_features:\n{spans}")
+    if turned_file:
+        block += (f"{indent}  turned:\n{indent}    file: {turned_file}\n"
+                  f"{indent}    sha256: {sha256_file(registry.parent / turned_file)}\n"
+                  f"{indent}    output: {OUTPUT}\n{indent}    columns: [{own_width}, {own_width + width}]\n")
     registry.write_text(head + block + rest)
 
 
@@ -212,8 +273,13 @@ def main(argv=None) -> int:
     if entry is None:
         raise SystemExit(f"no model {args.name!r} in {args.registry}")
     path = args.registry.parent / entry["file"]
-    own_width, width = build(path, entry["input"]["name"], int(entry["input"]["size"]), args.embed_size)
-    register(args.registry, args.name, own_width, width)
+    input_name, input_size = entry["input"]["name"], int(entry["input"]["size"])
+    import onnx
+
+    if not is_grafted(onnx.load(str(path))):
+        build(path, input_name, input_size, args.embed_size)
+    own_width, width = write_turned(path, input_name, input_size)
+    register(args.registry, args.name, own_width, width, turned_path(Path(entry["file"])).as_posix())
     print(f"{args.name}: {OUTPUT!r} is now [own {own_width} | ImageNet EfficientNet-Lite0 at {args.embed_size} px "
           f"{width}]; registry updated")
     return 0

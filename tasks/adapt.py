@@ -367,17 +367,22 @@ def _generic_logprobs(con, uris_etags, model_sha256: str, task: str, classes) ->
     return np.log(np.clip(out, 1e-6, 1.0))
 
 
-def _turned_views(con, model_sha256: str, dim: int, row_of: dict[str, int]) -> tuple[np.ndarray, dict[int, list[int]]]:
-    """The orientation sample's turned embeddings of current images: ([M, dim] vectors, image row ->
-    its rows of the vectors in TURNS order), for the images that have every turn."""
+def _turned_views(con, entry, row_of: dict[str, int]) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """The orientation sample's turned embeddings of current images: (vectors [M, turned columns],
+    image row -> its rows of the vectors in TURNS order), for the images that have every turn."""
     table = _arrow(
         con,
         """select s.uri, s.turn, s.vector from orientation_samples as s
            join images as i on i.uri = s.uri and i.etag = s.etag
            where s.model_sha256 = ?""",
-        [model_sha256],
+        [entry.sha256],
     )
-    has, vectors = _vectors(table.column("vector"), dim)
+    a, b = entry.embedding.turned_columns()
+    has, vectors = _vectors(table.column("vector"), b - a)
+    if b - a != entry.embedding.size:  # rows written before the registry named a turned file: whole vectors
+        whole, full = _vectors(table.column("vector"), entry.embedding.size)
+        vectors[whole] = full[whole, a:b]
+        has |= whole
     by_row: dict[int, dict[str, int]] = {}
     for r, (uri, turn) in enumerate(zip(table.column("uri").to_pylist(), table.column("turn").to_pylist())):
         if uri in row_of and has[r]:
@@ -416,7 +421,8 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
     data = {k: table.column(k).to_pylist() for k in table.column_names if k != "vector"}
     keys = list(zip(data["uri"], data["etag"]))
     groups = data["grp"]
-    t_vec, turned_of = _turned_views(con, entry.sha256, dim, {u: i for i, (u, _) in enumerate(keys)})
+    t_vec, turned_of = _turned_views(con, entry, {u: i for i, (u, _) in enumerate(keys)})
+    ta, tb = entry.embedding.turned_columns()
     out: list[dict] = []
     now = parts.utcnow()
     counts: dict[str, dict[str, int]] = {}
@@ -453,8 +459,9 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
                                                                  task, classes)], axis=1)
         labels = [_single(data[f"{task}_label"][i], classes) for i in with_emb]
         views = {}
-        if task in ROTATION_INVARIANT:
-            views = {j: np.concatenate([t_vec[turned_of[i], a:b], np.repeat(feats[j:j + 1, b - a:], len(TURNS), 0)],
+        if task in ROTATION_INVARIANT and ta <= a < b <= tb:
+            views = {j: np.concatenate([t_vec[turned_of[i], a - ta:b - ta],
+                                        np.repeat(feats[j:j + 1, b - a:], len(TURNS), 0)],
                                        axis=1)
                      for j, i in enumerate(with_emb) if i in turned_of}
         result = cross_fitted_probe(feats, labels, [groups[i] for i in with_emb], classes, views=views)
@@ -470,7 +477,8 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
             position = {i: j for j, i in enumerate(with_emb)}
             sampled = np.asarray(sorted(position[i] for i in turned_of if i in position), dtype=int)
             a, b = entry.embedding.columns("orientation")
-            turned = {t: t_vec[[turned_of[with_emb[j]][k] for j in sampled], a:b] for k, t in enumerate(TURNS)}
+            turned = {t: t_vec[[turned_of[with_emb[j]][k] for j in sampled], a - ta:b - ta]
+                      for k, t in enumerate(TURNS)}
             stored_labels = [_single(data["orientation_label"][i], classes) or "upright" for i in with_emb]
             result = orientation_probe(emb[with_emb, a:b], stored_labels, [groups[i] for i in with_emb], sampled,
                                        turned)

@@ -52,6 +52,18 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class TurnedSpec:
+    """A second ONNX file that computes some columns of the embedding alone, from the same input:
+    run on the orientation sample's turned views, which need no class outputs (ONNX Runtime runs a
+    whole graph whatever outputs are asked for)."""
+
+    path: Path
+    sha256: str
+    output: str
+    columns: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class EmbeddingSpec:
     """The ONNX output carrying the pooled features the lake-adaptation probes read."""
 
@@ -59,9 +71,14 @@ class EmbeddingSpec:
     size: int
     # columns [start, stop) of the vector each lake probe reads; a task not named reads them all
     probe_features: dict[str, tuple[int, int]] = field(default_factory=dict)
+    turned: TurnedSpec | None = None
 
     def columns(self, task: str) -> tuple[int, int]:
         return self.probe_features.get(task, (0, self.size))
+
+    def turned_columns(self) -> tuple[int, int]:
+        """The columns of the embedding computed for a turned view (table orientation_samples)."""
+        return self.turned.columns if self.turned is not None else (0, self.size)
 
 
 @dataclass(frozen=True)
@@ -141,16 +158,30 @@ def _check_preprocessing(name: str, m: dict) -> None:
                                 "(tasks/preprocess.py); retrain or re-export the model for radlint's preprocessing")
 
 
-def _embedding_spec(name: str, spec: dict) -> EmbeddingSpec:
+def _embedding_spec(name: str, spec: dict, folder: Path) -> EmbeddingSpec:
     size = int(spec["size"])
-    spans = {}
-    for task, span in (spec.get("probe_features") or {}).items():
+
+    def span_of(key: str, span) -> tuple[int, int]:
         a, b = (int(v) for v in span)
         if not 0 <= a < b <= size:
-            raise RegistryError(f"model {name}: embedding.probe_features.{task} {span} is not a column range "
-                                f"of the {size}-wide embedding")
-        spans[task] = (a, b)
-    return EmbeddingSpec(str(spec["output"]), size, spans)
+            raise RegistryError(f"model {name}: embedding.{key} {span} is not a column range of the {size}-wide "
+                                "embedding")
+        return a, b
+
+    spans = {task: span_of(f"probe_features.{task}", span) for task, span in (spec.get("probe_features") or {}).items()}
+    turned = None
+    if spec.get("turned"):
+        t = spec["turned"]
+        turned = TurnedSpec((folder / t["file"]).resolve(), str(t["sha256"]), str(t.get("output", "embedding")),
+                            span_of("turned.columns", t["columns"]))
+    result = EmbeddingSpec(str(spec["output"]), size, spans, turned)
+    # the orientation probe learns from turned views only: its columns must be among theirs
+    a, b = result.columns("orientation")
+    ta, tb = result.turned_columns()
+    if not ta <= a < b <= tb:
+        raise RegistryError(f"model {name}: embedding.probe_features.orientation [{a}, {b}] is outside the columns "
+                            f"the turned views get, [{ta}, {tb}] (embedding.turned.columns)")
+    return result
 
 
 def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
@@ -181,7 +212,7 @@ def load_registry(path: Path | str = REGISTRY_PATH) -> list[ModelEntry]:
                 input_size=int(m["input"]["size"]),
                 preprocessing=dict(m.get("preprocessing") or {}),
                 tasks=tasks,
-                embedding=_embedding_spec(m["name"], m["embedding"]) if m.get("embedding") else None,
+                embedding=_embedding_spec(m["name"], m["embedding"], path.parent) if m.get("embedding") else None,
             )
         )
     return entries
@@ -195,15 +226,19 @@ def default_model(path: Path | str = REGISTRY_PATH) -> ModelEntry:
     return entries[0]
 
 
+def _verify_file(path: Path, sha256: str) -> None:
+    if not path.exists():
+        raise RegistryError(f"model file missing: {path}")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise RegistryError(f"sha256 mismatch for {path.name}: registry {sha256}, file {actual}")
+
+
 def verify(entry: ModelEntry) -> None:
-    """Raise RegistryError unless the file exists and its sha256 matches the registry."""
-    if not entry.path.exists():
-        raise RegistryError(f"model file missing: {entry.path}")
-    actual = sha256_file(entry.path)
-    if actual != entry.sha256:
-        raise RegistryError(
-            f"sha256 mismatch for {entry.path.name}: registry {entry.sha256}, file {actual}"
-        )
+    """Raise RegistryError unless the model's files exist and their sha256s match the registry."""
+    _verify_file(entry.path, entry.sha256)
+    if entry.embedding is not None and entry.embedding.turned is not None:
+        _verify_file(entry.embedding.turned.path, entry.embedding.turned.sha256)
 
 
 def providers_for(device: str = "auto") -> list[str]:
@@ -243,30 +278,27 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls failed: %r", exc)
 
 
-def _check_outputs(entry: ModelEntry, sess) -> None:
+def _check_outputs(path: Path, sess, wanted: dict[str, int]) -> None:
     """The registry's output names and widths are the graph's: a mismatch is a registry error,
     never a silently wrong column."""
     outputs = {o.name: o.shape for o in sess.get_outputs()}
-    wanted = {t.output: len(t.classes) for t in entry.tasks.values()}
-    if entry.embedding is not None:
-        wanted[entry.embedding.output] = entry.embedding.size
     for name, width in wanted.items():
         if name not in outputs:
-            raise RegistryError(f"{entry.path.name} has no output {name!r} (outputs: {sorted(outputs)})")
+            raise RegistryError(f"{path.name} has no output {name!r} (outputs: {sorted(outputs)})")
         last = outputs[name][-1] if outputs[name] else None
         if isinstance(last, int) and last != width:
-            raise RegistryError(f"{entry.path.name}: output {name!r} is {last} wide, the registry says {width}")
+            raise RegistryError(f"{path.name}: output {name!r} is {last} wide, the registry says {width}")
 
 
-def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
-    """One InferenceSession per (model, device) per process, verified once."""
+def _session(path: Path, sha256: str, wanted: dict[str, int], device: str, threads: int):
+    """One InferenceSession per (file, device, threads) per process, verified once."""
     import onnxruntime as ort
 
-    key = (str(entry.path), device, threads)
+    key = (str(path), device, threads)
     with _LOCK:
         sess = _SESSIONS.get(key)
         if sess is None:
-            verify(entry)
+            _verify_file(path, sha256)
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
@@ -274,10 +306,18 @@ def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
             providers = providers_for(device)
             if "CUDAExecutionProvider" in providers:
                 _preload_cuda_libraries()
-            sess = ort.InferenceSession(os.fspath(entry.path), sess_options=opts, providers=providers)
-            _check_outputs(entry, sess)
+            sess = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
+            _check_outputs(path, sess, wanted)
             _SESSIONS[key] = sess
     return sess
+
+
+def session_for(entry: ModelEntry, device: str = "auto", threads: int = 0):
+    """The model's InferenceSession (one per model, device and thread count per process)."""
+    wanted = {t.output: len(t.classes) for t in entry.tasks.values()}
+    if entry.embedding is not None:
+        wanted[entry.embedding.output] = entry.embedding.size
+    return _session(entry.path, entry.sha256, wanted, device, threads)
 
 
 def predict(
@@ -308,19 +348,13 @@ def predict_with_embedding(
     """:func:`predict`, plus the registry's embedding output [N, D] float32 (None when the entry
     names none or ``embedding`` is False)."""
     sess = session_for(entry, device, threads)
-    on_cuda = sess.get_providers()[0] == "CUDAExecutionProvider"
     out_names = [t.output for t in entry.tasks.values()]
     want_embedding = embedding and entry.embedding is not None
     if want_embedding:
         out_names.append(entry.embedding.output)
     results: dict[str, list[np.ndarray]] = {t: [] for t in entry.tasks}
     vectors: list[np.ndarray] = []
-    for start in range(0, len(batch), max(1, batch_size)):
-        chunk = np.ascontiguousarray(batch[start : start + batch_size], dtype=np.float32)
-        if on_cuda:
-            outs = _run_cuda_bound(sess, entry.input_name, out_names, chunk)
-        else:
-            outs = sess.run(out_names, {entry.input_name: chunk})
+    for chunk, outs in _run_chunks(sess, entry.input_name, out_names, batch, batch_size):
         for task, arr in zip(entry.tasks, outs):
             results[task].append(np.asarray(arr, dtype=np.float32))
         if want_embedding:
@@ -332,6 +366,39 @@ def predict_with_embedding(
     if not want_embedding:
         return probs, None
     return probs, (np.concatenate(vectors) if vectors else np.zeros((0, entry.embedding.size), np.float32))
+
+
+def embed_turned(
+    entry: ModelEntry,
+    batch: np.ndarray,
+    *,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int = 0,
+) -> np.ndarray:
+    """The embedding's turned columns (EmbeddingSpec.turned_columns) of ``batch`` [N, 1, S, S]:
+    from the registry's ``embedding.turned`` file where it names one, else from the model."""
+    spec = entry.embedding
+    if spec is None:
+        raise RegistryError(f"model {entry.name} has no embedding output")
+    a, b = spec.turned_columns()
+    if spec.turned is None:
+        return predict_with_embedding(entry, batch, device=device, batch_size=batch_size, threads=threads)[1][:, a:b]
+    sess = _session(spec.turned.path, spec.turned.sha256, {spec.turned.output: b - a}, device, threads)
+    vectors = [np.asarray(outs[0], dtype=np.float32).reshape(len(chunk), -1)
+               for chunk, outs in _run_chunks(sess, entry.input_name, [spec.turned.output], batch, batch_size)]
+    return np.concatenate(vectors) if vectors else np.zeros((0, b - a), np.float32)
+
+
+def _run_chunks(sess, input_name: str, out_names: list[str], batch: np.ndarray, batch_size: int):
+    """(chunk, outputs) per ``batch_size`` rows of ``batch``."""
+    on_cuda = sess.get_providers()[0] == "CUDAExecutionProvider"
+    for start in range(0, len(batch), max(1, batch_size)):
+        chunk = np.ascontiguousarray(batch[start : start + batch_size], dtype=np.float32)
+        if on_cuda:
+            yield chunk, _run_cuda_bound(sess, input_name, out_names, chunk)
+        else:
+            yield chunk, sess.run(out_names, {input_name: chunk})
 
 
 def _run_cuda_bound(sess, input_name: str, out_names: list[str], chunk: np.ndarray) -> list[np.ndarray]:

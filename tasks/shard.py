@@ -320,9 +320,8 @@ def audit_shard(
                 turned = np.stack([
                     preprocess.rotate_to_orientation(batch[i, 0], turn)[None] for i in picked for turn in TURNS
                 ])
-                _, turned_vectors = infer.predict_with_embedding(
-                    entry, turned, device=device, batch_size=batch_size, threads=threads
-                )
+                turned_vectors = infer.embed_turned(entry, turned, device=device, batch_size=batch_size,
+                                                    threads=threads)
                 writers["orientation_samples"].extend(
                     {"uri": pending_meta[i]["uri"], "etag": pending_meta[i]["etag"], "model_sha256": entry.sha256,
                      "turn": turn, "vector": turned_vectors[j * len(TURNS) + t], "run_id": run_id}

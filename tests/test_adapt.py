@@ -380,3 +380,35 @@ def test_registry_embedding_that_the_graph_lacks_is_refused(tmp_path, embedding_
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(infer.RegistryError, match="16 wide"):
         infer.session_for(infer.default_model(bad), "cpu", threads=1)
+
+
+def test_turned_views_read_both_the_turned_columns_and_whole_vectors_of_older_runs():
+    """orientation_samples holds the registry's turned columns; rows written before the registry
+    named a turned file hold whole embeddings, which are cut to those columns. Images missing a
+    turn, and rows of another width, are not views."""
+    import duckdb
+
+    from radlint.tasks.infer import TurnedSpec
+    from tests.sql.test_findings import SHA, given, image
+
+    con = duckdb.connect()
+    database.ensure_schema(con)
+    given(con, [image(f"s3://b/{i}") for i in range(4)], [])
+    whole = np.arange(6, dtype=np.float32)
+    for k, turn in enumerate(TURNS):
+        for uri, vec in (("s3://b/0", whole + 10 * k), ("s3://b/1", whole[2:] + 100 * k), ("s3://b/3", whole[:3])):
+            con.execute("insert into orientation_samples values (?, 'e1', ?, ?, ?, 'r1')", [uri, SHA, turn, vec.tolist()])
+        if turn != TURNS[-1]:  # image 2 lacks one turn
+            con.execute("insert into orientation_samples values ('s3://b/2', 'e1', ?, ?, ?, 'r1')",
+                        [SHA, turn, whole[2:].tolist()])
+
+    class Entry:
+        sha256 = SHA
+        embedding = EmbeddingSpec("embedding", 6, {"orientation": (2, 6)},
+                                  TurnedSpec(Path("m.turned.onnx"), "s", "embedding", (2, 6)))
+
+    vectors, turned_of = adapt._turned_views(con, Entry(), {f"s3://b/{i}": i for i in range(4)})
+    assert sorted(turned_of) == [0, 1]
+    for k in range(len(TURNS)):
+        np.testing.assert_array_equal(vectors[turned_of[0][k]], whole[2:] + 10 * k)
+        np.testing.assert_array_equal(vectors[turned_of[1][k]], whole[2:] + 100 * k)

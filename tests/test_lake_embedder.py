@@ -73,6 +73,17 @@ def test_graft_keeps_class_outputs_and_replaces_the_embedding():
     assert [i.name for i in grafted.graph.input] == ["image"]
 
 
+def test_turned_model_is_the_embedder_alone_with_identical_features():
+    x = np.random.default_rng(3).uniform(-1, 1, (4, 1, SIZE, SIZE)).astype(np.float32)
+    grafted, own_width, _ = lake_embedder.graft(model_with_own_embedding(), embedder(), "image")
+    assert lake_embedder.is_grafted(grafted) and not lake_embedder.is_grafted(model_with_own_embedding())
+    alone = lake_embedder.turned_model(grafted, "image")
+    onnx.checker.check_model(alone)
+    assert [o.name for o in alone.graph.output] == ["embedding"]
+    assert all(n.name.startswith(lake_embedder.PREFIX) for n in alone.graph.node)  # no classifier node
+    assert np.array_equal(run(alone, x)["embedding"], run(grafted, x)["embedding"][:, own_width:])
+
+
 def test_graft_drops_an_identity_that_only_exposed_the_old_embedding():
     m = model_with_own_embedding()
     for node in m.graph.node:  # the older layout: pooled features 'feat', Identity -> 'embedding'
@@ -95,7 +106,8 @@ def test_register_rewrites_the_entry_and_the_registry_reads_it(tmp_path):
     (tmp_path / entry["file"]).write_bytes(b"stand-in model bytes")
     own = entry["embedding"]["probe_features"]["projection"][1] if "probe_features" in entry["embedding"] \
         else entry["embedding"]["size"]
-    lake_embedder.register(tmp_path / "registry.yaml", entry["name"], own, 1280)
+    (tmp_path / "model.turned.onnx").write_bytes(b"stand-in turned bytes")
+    lake_embedder.register(tmp_path / "registry.yaml", entry["name"], own, 1280, "model.turned.onnx")
     text = (tmp_path / "registry.yaml").read_text()
     assert text.count("probe_features:") == src.count("probe_features:") + ("probe_features" not in entry["embedding"])
     first = load_registry(tmp_path / "registry.yaml")[0]
@@ -103,5 +115,9 @@ def test_register_rewrites_the_entry_and_the_registry_reads_it(tmp_path):
     assert first.embedding.size == own + 1280
     assert first.embedding.probe_features == {"body_part": (own, own + 1280), "projection": (0, own),
                                               "orientation": (own, own + 1280)}
+    assert first.embedding.turned.path == tmp_path / "model.turned.onnx"
+    assert first.embedding.turned.sha256 == sha256_file(tmp_path / "model.turned.onnx")
+    assert first.embedding.turned_columns() == (own, own + 1280)
+    assert [ln.strip() for ln in text.splitlines()].count("turned:") == 1  # the old turned block replaced, not kept beside the new one
     rest = [line for line in text.splitlines() if "sha256" not in line]
-    assert "# radlint model registry" in text and len(rest) >= len(src.splitlines()) - 2
+    assert "# radlint model registry" in text and len(rest) >= len(src.splitlines()) - src.count("sha256:")

@@ -30,6 +30,24 @@ def test_registry_parses_and_files_match_sha256():
         assert sha256_file(e.path) == e.sha256
         assert e.input_name == "image"
         assert e.input_size > 0
+        if e.embedding is not None and e.embedding.turned is not None:
+            assert e.embedding.turned.path.stat().st_size < 10 * 1024 * 1024
+            assert sha256_file(e.embedding.turned.path) == e.embedding.turned.sha256
+
+
+def test_turned_file_gives_the_models_own_embedding_columns():
+    pytest.importorskip("onnxruntime")
+    from radlint.tasks import infer
+
+    entry = default_model()
+    assert entry.embedding is not None and entry.embedding.turned is not None
+    rng = np.random.default_rng(2)
+    x = np.stack([model_input(rng.integers(0, 255, (220, 180 + 20 * i), dtype=np.uint8), entry.input_size)
+                  for i in range(3)])
+    _, whole = infer.predict_with_embedding(entry, x, device="cpu", batch_size=2)
+    a, b = entry.embedding.turned_columns()
+    assert (a, b) == entry.embedding.columns("orientation")
+    np.testing.assert_array_equal(infer.embed_turned(entry, x, device="cpu", batch_size=2), whole[:, a:b])
 
 
 def test_default_model_tasks_use_the_vocabularies():

@@ -79,3 +79,33 @@ def test_audit_with_a_mismatched_registry_stops_before_any_work(tmp_path, tiny_r
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "preprocessing mean is 0.485" in err
     assert not db.exists()
+
+
+def _shipped_with(tmp_path: Path, change) -> Path:
+    """The shipped registry with absolute model paths, after ``change(embedding block)``."""
+    data = yaml.safe_load(infer.REGISTRY_PATH.read_text())
+    model = data["models"][0]
+    model["file"] = str(infer.MODELS_DIR / model["file"])
+    model["embedding"]["turned"]["file"] = str(infer.MODELS_DIR / model["embedding"]["turned"]["file"])
+    change(model["embedding"])
+    path = tmp_path / "registry.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_turned_columns_must_hold_the_orientation_probes_columns(tmp_path):
+    path = _shipped_with(tmp_path, lambda emb: emb["turned"].update(columns=[0, 224]))
+    with pytest.raises(infer.RegistryError, match="probe_features.orientation .* outside the columns the turned views get"):
+        infer.default_model(path)
+    path = _shipped_with(tmp_path, lambda emb: emb["turned"].update(columns=[224, 4000]))
+    with pytest.raises(infer.RegistryError, match="turned.columns .* is not a column range"):
+        infer.default_model(path)
+
+
+def test_a_turned_file_that_is_not_the_registered_one_is_refused(tmp_path):
+    path = _shipped_with(tmp_path, lambda emb: emb["turned"].update(sha256="0" * 64))
+    with pytest.raises(infer.RegistryError, match="sha256 mismatch for radlint-multihead-v3.turned.onnx"):
+        infer.verify(infer.default_model(path))
+    # without a turned file, turned views get the whole embedding from the model itself
+    entry = infer.default_model(_shipped_with(tmp_path, lambda emb: emb.pop("turned")))
+    assert entry.embedding.turned_columns() == (0, entry.embedding.size)

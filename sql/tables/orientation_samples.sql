@@ -1,9 +1,9 @@
--- table-description: for a deterministic sample of the lake's images (a fixed share of each run's new objects, chosen by a hash of the uri), the model's pooled features of the stored image turned by a known quarter turn; the self-supervised orientation probe learns from them what each turn looks like on this lake.
+-- table-description: for a deterministic sample of the lake's images (a fixed share of each run's new objects, chosen by a hash of the uri), the embedding of the stored image turned by a known quarter turn (the columns the orientation and body-part probes read); the self-supervised orientation probe learns from them what each turn looks like on this lake.
 -- uri: object URL, as in images.
 -- etag: object version, as in images.
 -- model_sha256: sha256 of the ONNX file that produced the vector.
 -- turn: the quarter turn applied to the stored image before inference, in the orientation vocabulary (rot90cw, rot180, rot90ccw); the unturned image is the embeddings row.
--- vector: the pooled features of the turned image, float32.
+-- vector: the turned image's embedding columns named by the registry's embedding.turned.columns (the model's whole embedding where the registry names no turned file; rows from before it named one hold the whole embedding), float32.
 -- run_id: the audit run that computed the vector.
 create table if not exists orientation_samples (
     uri varchar not null,
