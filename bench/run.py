@@ -901,6 +901,8 @@ def main(argv=None) -> int:
     snap = work / "model-snapshot"
     snap.mkdir(exist_ok=True)
     shutil.copy2(entry.path, snap / entry.path.name)
+    if entry.embedding is not None and entry.embedding.turned is not None:
+        shutil.copy2(entry.embedding.turned.path, snap / entry.embedding.turned.path.name)
     reg_data = yaml.safe_load(Path(registry).read_text())
     reg_data["models"] = [m for m in reg_data["models"] if m["name"] == entry.name][:1]
     (snap / "registry.yaml").write_text(yaml.safe_dump(reg_data, sort_keys=False))
