@@ -23,7 +23,12 @@ The embedder alone (model input -> its [N, 1280] features) is also written besid
 orientation sample's turned views, which need no class outputs (ONNX Runtime runs a whole graph
 whatever outputs are asked for, so the grafted file would run the classifier for them too). Its
 features are checked identical to the grafted model's. Run on a model that is already grafted, the
-tool only (re)writes that file.
+tool only (re)writes that file, unless ``--regraft`` or ``--int8`` asks for a new embedder (the old
+one is cut out first).
+
+``--int8`` stores the embedder quantized to int8 (static, per-channel weights; activations
+calibrated on 128 training-split radiographs shown in all four quarter turns): about 2.5x faster on
+CPUs with integer dot products, its features within cosine 0.97 of PyTorch's on average (checked).
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ HALF_MIN_SIZE = 1024  # float32 initializers at least this large are stored as f
 OWN = "pooled_features"  # the model's own pooled features, when they were the embedding
 DEFAULT_EMBED_SIZE = 224
 TURNED_SUFFIX = ".turned.onnx"
+CALIBRATION_IMAGES = 128
+# int8 features against PyTorch's float ones on the calibration inputs; 0.985 measured for v3
+INT8_MIN_MEAN_COSINE = 0.97
 
 
 def imagenet_embedder(embed_size: int):
@@ -135,8 +143,14 @@ def graft(model, embedder, input_name: str) -> tuple[object, int, int]:
     return model, own_width, width
 
 
-def build(onnx_path: Path, input_name: str, input_size: int, embed_size: int) -> tuple[int, int]:
-    """Rewrite ``onnx_path`` with the grafted embedder; returns (own width, embedder width)."""
+def build(onnx_path: Path, input_name: str, input_size: int, embed_size: int,
+          calibration: np.ndarray | None = None) -> tuple[int, int]:
+    """Rewrite ``onnx_path`` with the grafted embedder (replacing an earlier graft); returns (own
+    width, embedder width).
+
+    ``calibration`` [N, 1, S, S] model inputs: store the embedder quantized to int8 (static,
+    per-channel weights, activations calibrated on these inputs) instead of float16-stored weights;
+    its features are then checked by cosine similarity to PyTorch's on those inputs."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -144,15 +158,18 @@ def build(onnx_path: Path, input_name: str, input_size: int, embed_size: int) ->
     from radlint.models.export import export_onnx
 
     module = imagenet_embedder(embed_size)
+    base = ungraft(onnx.load(str(onnx_path)))
     rng = np.random.default_rng(0)
     probe = rng.uniform(-1, 1, (4, 1, input_size, input_size)).astype(np.float32)
-    before = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    before = ort.InferenceSession(base.SerializeToString(), providers=["CPUExecutionProvider"])
     before_outputs = [o.name for o in before.get_outputs()]
     ref = dict(zip(before_outputs, before.run(before_outputs, {input_name: probe})))
     with tempfile.TemporaryDirectory() as tmp:
         sub_path = Path(tmp) / "embedder.onnx"
         export_onnx(module, input_size, sub_path, output_names=(OUTPUT,))
-        model, own_width, width = graft(onnx.load(str(onnx_path)), onnx.load(str(sub_path)), input_name)
+        if calibration is not None:
+            sub_path = quantize(sub_path, Path(tmp), input_name, calibration)
+        model, own_width, width = graft(base, onnx.load(str(sub_path)), input_name)
     onnx.checker.check_model(model)
     out_path = onnx_path.with_suffix(".grafted.onnx")
     onnx.save(model, str(out_path))
@@ -164,15 +181,85 @@ def build(onnx_path: Path, input_name: str, input_size: int, embed_size: int) ->
         if not np.array_equal(ref[name], now):
             out_path.unlink()
             raise SystemExit(f"output {name} changed by the graft (max diff {np.abs(ref[name] - now).max():.3g})")
-    with torch.no_grad():
-        expected = module(torch.from_numpy(probe))[0].numpy()
-    diff = float(np.abs(expected - got[OUTPUT][:, own_width:]).max())
-    if diff > EMBED_TOLERANCE:
-        out_path.unlink()
-        raise SystemExit(f"embedding differs from PyTorch by {diff:.3g}")
+    if calibration is None:
+        with torch.no_grad():
+            expected = module(torch.from_numpy(probe))[0].numpy()
+        diff = float(np.abs(expected - got[OUTPUT][:, own_width:]).max())
+        if diff > EMBED_TOLERANCE:
+            out_path.unlink()
+            raise SystemExit(f"embedding differs from PyTorch by {diff:.3g}")
+        print(f"class outputs and own features identical; embedder max |onnx - torch| {diff:.2e}")
+    else:
+        with torch.no_grad():
+            expected = module(torch.from_numpy(calibration))[0].numpy()
+        q = after.run([OUTPUT], {input_name: calibration})[0][:, own_width:]
+        cos = (expected * q).sum(1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(q, axis=1) + 1e-12)
+        if cos.mean() < INT8_MIN_MEAN_COSINE:
+            out_path.unlink()
+            raise SystemExit(f"int8 embedder's features too far from PyTorch's: mean cosine {cos.mean():.3f}")
+        print(f"class outputs and own features identical; int8 embedder vs torch cosine mean {cos.mean():.4f}, "
+              f"min {cos.min():.4f} on {len(calibration)} calibration inputs")
     out_path.replace(onnx_path)
-    print(f"class outputs and own features identical; embedder max |onnx - torch| {diff:.2e}")
     return own_width, width
+
+
+def quantize(fp32_path: Path, folder: Path, input_name: str, calibration: np.ndarray) -> Path:
+    """The embedder at ``fp32_path`` quantized to int8 (QDQ, per-channel weights, unsigned
+    activations ranged on ``calibration``): on CPUs with integer dot products ONNX Runtime runs it
+    about 2.5x faster, and EfficientNet-Lite was designed for it (ReLU6, no squeeze-excite)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{input_name: calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared, out = folder / "embedder.pre.onnx", folder / "embedder.int8.onnx"
+    quant_pre_process(str(fp32_path), str(prepared))
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def calibration_inputs(data: Path, split_file: Path, input_size: int, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """[n, 1, S, S] model inputs from the training split of a labelled radiograph folder (every
+    k-th image by id, so each source is represented), each shown by one of the four quarter turns
+    in turn, as the audit shows the embedder stored and turned views."""
+    from radlint.models.train import decode, load_split, read_labels
+    from radlint.tasks.preprocess import model_input, rotate_to_orientation
+    from radlint.tasks.vocabulary import ORIENTATION
+
+    split = load_split(split_file)
+    rows = sorted((r for r in read_labels(data) if split.get(r["patient_id"]) == "train"), key=lambda r: r["image_id"])
+    if not rows:
+        raise SystemExit(f"no training-split images in {data}")
+    picked = rows[:: max(1, len(rows) // n)][:n]
+    return np.stack([model_input(rotate_to_orientation(decode(data / r["file"]), ORIENTATION[i % 4]), input_size)
+                     for i, r in enumerate(picked)]).astype(np.float32)
+
+
+def ungraft(model):
+    """``model`` without an earlier graft: its class outputs and, as ``embedding``, its own pooled
+    features (the graft's first columns); a model that is not grafted is returned as it is."""
+    from onnx import TensorProto, helper, shape_inference, utils
+
+    if not is_grafted(model):
+        return model
+    concat = next((n for n in model.graph.node if n.name == "embedding_concat"), None)
+    classes = [o.name for o in model.graph.output if o.name != OUTPUT]
+    keep = classes + ([concat.input[0]] if concat is not None else [])
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    base = utils.Extractor(shape_inference.infer_shapes(model)).extract_model(inputs, keep)
+    if concat is not None:
+        own = concat.input[0]
+        own_width = next(int(o.type.tensor_type.shape.dim[-1].dim_value) for o in base.graph.output if o.name == own)
+        base.graph.output.remove(next(o for o in base.graph.output if o.name == own))
+        base.graph.node.append(helper.make_node("Identity", [own], [OUTPUT], name="embedding_output"))
+        base.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", own_width]))
+    return base
 
 
 def is_grafted(model) -> bool:
@@ -267,6 +354,12 @@ def main(argv=None) -> int:
     ap.add_argument("--registry", type=Path, default=REGISTRY_PATH)
     ap.add_argument("--embed-size", type=int, default=DEFAULT_EMBED_SIZE,
                     help="side the model input is resized to for the embedder (multiple of 32)")
+    ap.add_argument("--int8", action="store_true",
+                    help="store the embedder quantized to int8, calibrated on --data's training split")
+    ap.add_argument("--regraft", action="store_true", help="replace the embedder of a model that already has one")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="labelled radiograph folder for --int8's calibration (default: the training data)")
+    ap.add_argument("--split-file", type=Path, default=None, help="patient split of --data (default: training's)")
     args = ap.parse_args(argv)
     data = yaml.safe_load(args.registry.read_text())
     entry = next((m for m in data["models"] if m["name"] == args.name), None)
@@ -276,8 +369,13 @@ def main(argv=None) -> int:
     input_name, input_size = entry["input"]["name"], int(entry["input"]["size"])
     import onnx
 
-    if not is_grafted(onnx.load(str(path))):
-        build(path, input_name, input_size, args.embed_size)
+    if args.int8 or args.regraft or not is_grafted(onnx.load(str(path))):
+        calibration = None
+        if args.int8:
+            from radlint.models.train import DEFAULT_DATA, SPLIT_FILE
+
+            calibration = calibration_inputs(args.data or DEFAULT_DATA, args.split_file or SPLIT_FILE, input_size)
+        build(path, input_name, input_size, args.embed_size, calibration)
     own_width, width = write_turned(path, input_name, input_size)
     register(args.registry, args.name, own_width, width, turned_path(Path(entry["file"])).as_posix())
     print(f"{args.name}: {OUTPUT!r} is now [own {own_width} | ImageNet EfficientNet-Lite0 at {args.embed_size} px "

@@ -84,6 +84,41 @@ def test_turned_model_is_the_embedder_alone_with_identical_features():
     assert np.array_equal(run(alone, x)["embedding"], run(grafted, x)["embedding"][:, own_width:])
 
 
+def test_ungraft_restores_the_model_and_a_new_graft_replaces_the_old():
+    x = np.random.default_rng(4).uniform(-1, 1, (3, 1, SIZE, SIZE)).astype(np.float32)
+    original = run(model_with_own_embedding(), x)
+    grafted, own_width, _ = lake_embedder.graft(model_with_own_embedding(), embedder(), "image")
+    base = lake_embedder.ungraft(grafted)
+    onnx.checker.check_model(base)
+    assert not lake_embedder.is_grafted(base)
+    back = run(base, x)
+    assert sorted(back) == ["body_part", "embedding"]
+    assert np.array_equal(back["body_part"], original["body_part"])
+    assert np.array_equal(back["embedding"], original["embedding"])
+    again, own_again, width = lake_embedder.graft(base, embedder(), "image")
+    assert (own_again, width) == (own_width, 3)
+    assert np.array_equal(run(again, x)["embedding"], run(grafted, x)["embedding"])
+    assert lake_embedder.ungraft(model_with_own_embedding()) is not None  # not grafted: returned as is
+
+
+def test_quantize_stores_int8_weights_and_keeps_the_features_close(tmp_path):
+    pytest.importorskip("onnxruntime.quantization")
+    rng = np.random.default_rng(5)
+    calibration = rng.uniform(-1, 1, (32, 1, SIZE, SIZE)).astype(np.float32)
+    renamed = embedder()  # the audit feeds the model's input name
+    renamed.graph.input[0].name = "image"
+    renamed.graph.node[0].input[0] = "image"
+    onnx.save(renamed, str(tmp_path / "embedder.onnx"))
+    path = lake_embedder.quantize(tmp_path / "embedder.onnx", tmp_path, "image", calibration)
+    q = onnx.load(str(path))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
+    assert any(t.data_type == TensorProto.INT8 for t in q.graph.initializer)
+    x = rng.uniform(-1, 1, (4, 1, SIZE, SIZE)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = ort.InferenceSession(renamed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"image": x})[0], want, atol=0.05 * np.abs(want).max())
+
+
 def test_graft_drops_an_identity_that_only_exposed_the_old_embedding():
     m = model_with_own_embedding()
     for node in m.graph.node:  # the older layout: pooled features 'feat', Identity -> 'embedding'

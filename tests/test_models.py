@@ -25,7 +25,7 @@ def test_registry_parses_and_files_match_sha256():
     assert len(names) == len(set(names))
     for e in entries:
         assert e.path.exists(), f"{e.path} missing"
-        # Small enough to commit: the 9.3 MB classifier plus the grafted ImageNet embedder (float16-stored).
+        # Small enough to commit: the 9.3 MB classifier plus the grafted ImageNet embedder (int8).
         assert e.path.stat().st_size < 20 * 1024 * 1024
         assert sha256_file(e.path) == e.sha256
         assert e.input_name == "image"
