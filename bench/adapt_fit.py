@@ -3,11 +3,11 @@
     .venv/bin/python -m bench.adapt_fit [--sizes 10000,100000] [--threads 2]
 
 For each size, a DuckDB file is filled with what an audit of that many images leaves behind
-(images with header labels, predictions, 224-d embeddings of the registered model, the
+(images with header labels, predictions, embeddings as wide as the registered model's, the
 orientation sample's turned embeddings at the audit's sampling rate), with 10 % of the body-part
 labels wrong; then tasks.adapt.adapt_lake runs as the flow runs it (query, fits, table rewrite).
 The comparison in the same run is the shipped model's own inference at batch 32 on the same
-threads, for the same images and for the orientation sample's extra turned passes: the least any
+threads, for the same images, and its turned-view embedder for the orientation sample's extra passes: the least any
 audit of those images costs (a real audit also fetches and decodes every object, so the share of
 a full audit is smaller than the share printed here).
 """
@@ -27,8 +27,9 @@ from radlint.tasks import adapt, database, infer, parts
 from radlint.tasks.vocabulary import BODY_PART, ORIENTATION, PROJECTION, TURNS
 
 
-def fill(db: Path, n: int, dim: int, sha: str, seed: int = 0) -> int:
-    """A database as an audit of ``n`` images leaves it; returns the orientation sample size."""
+def fill(db: Path, n: int, dim: int, sha: str, turned_columns: tuple[int, int], seed: int = 0) -> int:
+    """A database as an audit of ``n`` images leaves it (turned views hold ``turned_columns`` of the
+    embedding); returns the orientation sample size."""
     rng = np.random.default_rng(seed)
     true = rng.choice(len(BODY_PART), size=n, p=[.05, .03, .45, .04, .05, .05, .12, .16, .05])
     centres = rng.normal(size=(len(BODY_PART), dim)).astype(np.float32) * 2
@@ -83,8 +84,9 @@ def fill(db: Path, n: int, dim: int, sha: str, seed: int = 0) -> int:
         con.unregister("src")
         rate = adapt.orientation_sample_rate(n, 0)
         sampled = np.flatnonzero(rng.random(n) < rate)
+        a, b = turned_columns
         for turn in TURNS:
-            vec = emb[sampled] - turn_dir["upright"] + turn_dir[turn]
+            vec = (emb[sampled] - turn_dir["upright"] + turn_dir[turn])[:, a:b]
             con.register("src", pa.table({"uri": [uris[i] for i in sampled], "etag": ["e"] * len(sampled),
                                           "model_sha256": [sha] * len(sampled), "turn": [turn] * len(sampled),
                                           "vector": list(vec), "run_id": ["r1"] * len(sampled)}))
@@ -95,13 +97,18 @@ def fill(db: Path, n: int, dim: int, sha: str, seed: int = 0) -> int:
     return len(sampled)
 
 
-def inference_seconds(entry, n: int, threads: int, probe: int = 256) -> float:
-    """Seconds the model takes for ``n`` inputs at batch 32 (timed on ``probe`` inputs)."""
+def inference_seconds(entry, n: int, n_turned: int, threads: int, probe: int = 256) -> float:
+    """Seconds the model takes for ``n`` inputs and the turned views' embedder for ``n_turned``, at
+    batch 32 (each timed on ``probe`` inputs)."""
     x = np.random.default_rng(0).normal(size=(probe, 1, entry.input_size, entry.input_size)).astype(np.float32)
-    infer.predict(entry, x[:32], device="cpu", batch_size=32, threads=threads)  # session and warm-up
+    infer.predict(entry, x[:32], device="cpu", batch_size=32, threads=threads)  # sessions and warm-up
+    infer.embed_turned(entry, x[:32], device="cpu", batch_size=32, threads=threads)
     t = time.perf_counter()
     infer.predict_with_embedding(entry, x, device="cpu", batch_size=32, threads=threads)
-    return (time.perf_counter() - t) / probe * n
+    whole = (time.perf_counter() - t) / probe
+    t = time.perf_counter()
+    infer.embed_turned(entry, x, device="cpu", batch_size=32, threads=threads)
+    return whole * n + (time.perf_counter() - t) / probe * n_turned
 
 
 def main(argv=None) -> int:
@@ -118,7 +125,7 @@ def main(argv=None) -> int:
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.duckdb"
-            n_sampled = fill(db, n, entry.embedding.size, entry.sha256)
+            n_sampled = fill(db, n, entry.embedding.size, entry.sha256, entry.embedding.turned_columns())
             con = database.connect(db)
             try:
                 t = time.perf_counter()
@@ -126,7 +133,7 @@ def main(argv=None) -> int:
                 fit = time.perf_counter() - t
             finally:
                 con.close()
-        model = inference_seconds(entry, n + 3 * n_sampled, args.threads)
+        model = inference_seconds(entry, n, 3 * n_sampled, args.threads)
         print(f"| {n:,} | {n_sampled:,} | {fit:.1f} | {model:.0f} | {fit / model:.1%} |", flush=True)
         print(f"  methods: {counts}")
     return 0
