@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from radlint.flows.dask_env import BackgroundCluster
 from radlint.flows.progress import Progress
-from radlint.tasks import database, discover, findings, infer, labels, parts, plan, runs, shard
+from radlint.tasks import adapt, database, discover, findings, infer, labels, parts, plan, runs, shard
 from radlint.tasks.options import AuditOptions
 from radlint.tasks.report import write_report
 
@@ -137,6 +138,9 @@ def audit_lake(
             logger.info(planned.note)
         if planned.executor == "dask" and not opts.dask_address and cluster is None and planned.shards:
             cluster = stack.enter_context(BackgroundCluster(planned.workers))
+        if planned.shards and entry.embedding is not None and len(objects) >= adapt.MIN_IMAGES:
+            # the lake will be refitted after the load: its imports overlap the shards
+            threading.Thread(target=adapt.preload, name="radlint-preload", daemon=True).start()
         results = submit(planned, plan.shard_options(opts, entry, out_dir, planned, run.orientation_sample_rate),
                          run.run_id, len(objects), out_dir, opts.dask_address, cluster)
         if cluster:  # its workers are done: let them exit while the parts load
