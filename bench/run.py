@@ -473,8 +473,9 @@ def _run_radlint_audit_once(
     in_task = sum(s["seconds"] or 0.0 for s in shards)
     by_pid: dict[int, dict] = {}
     for s in shards:
-        d = by_pid.setdefault(s["pid"], {"busy_s": 0.0, "peak_rss_mb": 0.0, "shards": 0})
+        d = by_pid.setdefault(s["pid"], {"busy_s": 0.0, "peak_rss_mb": 0.0, "shards": 0, "objects": 0})
         d["busy_s"] += s["seconds"] or 0.0
+        d["objects"] += s.get("n_objects") or 0
         d["peak_rss_mb"] = max(d["peak_rss_mb"], (s.get("peak_rss_bytes") or 0) / 2**20)
         d["shards"] += 1
     n_new = summary.get("n_new", 0)
