@@ -157,3 +157,33 @@ def test_register_rewrites_the_entry_and_the_registry_reads_it(tmp_path):
     assert [ln.strip() for ln in text.splitlines()].count("turned:") == 1  # the old turned block replaced, not kept beside the new one
     rest = [line for line in text.splitlines() if "sha256" not in line]
     assert "# radlint model registry" in text and len(rest) >= len(src.splitlines()) - src.count("sha256:")
+
+
+def test_calibration_inputs_come_from_the_training_split_in_every_turn(tmp_path):
+    from PIL import Image
+
+    from radlint.tasks.preprocess import model_input, rotate_to_orientation
+
+    rows = []
+    for i in range(12):
+        pid, name = f"p{i}", f"images/img{i:02d}.png"
+        (tmp_path / "images").mkdir(exist_ok=True)
+        pixels = np.zeros((40, 30), np.uint8)
+        pixels[: 5 + i, :10] = 200  # a mark in the top left, so each turn shows
+        Image.fromarray(pixels).save(tmp_path / name)
+        rows.append({"image_id": f"img{i:02d}", "file": name, "patient_id": pid})
+    (tmp_path / "labels.csv").write_text("image_id,file,patient_id\n" + "".join(
+        f"{r['image_id']},{r['file']},{r['patient_id']}\n" for r in rows))
+    split = tmp_path / "split.csv"  # every third patient is not in the training split
+    split.write_text("patient_id,split\n" + "".join(f"p{i},{'val' if i % 3 == 2 else 'train'}\n" for i in range(12)))
+    x = lake_embedder.calibration_inputs(tmp_path, split, 16, n=4)
+    assert x.shape == (4, 1, 16, 16) and x.dtype == np.float32
+    train = [r for r in rows if int(r["patient_id"][1:]) % 3 != 2]
+    picked = train[:: len(train) // 4][:4]
+    turns = ("upright", "rot90cw", "rot180", "rot90ccw")
+    for k, r in enumerate(picked):
+        pixels = np.asarray(Image.open(tmp_path / r["file"]).convert("L"))
+        np.testing.assert_array_equal(x[k], model_input(rotate_to_orientation(pixels, turns[k]), 16))
+    split.write_text("patient_id,split\n" + "".join(f"p{i},val\n" for i in range(12)))
+    with pytest.raises(SystemExit, match="no training-split images"):
+        lake_embedder.calibration_inputs(tmp_path, split, 16)
