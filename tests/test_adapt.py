@@ -24,6 +24,19 @@ def clusters(n_per_class: int, classes, dim: int = 16, seed: int = 0, spread: fl
     return np.concatenate(x).astype(np.float32), y
 
 
+def spy_fits(monkeypatch) -> list:
+    """(x_fit, x_pred) of every probe fit from now on."""
+    seen = []
+    real = adapt._fit_predict
+
+    def spy(x_fit, y_fit, x_pred, **kw):
+        seen.append((x_fit, x_pred))
+        return real(x_fit, y_fit, x_pred, **kw)
+
+    monkeypatch.setattr(adapt, "_fit_predict", spy)
+    return seen
+
+
 def test_probe_exposes_flipped_labels_out_of_fold():
     classes = ("head", "chest", "lower_limb")
     x, truth = clusters(80, classes)
@@ -46,14 +59,7 @@ def test_folds_never_split_a_patient(monkeypatch):
     classes = ("head", "chest")
     x, labels = clusters(40, classes)
     groups = [f"p{i % 10}" for i in range(len(labels))]
-    seen = []
-    real = adapt._fit_predict
-
-    def spy(x_fit, y_fit, x_pred):
-        seen.append((x_fit, x_pred))
-        return real(x_fit, y_fit, x_pred)
-
-    monkeypatch.setattr(adapt, "_fit_predict", spy)
+    seen = spy_fits(monkeypatch)
     adapt.cross_fitted_probe(x, labels, groups, classes)
     row_of = {x[i].tobytes(): groups[i] for i in range(len(x))}
     for x_fit, x_pred in seen:
@@ -73,14 +79,7 @@ def test_turned_views_are_fitted_and_averaged_within_the_rows_fold(monkeypatch):
         labels[i] = next(c for c in classes if c != truth[i])
     groups = [f"p{i // 2}" for i in range(len(labels))]
     group_of = {v.tobytes(): groups[i] for i in range(len(x)) for v in (x[i], *views[i])}
-    seen = []
-    real = adapt._fit_predict
-
-    def spy(x_fit, y_fit, x_pred):
-        seen.append((x_fit, x_pred))
-        return real(x_fit, y_fit, x_pred)
-
-    monkeypatch.setattr(adapt, "_fit_predict", spy)
+    seen = spy_fits(monkeypatch)
     with_views = adapt.cross_fitted_probe(x, labels, groups, classes, views=views)
     for x_fit, x_pred in seen:
         assert len(x_fit) % 4 == 0 and len(x_pred) % 4 == 0  # every view of every row
