@@ -40,7 +40,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from radlint.models.train import DEFAULT_DATA, SPLIT_FILE, decode, load_split, read_labels
 from radlint.tasks.infer import REGISTRY_PATH, sha256_file
+from radlint.tasks.preprocess import model_input, rotate_to_orientation
+from radlint.tasks.vocabulary import ORIENTATION
 
 OUTPUT = "embedding"
 PREFIX = "lake_embedder/"
@@ -228,10 +231,6 @@ def calibration_inputs(data: Path, split_file: Path, input_size: int, n: int = C
     """[n, 1, S, S] model inputs from the training split of a labelled radiograph folder (every
     k-th image by id, so each source is represented), each shown by one of the four quarter turns
     in turn, as the audit shows the embedder stored and turned views."""
-    from radlint.models.train import decode, load_split, read_labels
-    from radlint.tasks.preprocess import model_input, rotate_to_orientation
-    from radlint.tasks.vocabulary import ORIENTATION
-
     split = load_split(split_file)
     rows = sorted((r for r in read_labels(data) if split.get(r["patient_id"]) == "train"), key=lambda r: r["image_id"])
     if not rows:
@@ -357,24 +356,20 @@ def main(argv=None) -> int:
     ap.add_argument("--int8", action="store_true",
                     help="store the embedder quantized to int8, calibrated on --data's training split")
     ap.add_argument("--regraft", action="store_true", help="replace the embedder of a model that already has one")
-    ap.add_argument("--data", type=Path, default=None,
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="labelled radiograph folder for --int8's calibration (default: the training data)")
-    ap.add_argument("--split-file", type=Path, default=None, help="patient split of --data (default: training's)")
+    ap.add_argument("--split-file", type=Path, default=SPLIT_FILE, help="patient split of --data (default: training's)")
     args = ap.parse_args(argv)
+    import onnx
+
     data = yaml.safe_load(args.registry.read_text())
     entry = next((m for m in data["models"] if m["name"] == args.name), None)
     if entry is None:
         raise SystemExit(f"no model {args.name!r} in {args.registry}")
     path = args.registry.parent / entry["file"]
     input_name, input_size = entry["input"]["name"], int(entry["input"]["size"])
-    import onnx
-
     if args.int8 or args.regraft or not is_grafted(onnx.load(str(path))):
-        calibration = None
-        if args.int8:
-            from radlint.models.train import DEFAULT_DATA, SPLIT_FILE
-
-            calibration = calibration_inputs(args.data or DEFAULT_DATA, args.split_file or SPLIT_FILE, input_size)
+        calibration = calibration_inputs(args.data, args.split_file, input_size) if args.int8 else None
         build(path, input_name, input_size, args.embed_size, calibration)
     own_width, width = write_turned(path, input_name, input_size)
     register(args.registry, args.name, own_width, width, turned_path(Path(entry["file"])).as_posix())

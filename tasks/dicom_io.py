@@ -431,7 +431,6 @@ def _gdcm_decode(raw: bytes, ds: Dataset) -> np.ndarray | None:
     taken only after the usual decoders failed.
     """
     try:
-
         import gdcm
     except ImportError:
         return None
