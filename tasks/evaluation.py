@@ -287,7 +287,7 @@ def predict_folder(entry, rows, root: Path, *, batch_size=64, threads=0, rotate=
 def evaluate(labels: Path, root: Path | None = None, *, registry: Path | None = None,
              split_file: Path | None = None, split: str | None = None, n_boot: int = 1000,
              seed: int = 0, threads: int = 0, return_predictions: bool = False,
-             overrides: Path | None = None) -> dict:
+             overrides: Path | None = None, source: str | None = None) -> dict:
     """Metrics of the registry's default model on the labeled folder (see module docstring)."""
     from radlint.tasks.infer import REGISTRY_PATH, default_model
 
@@ -297,12 +297,14 @@ def evaluate(labels: Path, root: Path | None = None, *, registry: Path | None = 
     if split_file and split:
         sp = {r["patient_id"]: r["split"] for r in read_csv(Path(split_file))}
         rows = [r for r in rows if sp.get(r.get("patient_id", "")) == split]
+    if source:
+        rows = [r for r in rows if r.get("source") == source]
     if not rows:
-        raise ValueError("no labeled images to evaluate")
+        raise ValueError("no labeled images to evaluate" + (f" from source {source!r}" if source else ""))
     entry = default_model(registry or REGISTRY_PATH)
     up, ori = predict_folder(entry, rows, root, threads=threads)
     result = {"model": entry.name, "sha256": entry.sha256, "n_images": len(rows),
-              "labels": str(labels), "split": split, "tasks": {},
+              "labels": str(labels), "split": split, "source": source, "tasks": {},
               "overrides": str(overrides) if overrides else None,
               "not_upright_as_stored": sum(stored_orientation(r) != "upright" for r in rows)}
     preds = {"rows": rows, "upright": up, "orientation": ori}
@@ -359,7 +361,8 @@ def fmt_ci(t) -> str:
 
 def to_markdown(result: dict) -> str:
     lines = [f"Model `{result['model']}` on {result['n_images']} images"
-             + (f" (split {result['split']})" if result.get("split") else "") + "."]
+             + (f" (split {result['split']})" if result.get("split") else "")
+             + (f" (source {result['source']})" if result.get("source") else "") + "."]
     for task, res in result["tasks"].items():
         lines += ["", f"### {task} (n = {res['n']}"
                   + (" image × rotation pairs" if task == "orientation" else " images") + ")", "",

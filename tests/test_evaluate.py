@@ -79,6 +79,7 @@ def _write_folder(tmp_path, n=4):
         name = f"img/im{i}.{'png' if i % 2 else 'jpg'}"
         Image.fromarray(arr).save(tmp_path / name)
         rows.append({"image_id": f"im{i}", "file": name, "patient_id": f"p{i}",
+                     "source": "site_b" if i == 1 else "site_a",
                      "body_part": parts[i % 4], "view": views[i % 4]})
     with open(tmp_path / "labels.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -114,6 +115,15 @@ def test_evaluate_on_synthetic_folder(tmp_path):
     data = json.loads(out.read_text())
     assert data["n_images"] == 3
     assert data["tasks"]["orientation"]["n"] == 12
+
+    # a source filter keeps that source's rows only (leave-one-source-out), and says so
+    out_md = tmp_path / "res.md"
+    args = ap.parse_args(["--labels", str(labels), "--source", "site_b", "--out", str(out_md),
+                          "--bootstrap", "10"])
+    assert cli.run(args) == 0
+    assert "on 1 images (source site_b)" in out_md.read_text()
+    with pytest.raises(ValueError, match="from source 'nowhere'"):
+        ev.evaluate(labels, source="nowhere")
 
 
 def test_run_rejects_missing_labels(tmp_path, capsys):
