@@ -318,33 +318,59 @@ def probe_features(own_width: int, width: int) -> dict[str, tuple[int, int]]:
     return {"body_part": general, "projection": (0, own_width) if own_width else general, "orientation": general}
 
 
-def register(registry: Path, name: str, own_width: int, width: int, turned_file: str | None = None) -> None:
-    """New sha256, embedding size, probe features and turned file (``turned_file``, relative to the
-    registry) in ``name``'s entry (text edit: comments and layout stay)."""
-    text = registry.read_text()
-    data = yaml.safe_load(text)
-    entry = next(m for m in data["models"] if m["name"] == name)
-    new = sha256_file(registry.parent / entry["file"])
+def _embedding_block(own_width: int, width: int, turned_file: str | None, turned_sha256: str | None) -> dict:
+    block = {"output": OUTPUT, "size": own_width + width,
+             "probe_features": {t: [a, b] for t, (a, b) in probe_features(own_width, width).items()}}
+    if turned_file:
+        block["turned"] = {"file": turned_file, "sha256": turned_sha256, "output": OUTPUT,
+                           "columns": [own_width, own_width + width]}
+    return block
+
+
+def _text_edit(text: str, entry: dict, new: str, block: dict) -> str | None:
+    """``text`` with ``entry``'s sha256 line and embedding block replaced, or None when the entry is
+    not laid out as models/registry.yaml is (block style, embedding right after sha256)."""
     head, sep, rest = text.partition(f"sha256: {entry['sha256']}\n")
     if not sep:
-        raise SystemExit(f"{name}: expected a block-style 'sha256:' line in {registry}")
+        return None
     indent = head[head.rfind("\n") + 1:]
     if entry.get("embedding"):  # drop the old block: the lines after 'embedding:' indented deeper
         lines = rest.split("\n")
         if lines[0].strip() != "embedding:":
-            raise SystemExit(f"{name}: expected 'embedding:' right after 'sha256:' in {registry}")
+            return None
         k = 1
         while k < len(lines) and lines[k].startswith(indent + "  "):
             k += 1
         rest = "\n".join(lines[k:])
-    spans = "".join(f"{indent}    {task}: [{a}, {b}]\n" for task, (a, b) in probe_features(own_width, width).items())
-    block = (f"sha256: {new}\n{indent}embedding:\n{indent}  output: {OUTPUT}\n{indent}  size: {own_width + width}\n"
-             f"{indent}  probe_features:\n{spans}")
-    if turned_file:
-        block += (f"{indent}  turned:\n{indent}    file: {turned_file}\n"
-                  f"{indent}    sha256: {sha256_file(registry.parent / turned_file)}\n"
-                  f"{indent}    output: {OUTPUT}\n{indent}    columns: [{own_width}, {own_width + width}]\n")
-    registry.write_text(head + block + rest)
+    dumped = yaml.safe_dump({"embedding": block}, sort_keys=False, default_flow_style=None, width=100)
+    body = "".join(indent + line + "\n" for line in dumped.splitlines())
+    return head + f"sha256: {new}\n" + body + rest
+
+
+def register(registry: Path, name: str, own_width: int, width: int, turned_file: str | None = None) -> None:
+    """New sha256, embedding size, probe features and turned file (``turned_file``, relative to the
+    registry) in ``name``'s entry. A text edit keeps the comments and layout of a hand-kept registry;
+    an entry laid out otherwise (export.py's flow style) is rewritten through YAML, header kept."""
+    text = registry.read_text()
+    data = yaml.safe_load(text)
+    entry = next(m for m in data["models"] if m["name"] == name)
+    new = sha256_file(registry.parent / entry["file"])
+    block = _embedding_block(own_width, width, turned_file,
+                             sha256_file(registry.parent / turned_file) if turned_file else None)
+    edited = _text_edit(text, entry, new, block)
+    if edited is None:
+        rebuilt = {}
+        for key, value in entry.items():
+            if key == "embedding":
+                continue
+            rebuilt[key] = new if key == "sha256" else value
+            if key == "sha256":
+                rebuilt["embedding"] = block
+        entry.clear()
+        entry.update(rebuilt)
+        header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
+        edited = header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+    registry.write_text(edited)
 
 
 def main(argv=None) -> int:

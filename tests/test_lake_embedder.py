@@ -187,3 +187,26 @@ def test_calibration_inputs_come_from_the_training_split_in_every_turn(tmp_path)
     split.write_text("patient_id,split\n" + "".join(f"p{i},val\n" for i in range(12)))
     with pytest.raises(SystemExit, match="no training-split images"):
         lake_embedder.calibration_inputs(tmp_path, split, 16)
+
+
+def test_register_rewrites_an_entry_that_export_wrote_in_flow_style(tmp_path):
+    from radlint.tasks.infer import load_registry, sha256_file
+
+    src = (Path(__file__).resolve().parent.parent / "models" / "registry.yaml").read_text()
+    entry = yaml.safe_load(src)["models"][0]
+    entry["embedding"] = {"output": "embedding", "size": 224}
+    entry = {k: entry[k] for k in ("name", "file", "sha256", "input", "preprocessing", "tasks", "embedding")}
+    (tmp_path / "registry.yaml").write_text(
+        "# header kept\n" + yaml.safe_dump({"schema": 1, "models": [entry]}, sort_keys=False,
+                                           default_flow_style=None, width=100))
+    (tmp_path / entry["file"]).write_bytes(b"stand-in model bytes")
+    (tmp_path / "model.turned.onnx").write_bytes(b"stand-in turned bytes")
+    lake_embedder.register(tmp_path / "registry.yaml", entry["name"], 224, 1280, "model.turned.onnx")
+    text = (tmp_path / "registry.yaml").read_text()
+    assert text.startswith("# header kept\n")
+    first = load_registry(tmp_path / "registry.yaml")[0]
+    assert first.sha256 == sha256_file(tmp_path / entry["file"])
+    assert first.embedding.size == 224 + 1280
+    assert first.embedding.probe_features["projection"] == (0, 224)
+    assert first.embedding.turned.sha256 == sha256_file(tmp_path / "model.turned.onnx")
+    assert list(first.tasks["body_part"].classes) == entry["tasks"]["body_part"]["classes"]
