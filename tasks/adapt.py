@@ -401,8 +401,14 @@ def _turned_views(con, entry, row_of: dict[str, int]) -> tuple[np.ndarray, dict[
     return vectors, {i: [t[x] for x in TURNS] for i, t in by_row.items() if all(x in t for x in TURNS)}
 
 
-def _fingerprint(con, model_sha256: str) -> str:
-    """What the probes depend on: the images and their versions, labels, embeddings and samples."""
+def _fingerprint(con, entry) -> str:
+    """What the probes depend on: the images and their versions, labels, embeddings and samples,
+    and the registry's say on which embedding columns each probe reads."""
+    model_sha256 = entry.sha256
+    emb = entry.embedding
+    columns = ("" if emb is None else
+               ",".join(f"{t}:{a}-{b}" for t, (a, b) in sorted(emb.probe_features.items()))
+               + f";turned:{emb.turned_columns()}")
     parts = con.execute(
         """select (select count(*) || '/' || coalesce(max(audited_at)::varchar, '') from images),
                   (select count(*) || '/' || coalesce(max(loaded_at)::varchar, '') from labels),
@@ -410,13 +416,13 @@ def _fingerprint(con, model_sha256: str) -> str:
                   (select count(*) from orientation_samples where model_sha256 = ?)""",
         [model_sha256, model_sha256],
     ).fetchone()
-    return f"{model_sha256}|{FIT_VERSION}|" + "|".join(str(p) for p in parts)
+    return f"{model_sha256}|{FIT_VERSION}|{columns}|" + "|".join(str(p) for p in parts)
 
 
 def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
     """Fit the probes over every current image and replace ``lake_predictions``; returns counts
     of rows per task and method (the flow logs them)."""
-    fingerprint = _fingerprint(con, entry.sha256)
+    fingerprint = _fingerprint(con, entry)
     previous = con.execute("select value from meta where key = 'lake_fit_fingerprint'").fetchone()
     if previous and previous[0] == fingerprint:
         # Nothing the probes read has changed since the last fit: its rows stand (a re-run of an

@@ -322,6 +322,13 @@ def test_adapt_without_embeddings_falls_back_per_row():
     # nothing changed: the fit stands
     assert adapt.adapt_lake(con, Entry(), "r3") == {"unchanged": {"kept": 40}}
     assert con.execute("select count(*), list(distinct fitted_run_id) from lake_predictions").fetchone() == (40, ["r2"])
+
+    class OtherColumns(Entry):  # the registry now points the probe at other columns: refitted
+        embedding = EmbeddingSpec("embedding", 8, probe_features={"body_part": (0, 4)})
+
+    assert "unchanged" not in adapt.adapt_lake(con, OtherColumns(), "r3b")
+    assert adapt.adapt_lake(con, OtherColumns(), "r3c") == {"unchanged": {"kept": 40}}
+    assert "unchanged" not in adapt.adapt_lake(con, Entry(), "r3d")
     # a new vector: refitted, and the rows are replaced rather than added to
     con.execute("insert into embeddings values ('s3://b/36', 'e1', ?, ?, 'r4')", [SHA, x[0].tolist()])
     counts = adapt.adapt_lake(con, Entry(), "r4")
