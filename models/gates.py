@@ -151,14 +151,14 @@ def simulate(up: dict, ori: np.ndarray, rows: list[dict], thresholds: dict) -> d
 
 
 def main(argv=None) -> int:
-    from radlint.models.train import default_review
+    from radlint.models.train import _optional_path, default_review
     from radlint.tasks.evaluation import apply_overrides, predict_folder
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/radiographs/labels.csv")
     ap.add_argument("--split-file", type=Path, default=Path(__file__).resolve().parent / "splits/patient_split.csv")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--overrides", type=Path, default=default_review(),
+    ap.add_argument("--overrides", type=_optional_path, default=default_review(),
                     help="CSV keyed by file (default: models/splits/orientation_review.csv)")
     ap.add_argument("--registry", type=Path, default=REGISTRY_PATH)
     ap.add_argument("--target-precision", type=float, default=0.9)
@@ -197,7 +197,9 @@ def main(argv=None) -> int:
                                          lg["class_thresholds"], args.prevalence)
             gate.update({"by_label": lg["by_label"], "class_thresholds": bool(lg["class_thresholds"]),
                          "val_precision": round(prec, 4), "val_recall": round(tpr, 4)})
-        model["tasks"][task]["gate"] = gate
+        # the lake gates (lake_rule, ...) are chosen elsewhere (radlint choose-lake-gates): kept
+        kept = {k: v for k, v in (model["tasks"][task].get("gate") or {}).items() if k.startswith("lake_")}
+        model["tasks"][task]["gate"] = {**gate, **kept}
         print(f"{task:12s} gate {gate['min_severity']:.3f}  by label {gate.get('by_label')}  "
               f"class thresholds {str(gate['class_thresholds']):5s}  "
               f"val precision {gate['val_precision']:.3f}  recall {gate['val_recall']:.3f}")

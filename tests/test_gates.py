@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from radlint.models.gates import choose_gate, flag_rates
 
@@ -78,3 +79,45 @@ def test_label_gates_pass_easy_labels_that_one_task_gate_holds_back():
         tpr = flag_rates(pos[0][pm], pos[1][pm], thresholds, g, by_label["class_thresholds"]).mean()
         if tpr > 0:
             assert 0.1 * tpr / (0.1 * tpr + 0.9 * fpr) >= 0.95
+
+
+def test_main_rewrites_the_generic_gates_and_keeps_the_lake_gates(tmp_path):
+    """models.gates chooses min_severity & co.; the lake gates come from choose-lake-gates and stay."""
+    pytest.importorskip("onnxruntime")
+    import csv
+
+    import yaml
+    from PIL import Image
+
+    from radlint.models import gates as gates_cli
+    from radlint.tasks.infer import REGISTRY_PATH
+
+    rng = np.random.default_rng(0)
+    rows = []
+    (tmp_path / "img").mkdir()
+    for i, (part, view) in enumerate([("chest", "PA"), ("chest", "AP"), ("chest", "PA"), ("chest", "AP"),
+                                      ("head", ""), ("lower_limb", ""), ("chest", "LATERAL"), ("spine", "")]):
+        arr = (rng.random((96, 80)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"img/{i}.png")
+        rows.append({"file": f"img/{i}.png", "patient_id": f"p{i}", "body_part": part, "view": view})
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (tmp_path / "split.csv").write_text("patient_id,split\n" + "".join(f"p{i},val\n" for i in range(len(rows))))
+    data = yaml.safe_load(REGISTRY_PATH.read_text())
+    entry = data["models"][0]
+    for spec in (entry, entry.get("embedding", {}).get("turned") or {}):
+        if spec:
+            spec["file"] = str(REGISTRY_PATH.parent / spec["file"])
+    data["models"] = [entry]
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump(data, sort_keys=False))
+    lake = {t: {k: v for k, v in spec["gate"].items() if k.startswith("lake_")} for t, spec in entry["tasks"].items()}
+    assert all(lake.values())
+    assert gates_cli.main(["--labels", str(tmp_path / "labels.csv"), "--split-file", str(tmp_path / "split.csv"),
+                           "--registry", str(registry), "--overrides", ""]) == 0
+    after = yaml.safe_load(registry.read_text())["models"][0]["tasks"]
+    for task, kept in lake.items():
+        assert {k: after[task]["gate"][k] for k in kept} == kept
+        assert "min_severity" in after[task]["gate"]
