@@ -90,7 +90,7 @@ def test_main_rewrites_the_generic_gates_and_keeps_the_lake_gates(tmp_path):
     from PIL import Image
 
     from radlint.models import gates as gates_cli
-    from radlint.tasks.infer import REGISTRY_PATH
+    from tests.test_registry import _shipped_with
 
     rng = np.random.default_rng(0)
     rows = []
@@ -105,14 +105,8 @@ def test_main_rewrites_the_generic_gates_and_keeps_the_lake_gates(tmp_path):
         w.writeheader()
         w.writerows(rows)
     (tmp_path / "split.csv").write_text("patient_id,split\n" + "".join(f"p{i},val\n" for i in range(len(rows))))
-    data = yaml.safe_load(REGISTRY_PATH.read_text())
-    entry = data["models"][0]
-    for spec in (entry, entry.get("embedding", {}).get("turned") or {}):
-        if spec:
-            spec["file"] = str(REGISTRY_PATH.parent / spec["file"])
-    data["models"] = [entry]
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(yaml.safe_dump(data, sort_keys=False))
+    registry = _shipped_with(tmp_path, lambda embedding: None)
+    entry = yaml.safe_load(registry.read_text())["models"][0]
     lake = {t: {k: v for k, v in spec["gate"].items() if k.startswith("lake_")} for t, spec in entry["tasks"].items()}
     assert all(lake.values())
     assert gates_cli.main(["--labels", str(tmp_path / "labels.csv"), "--split-file", str(tmp_path / "split.csv"),

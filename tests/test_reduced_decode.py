@@ -13,8 +13,9 @@ from tests.conftest import SHARED
 # Stated tolerances. The predicted class must never change (projection: where it means something,
 # on a film the model calls chest). Class probabilities move by less than MEAN_TOLERANCE on average
 # and MAX_TOLERANCE at worst (measured with radlint-multihead-v2: mean 0.005, max 0.025; v3: max
-# 0.011; v4: max 0.081, on a hip film's meaningless projection output). Before tasks.preprocess.to_uint8 clipped the 0.05 % tails, the wavelet overshoot
-# of a reduced JPEG 2000 decode moved WG04 RG2 (a hip film) by up to 0.46 and changed its class.
+# 0.011; v4: max 0.081, on a hip film's meaningless projection output). Before
+# tasks.preprocess.to_uint8 clipped the 0.05 % tails, the wavelet overshoot of a reduced JPEG 2000
+# decode moved WG04 RG2 (a hip film) by up to 0.46 and changed its class.
 MEAN_TOLERANCE = 0.02
 MAX_TOLERANCE = 0.1
 
