@@ -225,8 +225,9 @@ def loso_section(n_boot=1000, rows=None, split=None) -> tuple[list[str], dict]:
         a = s["args"]
         network = (f"widths {a.get('widths', '24,48,96,160')}, {a.get('size', 192)} px, "
                    f"{int(s['params']) / 1e6:.2f} M parameters" if s.get("params") else "")
-        if a.get("arch") == "efficientnet_lite0":
-            network = (f"EfficientNet-Lite0 ({'ImageNet' if a.get('pretrained') == 'True' else 'scratch'}), "
+        if (a.get("arch") or "").startswith("efficientnet_lite"):
+            network = (f"EfficientNet-{a['arch'].rsplit('_', 1)[-1].title()} "
+                       f"({'ImageNet' if a.get('pretrained') == 'True' else 'scratch'}), "
                        f"{a.get('size')} px, {int(s['params']) / 1e6:.2f} M parameters")
         out[src]["network"] = network
         lines.append(f"| {src} (all its labelled chest images) | {network} | {counts} | {fmt_ci(pa_ap)} | "

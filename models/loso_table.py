@@ -42,9 +42,10 @@ def run_row(run: Path, n_boot: int = 1000) -> dict:
     po = z["p_orientation"]  # [N, 4 rotations, 4 classes]
     ori = bootstrap_ci(_orientation_macro, po, n_boot=n_boot)
     a = s["args"]
-    network = (f"EfficientNet-Lite0 {'ImageNet' if a.get('pretrained') == 'True' else 'scratch'}, "
-               f"{a['size']} px" if a.get("arch") == "efficientnet_lite0"
-               else f"widths {a.get('widths')}, {a.get('size')} px")
+    arch = a.get("arch") or ""
+    network = (f"EfficientNet-{arch.rsplit('_', 1)[-1].title()} "
+               f"{'ImageNet' if a.get('pretrained') == 'True' else 'scratch'}, {a['size']} px"
+               if arch.startswith("efficientnet_lite") else f"widths {a.get('widths')}, {a.get('size')} px")
     return {"run": run.name, "source": a["exclude_source"], "network": network,
             "counts": "/".join(str(int((y == c).sum())) for c in range(3)),
             "pa_vs_ap": pa_ap, "frontal_vs_lateral": fl, "acc": acc, "orientation": ori,
