@@ -130,9 +130,11 @@ def idle_seconds() -> float:
 
 def _state_paths() -> tuple[Path, Path, Path, Path]:
     """(state, lock, touch, log) files of the kept server, in this PREFECT_HOME."""
-    from prefect.settings import get_current_settings
+    home = _home_without_import()
+    if home is None:
+        from prefect.settings import get_current_settings
 
-    home = Path(get_current_settings().home).expanduser()
+        home = Path(get_current_settings().home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     return tuple(home / f"radlint-server.{ext}" for ext in ("json", "lock", "used", "log"))
 
@@ -145,13 +147,56 @@ def _healthy(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+# Importing Prefect costs ~1 s on 2 cores; a server launched after it boots that much later. So
+# until the server is launched, what the launch needs is found without importing Prefect.
+
+
+def _prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
+
+
+def _home_without_import() -> Path | None:
+    """PREFECT_HOME as Prefect resolves it, where that is certain without importing Prefect: set in
+    the environment, or the default ~/.prefect when no settings file in reach (.env, prefect.toml,
+    pyproject.toml in the working folder, the profiles file) mentions a home. None otherwise."""
+    if "prefect" in sys.modules:
+        return None  # its settings are at hand, and may hold temporary ones
+    if os.environ.get("PREFECT_HOME"):
+        return Path(os.environ["PREFECT_HOME"]).expanduser()
+    import tomllib
+
+    default = Path("~/.prefect").expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or default / "profiles.toml").expanduser()
+    for path, says_home in ((Path(".env"), lambda text: "PREFECT_HOME" in text),
+                            (profiles, lambda text: "PREFECT_HOME" in text),
+                            (Path("prefect.toml"), lambda text: "home" in tomllib.loads(text)),
+                            (Path("pyproject.toml"),
+                             lambda text: "home" in tomllib.loads(text).get("tool", {}).get("prefect", {}))):
+        try:
+            if says_home(path.read_text(errors="replace")):
+                return None
+        except OSError:
+            continue
+        except tomllib.TOMLDecodeError:
+            return None
+    return default
+
+
+def _prefect_site() -> str:
+    """The folder that holds the prefect package (uvicorn's --app-dir)."""
+    import importlib.util
+
+    return str(Path(importlib.util.find_spec("prefect").origin).parent.parent)
+
+
 @contextlib.contextmanager
 def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
     """The API of the server this PREFECT_HOME's last radlint call left running, or a new one that
     stays up idle_seconds() after its last use (flows/kept_server.py)."""
-    import prefect
-
     state, lock, touch, log = _state_paths()
+    version = _prefect_version()
     with open(lock, "a+") as held:
         # One call at a time decides whether to start a server: two would start two.
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -160,14 +205,14 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
         with contextlib.suppress(OSError, ValueError, KeyError):
             found = json.loads(state.read_text())
             # Another install's server (another Prefect version) may not speak this client's API.
-            if found["prefect_version"] == prefect.__version__:
+            if found["prefect_version"] == version:
                 url = found["url"]
         if url is None or not _healthy(url):
             server = TemporaryServer(kept=(idle_seconds(), touch, log))
 
             def record() -> None:  # at once: a call interrupted while it boots still leaves it findable
                 state.write_text(json.dumps({"url": server.api_url, "pid": server.process.pid,
-                                             "prefect_version": prefect.__version__}))
+                                             "prefect_version": version}))
 
             _boot_while_importing(server, timeout, warm_imports, launched=record)
             url = server.api_url
@@ -210,17 +255,14 @@ class TemporaryServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def launch(self) -> None:
-        import prefect
-        from prefect.settings import get_current_settings
-
         self.port = _free_port()
-        env = {
-            **os.environ,
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-            **get_current_settings().to_environment_variables(exclude_unset=True),
-        }
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        if "prefect" in sys.modules:
+            # Settings made in this process (temporary_settings) reach the child too. Where Prefect is
+            # not imported yet there are none, and the child reads the same environment and files.
+            from prefect.settings import get_current_settings
+
+            env.update(get_current_settings().to_environment_variables(exclude_unset=True))
         if self.log is None:
             # Its output goes to a file, shown only if it fails to start: stopped while it flushes
             # events (the end of every run, a Ctrl-C), it logs cancellation tracebacks that are
@@ -228,7 +270,7 @@ class TemporaryServer:
             self.log = tempfile.TemporaryFile() if self.kept is None else open(self.kept[2], "a+b")
         if self.kept is None:
             command = [
-                sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                sys.executable, "-m", "uvicorn", "--app-dir", _prefect_site(),
                 "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
             ]

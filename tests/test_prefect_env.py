@@ -96,3 +96,64 @@ def test_a_server_radlint_starts_is_reused_by_the_next_call_and_stops_when_idle(
         raise AssertionError("the second kept server did not stop after being idle")
     except ProcessLookupError:
         pass
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({}, "default"),
+    ({"pyproject.toml": "[project]\nname = 'x'\nurls = {homepage = 'https://x'}\n"}, "default"),
+    ({"pyproject.toml": "[tool.prefect]\nhome = '/elsewhere'\n"}, None),
+    ({"prefect.toml": "home = '/elsewhere'\n"}, None),
+    ({"prefect.toml": "not = toml = at all"}, None),
+    ({".env": "PREFECT_HOME=/elsewhere\n"}, None),
+    ({"profiles.toml": "[profiles.default]\nPREFECT_HOME = '/elsewhere'\n"}, None),
+])
+def test_the_home_is_found_without_prefect_only_where_no_settings_file_could_move_it(
+        tmp_path, monkeypatch, files, expected):
+    """The kept server's files live in PREFECT_HOME, found before Prefect is imported (so the
+    server boots during that import): where a settings file could name another home, the answer
+    is None and radlint asks Prefect instead."""
+    from radlint.flows import prefect_env
+
+    monkeypatch.delitem(sys.modules, "prefect", raising=False)
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    found = prefect_env._home_without_import()
+    assert found == (tmp_path / "user" / ".prefect" if expected == "default" else None)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "set"))
+    assert prefect_env._home_without_import() == tmp_path / "set"  # the environment wins over files
+
+
+def test_with_prefect_imported_the_home_always_comes_from_its_settings():
+    import prefect  # noqa: F401
+
+    from radlint.flows import prefect_env
+
+    assert prefect_env._home_without_import() is None
+
+
+@pytest.mark.parametrize("argv, code, says", [
+    (["--help"], 0, "usage"),
+    (["audit", "/no/such/lake", "--db", "{tmp}/a.duckdb"], 2, "lake not found"),
+    (["no-such-command"], 2, "invalid choice"),
+])
+def test_the_console_script_exits_with_main_s_code_and_flushed_output(tmp_path, argv, code, says):
+    """`entry` skips the interpreter's teardown: the exit code and everything printed must
+    still come through."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "radlint.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert says in (proc.stdout + proc.stderr)
+
+
+def test_an_unexpected_error_still_exits_nonzero_with_its_traceback(tmp_path):
+    code = ("import sys; import radlint.cli as cli\n"
+            "def boom(argv=None): raise RuntimeError('unexpected')\n"
+            "cli.main = boom\n"
+            "cli.entry()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "RuntimeError: unexpected" in proc.stderr
