@@ -212,7 +212,7 @@ def run_planted(args) -> int:
     print("\nGeneric-only vs lake-adaptive rules (where no probe scored an image the generic verdict stands):")
     print(planted.format_sweep(sweep))
     print("\nLake gates chosen on this lake (registry tasks.<field>.gate: lake_rule, lake_weight, "
-          "lake_prior_images, lake_min_severity):")
+          "lake_prior_images, lake_min_severity, lake_distrust_scale):")
     print(_format_chosen(chosen))
     if group is not None:
         print(f"\nsystematic group: {group['n_images']} images, {group['per_image_flags']} flagged one by one; "
@@ -234,7 +234,8 @@ def run_planted(args) -> int:
 def _format_chosen(chosen: dict) -> str:
     return "\n".join(
         f"  {field}: lake_rule {c['lake_rule']}, lake_weight {c['lake_weight']}, lake_prior_images "
-        f"{c['lake_prior_images']}, lake_min_severity {c['lake_min_severity']} -> precision "
+        f"{c['lake_prior_images']}, lake_min_severity {c['lake_min_severity']}, lake_distrust_scale "
+        f"{c['lake_distrust_scale']} -> precision "
         f"{c['precision']:.3f}, recall {c['recall']:.3f}"
         + (f" (worst lake {c['worst'][0]:.3f} / {c['worst'][1]:.3f})" if c["n_lakes"] > 1 else "")
         + f" ({c['criterion']})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -83,23 +84,30 @@ def _flag_inputs(con, field: str) -> dict[str, Any]:
                coalesce(1 - f.lake_label_prob, 0), coalesce(1 - f.header_class_prob, 0),
                coalesce(f.generic_is_mismatch, false),
                coalesce(not list_contains(string_split(f.header_class, '|'), f.predicted_class), false),
-               count(*) over (partition by f.header_class)
+               count(*) over (partition by f.header_class),
+               f.generic_distrust
         from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
         where t.field = ? and f.header_class is not null and (t.field <> 'projection' or t.true_class is not null)
         """,
         [field],
     ).fetchall()
-    names = ("planted", "lake_ok", "lake_dis", "sev_lake", "sev_generic", "generic", "generic_dis", "n_label")
+    names = ("planted", "lake_ok", "lake_dis", "sev_lake", "sev_generic", "generic", "generic_dis", "n_label",
+             "distrust")
     cols = list(zip(*rows)) if rows else [()] * len(names)
-    return {n: np.array(c, dtype=float if n in ("sev_lake", "sev_generic", "n_label") else bool)
+    floats = ("sev_lake", "sev_generic", "n_label", "distrust")
+    return {n: np.array([np.nan if v is None else v for v in c] if n == "distrust" else c,
+                        dtype=float if n in floats else bool)
             for n, c in zip(names, cols)}
 
 
-def _lake_flags(x: dict[str, Any], rule: str, weight: float, prior: float, gate: float):
-    """The flags findings.sql would raise under one lake rule, weight, prior and gate."""
+def _lake_flags(x: dict[str, Any], rule: str, weight: float, prior: float, gate: float,
+                distrust_scale: float | None = None):
+    """The flags findings.sql would raise under one lake rule, weight, prior, gate and distrust scale."""
     import numpy as np
 
     w = weight * x["n_label"] / (x["n_label"] + prior) if prior else np.full(len(x["n_label"]), weight)
+    if distrust_scale is not None:
+        w = w * np.where(np.isnan(x["distrust"]), 1.0, np.minimum(1.0, np.nan_to_num(x["distrust"]) / distrust_scale))
     blended = w * x["sev_lake"] + (1 - w) * x["sev_generic"]
     extra = {"lake": True, "disagree": x["generic_dis"], "both": x["generic"]}[rule]
     return np.where(x["lake_ok"], x["lake_dis"] & (blended >= gate) & extra, x["generic"])
@@ -161,14 +169,15 @@ LAKE_RULES = ("lake", "disagree", "both")
 LAKE_WEIGHTS = (0.5, 0.6, 0.7, 0.85, 1.0)
 LAKE_GATES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 LAKE_PRIORS = (0, 25, 50, 100)
+LAKE_DISTRUST_SCALES = (None, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
 def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[str, Any]]:
-    """Per field, the lake rule, weight, prior and gate to register, scored over every lake of
+    """Per field, the lake rule, weight, prior, gate and distrust scale to register, scored over every lake of
     ``lakes`` (pairs of an audited database connection and its planted-truth CSV) with their
     flags and planted errors pooled: the most recall at ``target_precision`` where some setting
-    reaches it with recall at least as high, else the best F1 (ties: the higher gate, then the
-    smaller prior). Meant for lakes the model did not train on (``evaluate-planted
+    reaches it with recall at least as high, else the best F1 (ties: the higher gate, the smaller
+    prior, no distrust scale). Meant for lakes the model did not train on (``evaluate-planted
     --unseen-source``), never the test split. ``worst`` in each result is the lowest precision and
     recall any one lake got under the chosen setting."""
     import numpy as np
@@ -183,24 +192,23 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
     out: dict[str, dict[str, Any]] = {}
     for field, xs in inputs.items():
         grid = []
-        for rule in LAKE_RULES:
-            for prior in LAKE_PRIORS:
-                for w in LAKE_WEIGHTS:
-                    for g in LAKE_GATES:
-                        per_lake = []
-                        for x in xs:
-                            flag = _lake_flags(x, rule, w, prior, g)
-                            per_lake.append((int((flag & x["planted"]).sum()), int(flag.sum()), int(x["planted"].sum())))
-                        tp, n_flagged, n_planted = (int(v) for v in np.sum(per_lake, axis=0))
-                        p = tp / n_flagged if n_flagged else 0.0
-                        r = tp / n_planted
-                        worst = (min(t / f if f else 0.0 for t, f, _ in per_lake), min(t / n for t, _, n in per_lake))
-                        grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
-                                     "lake_min_severity": g, "precision": p, "recall": r,
-                                     "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst})
+        for rule, prior, w, g, scale in itertools.product(LAKE_RULES, LAKE_PRIORS, LAKE_WEIGHTS, LAKE_GATES,
+                                                          LAKE_DISTRUST_SCALES):
+            per_lake = []
+            for x in xs:
+                flag = _lake_flags(x, rule, w, prior, g, scale)
+                per_lake.append((int((flag & x["planted"]).sum()), int(flag.sum()), int(x["planted"].sum())))
+            tp, n_flagged, n_planted = (int(v) for v in np.sum(per_lake, axis=0))
+            p = tp / n_flagged if n_flagged else 0.0
+            r = tp / n_planted
+            worst = (min(t / f if f else 0.0 for t, f, _ in per_lake), min(t / n for t, _, n in per_lake))
+            grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
+                         "lake_min_severity": g, "lake_distrust_scale": scale, "precision": p, "recall": r,
+                         "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
-        key = (lambda x: (x["recall"], x["lake_min_severity"], -x["lake_prior_images"])) if reaching else \
-              (lambda x: (round(x["f1"], 4), x["lake_min_severity"], -x["lake_prior_images"]))
+        # ties: the higher gate, then the smaller prior, then no distrust scale (the simpler rule)
+        simpler = lambda x: (x["lake_min_severity"], -x["lake_prior_images"], x["lake_distrust_scale"] is None)  # noqa: E731
+        key = (lambda x: (x["recall"], *simpler(x))) if reaching else (lambda x: (round(x["f1"], 4), *simpler(x)))
         best = max(reaching or grid, key=key)
         out[field] = dict(best, criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
                           n_lakes=len(xs))

@@ -22,6 +22,14 @@ out-of-fold, an image whose label disagrees with what its look-alikes are labell
   vote of the 15 nearest turned views (cosine, same principal components), since which way is up
   depends on the kind of film.
 
+- generic_distrust, per image and task: how often the generic model disagrees with the labels of the
+  image's look-alikes in this lake (median of 1 - p_generic(label) over its DISTRUST_NEIGHBORS
+  nearest labelled images, cosine on the task's probe features, the image itself left out). Where
+  the generic model is on home ground its look-alikes' labels are nearly all its own calls and
+  this is near 0; on a kind of film it never saw (or a protocol labelled wrong throughout) it is
+  high. The findings' blend gives the lake probe a share that grows with it (gates
+  ``lake_distrust_scale``), so the generic model keeps its say where it has earned it.
+
 Fallback rules (the row's ``method`` is ``generic`` and ``fallback_reason`` says why):
 - ``no_embedding``: the image has no vector from the current model (e.g. read by an older model).
 - ``too_few_images``: fewer than MIN_IMAGES images with a single-class label for the task.
@@ -65,12 +73,18 @@ ORIENTATION_NEIGHBORS = 15
 ORIENTATION_SAMPLE_TARGET = 2000
 ORIENTATION_SAMPLE_MIN_RATE = 1 / 64
 
+# generic_distrust: look-alikes per image, and at most this many labelled images to look among
+# (a random subset beyond it bounds the cost on a large lake; the median of a local sample is
+# what is wanted, not every neighbour).
+DISTRUST_NEIGHBORS = 15
+DISTRUST_REFERENCE = 10_000
+
 # Tasks a quarter turn does not change: their probes also learn from, and average over, the
 # orientation sample's turned views of an image.
 ROTATION_INVARIANT = ("body_part",)
 
 # Bumped when the probes or their rules change, so the next run refits an unchanged lake.
-FIT_VERSION = 5
+FIT_VERSION = 6
 
 GENERIC = "generic"
 LAKE_OOF = "lake_oof"
@@ -93,6 +107,7 @@ class ProbeResult:
     probs: np.ndarray  # [N, n_classes], NaN rows where method is generic
     method: list[str]
     reason: list[str | None]
+    distrust: np.ndarray | None = None  # [N] generic_distrust, NaN where none was computed
 
 
 def preload() -> None:
@@ -108,7 +123,8 @@ def preload() -> None:
 
 def _probe(n_rows: int, n_features: int, kind: str = "linear"):
     """Standardise, keep the first principal components, then a logistic regression (``linear``)
-    or a cosine k-nearest-neighbour vote (``neighbors``)."""
+    or a cosine k-nearest-neighbour vote (``neighbors``); ``space``: the unit-length components
+    alone."""
     # sklearn is imported where a probe is fitted: importing it costs ~1.6 s of every audit's start,
     # and a small lake or an unchanged one fits none (bench/README.md, "Fixed cost").
     from sklearn.decomposition import PCA
@@ -119,6 +135,8 @@ def _probe(n_rows: int, n_features: int, kind: str = "linear"):
 
     k = min(PROBE_COMPONENTS, n_features, max(n_rows - 1, 1))
     steps = [StandardScaler(), PCA(k, svd_solver="randomized", random_state=0)]
+    if kind == "space":  # the neighbours' space alone: what a cosine vote compares
+        return make_pipeline(*steps, Normalizer())
     if kind == "neighbors":
         return make_pipeline(*steps, Normalizer(),
                              KNeighborsClassifier(min(ORIENTATION_NEIGHBORS, n_rows), weights="distance"))
@@ -231,6 +249,38 @@ def cross_fitted_probe(
     return ProbeResult(probs, method, reason)
 
 
+def generic_distrust(features: np.ndarray, generic_severity: np.ndarray, *, k: int = DISTRUST_NEIGHBORS,
+                     max_reference: int = DISTRUST_REFERENCE) -> np.ndarray:
+    """Per row, the median generic severity (1 - p_generic(label)) of its ``k`` nearest rows with a
+    label, itself left out; NaN where fewer than ``k`` labelled rows exist besides it.
+
+    ``generic_severity[i]`` is NaN where row i has no label (it is scored, never a neighbour).
+    Neighbours are sought among at most ``max_reference`` labelled rows (a seeded random subset).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(features)
+    out = np.full(n, np.nan, np.float32)
+    labelled = np.flatnonzero(~np.isnan(generic_severity))
+    if len(labelled) < k + 1:
+        return out
+    if len(labelled) > max_reference:
+        labelled = np.sort(np.random.default_rng(0).choice(labelled, max_reference, replace=False))
+    space = _probe(len(labelled), features.shape[1], kind="space")
+    with threadpool_limits(1):
+        space.fit(features[labelled])
+        ref = space.transform(features[labelled])
+        query = space.transform(features)
+        # k + 1: a labelled row finds itself first; dropped below wherever it is among the results
+        _, idx = NearestNeighbors(n_neighbors=k + 1).fit(ref).kneighbors(query)
+    found = labelled[idx]
+    own = found == np.arange(n)[:, None]
+    # each row keeps its first k neighbours that are not itself
+    keep = np.cumsum(~own, axis=1) <= k
+    sev = np.where(~own & keep, generic_severity[found], np.nan)
+    return np.nanmedian(sev, axis=1).astype(np.float32)
+
+
 def _compose(stored: str, turn: str) -> str:
     """The orientation label of a stored image turned by ``turn``."""
     k = (preprocess.ORIENTATION_K[stored] + preprocess.ORIENTATION_K[turn]) % 4
@@ -324,6 +374,9 @@ _CURRENT_SQL = """
            max(f.header_class) filter (where f.field = 'body_part') as body_part_label,
            max(f.header_class) filter (where f.field = 'projection') as projection_label,
            max(f.header_class) filter (where f.field = 'orientation') as orientation_label,
+           max(1 - f.header_class_prob) filter (where f.field = 'body_part') as body_part_generic_severity,
+           max(1 - f.header_class_prob) filter (where f.field = 'projection') as projection_generic_severity,
+           max(1 - f.header_class_prob) filter (where f.field = 'orientation') as orientation_generic_severity,
            bool_or(f.field = 'projection') as projection_checked
     from i
     left join findings as f on f.uri = i.uri
@@ -449,9 +502,10 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
             m = result.method[local]
             reason = result.reason[local] if m == GENERIC else None
             p = result.probs[local]
+            distrust = None if result.distrust is None or np.isnan(result.distrust[local]) else float(result.distrust[local])
             row = {"uri": keys[i][0], "etag": keys[i][1], "task": task, "method": m, "fallback_reason": reason,
                    "model_sha256": entry.sha256, "fitted_run_id": run_id, "fitted_at": now,
-                   "predicted": None, "probability": None, "probabilities": None}
+                   "predicted": None, "probability": None, "probabilities": None, "generic_distrust": distrust}
             if m != GENERIC:
                 best = int(np.argmax(p))
                 row.update(predicted=classes[best], probability=float(p[best]),
@@ -482,6 +536,7 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
                                        axis=1)
                      for j, i in enumerate(with_emb) if i in turned_of}
         result = cross_fitted_probe(feats, labels, [groups[i] for i in with_emb], classes, views=views)
+        result.distrust = _distrust(emb[with_emb, a:b], data[f"{task}_generic_severity"], with_emb)
         emit(task, classes, with_emb, result)
 
     if "orientation" in entry.tasks:
@@ -499,6 +554,7 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
             stored_labels = [_single(data["orientation_label"][i], classes) or "upright" for i in with_emb]
             result = orientation_probe(emb[with_emb, a:b], stored_labels, [groups[i] for i in with_emb], sampled,
                                        turned)
+            result.distrust = _distrust(emb[with_emb, a:b], data["orientation_generic_severity"], with_emb)
             emit("orientation", classes, with_emb, result)
 
     con.execute("insert or replace into meta values ('lake_fit_fingerprint', ?)", [fingerprint])
@@ -513,9 +569,14 @@ def adapt_lake(con, entry, run_id: str) -> dict[str, dict[str, int]]:
     return counts
 
 
+def _distrust(features: np.ndarray, severity: list, rows: np.ndarray) -> np.ndarray:
+    sev = np.array([np.nan if severity[i] is None else severity[i] for i in rows], np.float32)
+    return generic_distrust(features, sev)
+
+
 LAKE_SCHEMA = pa.schema([
     ("uri", pa.string()), ("etag", pa.string()), ("task", pa.string()), ("predicted", pa.string()),
     ("probability", pa.float32()), ("probabilities", parts.PROBABILITIES_TYPE), ("method", pa.string()),
     ("fallback_reason", pa.string()), ("model_sha256", pa.string()), ("fitted_run_id", pa.string()),
-    ("fitted_at", pa.timestamp("us", tz="UTC")),
+    ("fitted_at", pa.timestamp("us", tz="UTC")), ("generic_distrust", pa.float32()),
 ])

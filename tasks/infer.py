@@ -49,6 +49,7 @@ class TaskSpec:
     lake_rule: str | None = None  # both | lake | disagree: what else a lake flag needs (sql/tables/gates.sql)
     lake_weight: float | None = None  # share of the lake probe in the blended severity a lake flag is gated on
     lake_prior_images: float | None = None  # shrinks lake_weight for labels with few lake images
+    lake_distrust_scale: float | None = None  # lake_weight follows generic_distrust up to this (sql/tables/gates.sql)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
     lake_rule = gate.pop("lake_rule", None)
     lake_weight = gate.pop("lake_weight", None)
     lake_prior = gate.pop("lake_prior_images", None)
+    distrust_scale = gate.pop("lake_distrust_scale", None)
+    if distrust_scale is not None and not float(distrust_scale) > 0:
+        raise RegistryError(f"task {name}: gate.lake_distrust_scale must be above 0, not {distrust_scale!r}")
     if lake_weight is not None and not 0.0 <= float(lake_weight) <= 1.0:
         raise RegistryError(f"task {name}: gate.lake_weight must be within [0, 1], not {lake_weight!r}")
     if lake_rule not in (None, "both", "lake", "disagree"):
@@ -127,6 +131,7 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         lake_rule=lake_rule,
         lake_weight=None if lake_weight is None else float(lake_weight),
         lake_prior_images=None if lake_prior is None else float(lake_prior),
+        lake_distrust_scale=None if distrust_scale is None else float(distrust_scale),
     )
 
 

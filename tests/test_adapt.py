@@ -132,6 +132,27 @@ def turned_lake(n: int, share_rotated: float = 0.15, dim: int = 12, seed: int = 
     return stored, stored_truth, emb
 
 
+def test_generic_distrust_is_high_where_the_generic_model_disagrees_with_the_lake_s_labels():
+    x, kind = clusters(60, ("known", "unknown"), dim=16)
+    rng = np.random.default_rng(3)
+    # known films: the generic model agrees with the labels but for a few wrong ones; unknown
+    # films: it disagrees with nearly all of them
+    sev = np.where(np.array(kind) == "known", 0.02, 0.95).astype(np.float32)
+    sev[rng.choice(60, 6, replace=False)] = 0.98
+    sev[[5, 70]] = np.nan  # unlabelled: scored, never a neighbour
+    d = adapt.generic_distrust(x, sev)
+    known, unknown = d[:60], d[60:]
+    assert np.all(known < 0.1) and np.all(unknown > 0.9)
+    assert not np.isnan(d).any()
+    # an image's own severity is left out: a lone disagreement among agreeing look-alikes stays low
+    assert d[int(np.flatnonzero(sev[:60] == 0.98)[0])] < 0.1
+    # a reference subset gives the same picture
+    small = adapt.generic_distrust(x, sev, max_reference=40)
+    assert np.all(small[:60] < 0.1) and np.all(small[60:] > 0.9)
+    # too few labelled images: nothing is computed
+    assert np.isnan(adapt.generic_distrust(x[:10], sev[:10])).all()
+
+
 def test_orientation_probe_finds_rotated_images_without_labels():
     n = 200
     stored, truth, emb = turned_lake(n)
@@ -319,6 +340,10 @@ def test_adapt_without_embeddings_falls_back_per_row():
     assert counts["body_part"] == {"generic:no_embedding": 4, "lake_oof": 36}
     got = dict(con.execute("select uri, method from lake_predictions where task = 'body_part'").fetchall())
     assert {got[f"s3://b/{i}"] for i in range(36, 40)} == {"generic"}
+    # the generic model agrees with every label (p 0.9): low distrust where a vector exists, none elsewhere
+    distrust = dict(con.execute("select uri, generic_distrust from lake_predictions where task = 'body_part'").fetchall())
+    assert all(distrust[f"s3://b/{i}"] == pytest.approx(0.1) for i in range(36))
+    assert all(distrust[f"s3://b/{i}"] is None for i in range(36, 40))
     # nothing changed: the fit stands
     assert adapt.adapt_lake(con, Entry(), "r3") == {"unchanged": {"kept": 40}}
     assert con.execute("select count(*), list(distinct fitted_run_id) from lake_predictions").fetchone() == (40, ["r2"])
@@ -363,7 +388,7 @@ def test_adapt_follows_a_labels_file_that_changes_between_runs():
     assert con.execute("select count(*) from findings where field = 'body_part' and is_mismatch").fetchone()[0] == 0
     # the RIS says image 0 (a head film) is a chest: the refit flags exactly that label
     con.execute("insert into labels values (null, '1.2.0', 'chest', null, null, 'ris.csv', ?)", [T0])
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null)", [SHA])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
     adapt.adapt_lake(con, Entry(), "r2")
     flagged = con.execute("select uri, label_source from findings where field = 'body_part' and is_mismatch").fetchall()
     assert flagged == [("s3://b/0", "labels_file")]

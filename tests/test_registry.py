@@ -110,3 +110,19 @@ def test_a_turned_file_that_is_not_the_registered_one_is_refused(tmp_path):
     # without a turned file, turned views get the whole embedding from the model itself
     entry = infer.default_model(_shipped_with(tmp_path, lambda emb: emb.pop("turned")))
     assert entry.embedding.turned_columns() == (0, entry.embedding.size)
+
+
+@pytest.mark.parametrize("gate, words", [
+    ({"lake_weight": 1.5}, "lake_weight must be within"),
+    ({"lake_rule": "sometimes"}, "lake_rule must be"),
+    ({"lake_distrust_scale": 0}, "lake_distrust_scale must be above 0"),
+])
+def test_lake_gates_out_of_range_are_refused(gate, words):
+    spec = {"classes": ["a", "b"], "gate": {"min_severity": 0.5, **gate}}
+    with pytest.raises(infer.RegistryError, match=words):
+        infer._task_spec("body_part", spec)
+
+
+def test_lake_distrust_scale_reaches_the_task_spec():
+    spec = infer._task_spec("body_part", {"classes": ["a"], "gate": {"lake_distrust_scale": 0.3}})
+    assert spec.lake_distrust_scale == 0.3 and "lake_distrust_scale" not in spec.gate_policy

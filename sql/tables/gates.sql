@@ -10,6 +10,7 @@
 -- lake_rule: how a lake-probe verdict becomes a flag where the probe scored the image: both (the generic model's own rule must flag it too), lake (the probe alone decides), disagree (the probe flags and the generic model's most probable class is not the label); NULL: both.
 -- lake_weight: where the lake probe scored the image, the severity a lake-probe flag is gated on is lake_weight x (1 - p_lake(label)) + (1 - lake_weight) x (1 - p_generic(label)); chosen with lake_min_severity; NULL: 1 (the probe alone).
 -- lake_prior_images: shrinkage of lake_weight for labels the lake has few images of: the weight applied is lake_weight x n / (n + lake_prior_images), n = images with that label; NULL: 0 (none).
+-- lake_distrust_scale: where set, the lake probe's share also follows lake_predictions.generic_distrust: it is multiplied by min(1, generic_distrust / lake_distrust_scale), so the generic model keeps its say on kinds of film whose lake labels it agrees with and the probe decides where it does not; NULL: off.
 create table if not exists gates (
     model varchar not null,
     model_sha256 varchar not null,
@@ -21,5 +22,6 @@ create table if not exists gates (
     lake_min_severity float,
     lake_rule varchar,
     lake_weight float,
-    lake_prior_images float
+    lake_prior_images float,
+    lake_distrust_scale float
 );

@@ -10,6 +10,7 @@
 -- model_sha256: the model whose embeddings and probabilities the probe used.
 -- fitted_run_id: the audit run that fitted the probe.
 -- fitted_at: when the probe was fitted (UTC).
+-- generic_distrust: how often the generic model disagrees with the labels of this image's look-alikes in the lake: the median of 1 - p_generic(label) over its 15 nearest labelled images (cosine on the task's probe features, the image itself left out); near 0 where the generic model knows this kind of film, high on a kind it never saw or a group labelled wrong throughout. NULL where it could not be computed (no embedding, too few labelled images).
 create table if not exists lake_predictions (
     uri varchar not null,
     etag varchar not null,
@@ -21,5 +22,6 @@ create table if not exists lake_predictions (
     fallback_reason varchar,
     model_sha256 varchar not null,
     fitted_run_id varchar not null,
-    fitted_at timestamptz
+    fitted_at timestamptz,
+    generic_distrust float
 );

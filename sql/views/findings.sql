@@ -27,7 +27,8 @@
 -- flag_basis: for a mismatch, which view decided it: both (the lake probe flagged and the generic model agrees), lake (the lake probe alone), generic (no lake probe for this image; the generic model alone); NULL when not flagged.
 -- lake_gate: the severity a lake-probe flag needs (table gates, lake_min_severity; 0.5 when unset).
 -- lake_rule: what else a lake-probe flag needs (table gates): both, lake or disagree; both when unset.
--- lake_weight: the lake probe's share of the blended severity for this image: the task's lake_weight (table gates; 1 when unset) x n / (n + lake_prior_images), n = the lake's images with this label, so a probe that saw few of them counts less.
+-- lake_weight: the lake probe's share of the blended severity for this image: the task's lake_weight (table gates; 1 when unset) x n / (n + lake_prior_images), n = the lake's images with this label, so a probe that saw few of them counts less; where the task's lake_distrust_scale is set, also x min(1, generic_distrust / lake_distrust_scale), so the generic model keeps its say on kinds of film whose lake labels it agrees with.
+-- generic_distrust: how often the generic model disagrees with the labels of this image's look-alikes in the lake (table lake_predictions; 0-1); NULL where not computed.
 create or replace view findings as
 with
 
@@ -160,7 +161,8 @@ scored as (
         coalesce(g.lake_min_severity, 0.5) as lake_gate,
         coalesce(g.lake_rule, 'both') as lake_rule,
         coalesce(g.lake_weight, 1.0) as lake_weight,
-        coalesce(g.lake_prior_images, 0.0) as lake_prior_images
+        coalesce(g.lake_prior_images, 0.0) as lake_prior_images,
+        g.lake_distrust_scale
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
     left join thresholds as t
@@ -178,7 +180,13 @@ adapted as (
         lp.fallback_reason as lake_fallback_reason,
         lp.predicted as lake_predicted_class,
         -- a probe that saw few images of this label is trusted less: its share shrinks toward the generic model
-        s.lake_weight * n_label / (n_label + s.lake_prior_images) as lake_weight_eff,
+        -- and, where the task says so, a generic model that agrees with this kind of film's labels keeps more of its say
+        s.lake_weight * n_label / (n_label + s.lake_prior_images)
+        * case
+            when s.lake_distrust_scale is null or lp.generic_distrust is null then 1.0
+            else least(1.0, lp.generic_distrust / s.lake_distrust_scale)
+        end as lake_weight_eff,
+        lp.generic_distrust,
         coalesce(lp.method in ('lake_oof', 'lake_fit') and lp.probabilities is not null, false) as lake_ok,
         case
             when s.header_class is null or lp.probabilities is null then null
@@ -283,7 +291,8 @@ final as (
         end as flag_basis,
         d.lake_gate,
         d.lake_rule,
-        d.lake_weight_eff as lake_weight
+        d.lake_weight_eff as lake_weight,
+        d.generic_distrust
     from decided as d
     inner join latest_images as i on i.uri = d.uri
 )

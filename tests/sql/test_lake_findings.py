@@ -7,11 +7,11 @@ import pytest
 from tests.sql.test_findings import SHA, T0, con, given, image, pred  # noqa: F401  (con is a fixture)
 
 
-def lake(con, uri, task, probs: dict | None, method="lake_oof", reason=None, etag="e1"):
+def lake(con, uri, task, probs: dict | None, method="lake_oof", reason=None, etag="e1", distrust=None):
     best = max(probs, key=probs.get) if probs else None
     con.execute(
-        "insert into lake_predictions values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'r1', ?)",
-        [uri, etag, task, best, probs[best] if probs else None, probs, method, reason, SHA, T0],
+        "insert into lake_predictions values (?, ?, ?, ?, ?, ?, ?, ?, ?, 'r1', ?, ?)",
+        [uri, etag, task, best, probs[best] if probs else None, probs, method, reason, SHA, T0, distrust],
     )
 
 
@@ -24,7 +24,7 @@ def rows(con):
 
 
 def test_lake_probe_decides_where_it_scored(con):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null)", [SHA])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
     given(
         con,
         [
@@ -64,7 +64,7 @@ def test_lake_gate_from_gates_table(con):
           [pred("s3://b/x", "body_part", {"chest": 0.9, "abdomen": 0.1})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.7, "chest": 0.3})
     assert rows(con)["s3://b/x"][1] is False  # default rule both: the generic model agrees with the label
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null, null)", [SHA])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null, null, null)", [SHA])
     assert rows(con)["s3://b/x"][1] is True  # default lake gate 0.5
     con.execute("update gates set lake_min_severity = 0.8")
     assert rows(con)["s3://b/x"][1] is False  # 1 - 0.3 < 0.8
@@ -78,7 +78,7 @@ def test_lake_gate_from_gates_table(con):
     ("lake", {"chest": 0.9, "abdomen": 0.1}, True),
 ])
 def test_lake_rule(con, rule, generic_probs, flagged):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null, null)", [SHA, rule])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null, null, null)", [SHA, rule])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", generic_probs)])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
@@ -143,7 +143,7 @@ def test_group_findings_needs_five_images(con, n, flagged):
 @pytest.mark.parametrize("weight,flagged,severity", [(1.0, True, 0.8), (0.5, False, 0.5), (0.7, True, 0.62)])
 def test_lake_weight_blends_the_two_severities(con, weight, flagged, severity):
     # the probe says abdomen (p(chest) 0.2), the generic model is sure of the label (p(chest) 0.8)
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?, null)",
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?, null, null)",
                 [SHA, weight])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
@@ -154,9 +154,40 @@ def test_lake_weight_blends_the_two_severities(con, weight, flagged, severity):
 
 def test_lake_prior_shrinks_the_probe_for_rare_labels(con):
     # one chest image among the lake's labels: with a prior of 3 images the probe's share is 0.8 x 1/4
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', 0.8, 3)", [SHA])
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', 0.8, 3, null)", [SHA])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
     got = con.execute("select is_mismatch, lake_weight, round(severity, 3) from findings where field = 'body_part'").fetchone()
     assert got == (False, pytest.approx(0.2), pytest.approx(0.2 * 0.8 + 0.8 * 0.2))
+
+
+@pytest.mark.parametrize("distrust,weight,flagged", [
+    (0.05, 0.1, False),  # the generic model agrees with this kind of film's labels: it keeps 90 % of the say
+    (0.2, 0.4, False),
+    (0.6, 1.0, True),  # it disagrees with most of them: the probe decides alone
+    (None, 1.0, True),  # not computed: the task's weight as it is
+])
+def test_lake_distrust_scale_gives_the_generic_model_its_say_where_it_agrees_with_the_lake(
+        con, distrust, weight, flagged):
+    # the probe says abdomen (p(chest) 0.1), the generic model is sure of the label (p(chest) 0.95)
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, 0.5)",
+                [SHA])
+    given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
+          [pred("s3://b/x", "body_part", {"chest": 0.95, "abdomen": 0.05})])
+    lake(con, "s3://b/x", "body_part", {"abdomen": 0.9, "chest": 0.1}, distrust=distrust)
+    got = con.execute("select is_mismatch, lake_weight, generic_distrust, severity from findings "
+                      "where field = 'body_part'").fetchone()
+    assert got[0] is flagged
+    assert got[1] == pytest.approx(weight)
+    assert got[2] == (None if distrust is None else pytest.approx(distrust))
+    assert got[3] == pytest.approx(weight * 0.9 + (1 - weight) * 0.05)
+
+
+def test_without_a_distrust_scale_the_weight_ignores_generic_distrust(con):
+    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, null)",
+                [SHA])
+    given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
+          [pred("s3://b/x", "body_part", {"chest": 0.95, "abdomen": 0.05})])
+    lake(con, "s3://b/x", "body_part", {"abdomen": 0.9, "chest": 0.1}, distrust=0.01)
+    assert con.execute("select is_mismatch, lake_weight from findings where field = 'body_part'").fetchone() == (True, 1.0)
