@@ -120,13 +120,26 @@ def main(argv=None) -> int:
     entry = infer.default_model()
     print(f"model {entry.name}, embedding {entry.embedding.size}-d, {os.cpu_count()} cores, "
           f"{args.threads} threads")
-    print("| images | orientation sample | adapt_lake s | model inference s (images + sample turns) | adapt / inference |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| images | orientation sample | adapt_lake s | of which generic_distrust s | model inference s "
+          "(images + sample turns) | adapt / inference |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    distrust_seconds = [0.0]
+    real_distrust = adapt.generic_distrust
+
+    def timed_distrust(*a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return real_distrust(*a, **kw)
+        finally:
+            distrust_seconds[0] += time.perf_counter() - t0
+
+    adapt.generic_distrust = timed_distrust
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "bench.duckdb"
             n_sampled = fill(db, n, entry.embedding.size, entry.sha256, entry.embedding.turned_columns())
             con = database.connect(db)
+            distrust_seconds[0] = 0.0
             try:
                 t = time.perf_counter()
                 counts = adapt.adapt_lake(con, entry, "bench")
@@ -134,7 +147,8 @@ def main(argv=None) -> int:
             finally:
                 con.close()
         model = inference_seconds(entry, n, 3 * n_sampled, args.threads)
-        print(f"| {n:,} | {n_sampled:,} | {fit:.1f} | {model:.0f} | {fit / model:.1%} |", flush=True)
+        print(f"| {n:,} | {n_sampled:,} | {fit:.1f} | {distrust_seconds[0]:.1f} | {model:.0f} | {fit / model:.1%} |",
+              flush=True)
         print(f"  methods: {counts}")
     return 0
 
