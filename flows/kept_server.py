@@ -4,7 +4,7 @@
 
 Started by ``radlint.flows.prefect_env.prefect_api`` when no PREFECT_API_URL is set (and
 RADLINT_PREFECT_SERVER_IDLE is not 0), so that the next radlint call finds a warm API instead of
-booting one (~10 s on 2 cores). Prefect's own app (``prefect.server.api.server.create_app``) under
+booting one (about 4 s on an idle 2-core machine). Prefect's own app (``prefect.server.api.server.create_app``) under
 uvicorn, as Prefect's temporary server runs it. It exits once neither an API request nor a touch of
 ``FILE`` (radlint calls touch it while they run) happened for ``SECONDS``.
 """

@@ -4,7 +4,7 @@ With no PREFECT_API_URL, a flow would start its own temporary server, and under 
 runner every worker process would start one more. We start one server here and export its URL, so
 the flow process and all Dask workers it spawns report to the same API. It stays up for
 RADLINT_PREFECT_SERVER_IDLE seconds (default 600) after the call's last use, so the next call in
-this PREFECT_HOME skips its ~10 s boot (flows/kept_server.py); 0 makes it a temporary server that
+this PREFECT_HOME skips its boot, about 4 s on 2 cores (flows/kept_server.py); 0 makes it a temporary server that
 stops when the call ends.
 """
 
@@ -56,8 +56,8 @@ def prefect_api(timeout: int = 90, warm_imports: tuple[str, ...] = ()) -> Iterat
     """Yield the API URL in use; when none is configured, that of a local server radlint keeps
     running between calls (_kept_api), or of a temporary one for this call (idle_seconds() 0).
 
-    ``warm_imports``: modules to import while the server boots (it takes ~10 s to import and
-    start on a small machine; the flow's own imports take several more, and the two overlap).
+    ``warm_imports``: modules to import while the server boots (about 4 s to import and start on an
+    idle 2-core machine; the flow's own imports take about 2 s, and the two overlap).
     """
     apply_quiet_defaults()
     existing = os.environ.get("PREFECT_API_URL")
@@ -238,7 +238,7 @@ class TemporaryServer:
     """Prefect's own API app (``prefect.server.api.server:create_app``) under uvicorn in a child
     process, launched as ``prefect.server.api.server.SubprocessASGIServer`` launches it.
 
-    Not that class itself: importing its module costs ~8 s here before the child can even start,
+    Not that class itself: importing its module (all of prefect.server, 2.3-2.6 s here) would come before the child could start,
     while launching the same command directly lets the child boot during our own imports.
     """
 
