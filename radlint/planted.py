@@ -206,9 +206,11 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
                          "lake_min_severity": g, "lake_distrust_scale": scale, "precision": p, "recall": r,
                          "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
-        # ties: the higher gate, then the smaller prior, then no distrust scale (the simpler rule)
-        simpler = lambda x: (x["lake_min_severity"], -x["lake_prior_images"], x["lake_distrust_scale"] is None)  # noqa: E731
-        key = (lambda x: (x["recall"], *simpler(x))) if reaching else (lambda x: (round(x["f1"], 4), *simpler(x)))
+        def key(x):
+            # ties: the higher gate, then the smaller prior, then no distrust scale (the simpler rule)
+            score = x["recall"] if reaching else round(x["f1"], 4)
+            return score, x["lake_min_severity"], -x["lake_prior_images"], x["lake_distrust_scale"] is None
+
         best = max(reaching or grid, key=key)
         out[field] = dict(best, criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
                           n_lakes=len(xs))
