@@ -236,7 +236,8 @@ def _format_chosen(chosen: dict) -> str:
         f"  {field}: lake_rule {c['lake_rule']}, lake_weight {c['lake_weight']}, lake_prior_images "
         f"{c['lake_prior_images']}, lake_min_severity {c['lake_min_severity']}, lake_distrust_scale "
         f"{c['lake_distrust_scale']} -> precision "
-        f"{c['precision']:.3f}, recall {c['recall']:.3f}"
+        f"{planted.format_interval(c['precision'], c.get('precision_ci'))}, "
+        f"recall {planted.format_interval(c['recall'], c.get('recall_ci'))}"
         + (f" (worst lake {c['worst'][0]:.3f} / {c['worst'][1]:.3f})" if c["n_lakes"] > 1 else "")
         + f" ({c['criterion']})"
         for field, c in chosen.items()

@@ -113,8 +113,23 @@ def _lake_flags(x: dict[str, Any], rule: str, weight: float, prior: float, gate:
     return np.where(x["lake_ok"], x["lake_dis"] & (blended >= gate) & extra, x["generic"])
 
 
+def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (None without trials).
+
+    Why: a lake of a few hundred planted errors gives a precision or recall that moves by several
+    hundredths between two builds of the same lake; a number read against a 0.95 target needs its
+    interval beside it."""
+    if not trials:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def score(con, truth_csv: str | Path) -> dict[str, dict[str, Any]]:
-    """Per field: planted errors, flagged, true positives, precision, recall, F1.
+    """Per field: planted errors, flagged, true positives, precision, recall, F1, and 95 % Wilson
+    intervals of precision and recall (``precision_ci``, ``recall_ci``).
 
     Only images the audit checked count (projection: chest images with a known view).
     """
@@ -145,22 +160,33 @@ def score(con, truth_csv: str | Path) -> dict[str, dict[str, Any]]:
             "precision": precision,
             "recall": recall,
             "f1": f1,
+            "precision_ci": wilson(tp, n_flagged),
+            "recall_ci": wilson(tp, n_planted),
         }
     return out
 
 
+def format_interval(value: float | None, ci: tuple[float, float] | None) -> str:
+    """``0.940 [0.902, 0.964]``; ``-`` where there is no value."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def format_table(scores: dict[str, dict[str, Any]]) -> str:
+    """The per-field scores as a text table, precision and recall with their 95 % Wilson intervals."""
     def fmt(v):
         return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
-    lines = ["field        checked  planted  flagged  TP   precision  recall  F1"]
+    lines = ["field        checked  planted  flagged   TP  precision [95% CI]      recall [95% CI]         F1"]
     for f in FIELDS:
         s = scores.get(f)
         if not s:
             continue
         lines.append(
             f"{f:<12} {s['checked']:>7}  {s['planted']:>7}  {s['flagged']:>7}  {s['true_positives']:>3}  "
-            f"{fmt(s['precision']):>9}  {fmt(s['recall']):>6}  {fmt(s['f1'])}"
+            f"{format_interval(s['precision'], s.get('precision_ci')):<22}  "
+            f"{format_interval(s['recall'], s.get('recall_ci')):<22}  {fmt(s['f1'])}"
         )
     return "\n".join(lines)
 
@@ -179,7 +205,8 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
     reaches it with recall at least as high, else the best F1 (ties: the higher gate, the smaller
     prior, no distrust scale). Meant for lakes the model did not train on (``evaluate-planted
     --unseen-source``), never the test split. ``worst`` in each result is the lowest precision and
-    recall any one lake got under the chosen setting."""
+    recall any one lake got under the chosen setting; ``precision_ci`` and ``recall_ci`` the pooled
+    95 % Wilson intervals (the choice itself is made on the point values)."""
     import numpy as np
 
     inputs: dict[str, list[dict[str, Any]]] = {}
@@ -204,7 +231,8 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
             worst = (min(t / f if f else 0.0 for t, f, _ in per_lake), min(t / n for t, _, n in per_lake))
             grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
                          "lake_min_severity": g, "lake_distrust_scale": scale, "precision": p, "recall": r,
-                         "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst})
+                         "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst,
+                         "true_positives": tp, "flagged": n_flagged, "planted": n_planted})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
         def key(x):
             # ties: the higher gate, then the smaller prior, then no distrust scale (the simpler rule)
@@ -212,7 +240,8 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
             return score, x["lake_min_severity"], -x["lake_prior_images"], x["lake_distrust_scale"] is None
 
         best = max(reaching or grid, key=key)
-        out[field] = dict(best, criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
+        out[field] = dict(best, precision_ci=wilson(best["true_positives"], best["flagged"]),
+                          recall_ci=wilson(best["true_positives"], best["planted"]), criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
                           n_lakes=len(xs))
     return out
 

@@ -45,6 +45,42 @@ def test_gates_are_chosen_over_the_lakes_pooled(tmp_path):
     assert (pooled["precision"], pooled["recall"]) == (1.0, 0.5)
     assert pooled["worst"] == (0.0, 0.0)
     assert pooled["lake_min_severity"] > 0.75
+    # the pooled counts behind the point values, and their Wilson intervals
+    assert (pooled["true_positives"], pooled["flagged"], pooled["planted"]) == (10, 10, 20)
+    assert pooled["recall_ci"] == planted.wilson(10, 20)
+    lo, hi = pooled["precision_ci"]
+    assert 0.6 < lo < 0.75 and hi == 1.0
+
+
+def test_wilson_intervals_match_the_textbook_values():
+    # Wilson 95 %: 0 of 10 -> [0, 0.2775]; 81 of 263 -> [0.2553, 0.3662] (Newcombe 1998, table I
+    # gives 0.2553-0.3662 for 81/263); none without trials
+    lo, hi = planted.wilson(0, 10)
+    assert lo == 0.0 and round(hi, 4) == 0.2775
+    lo, hi = planted.wilson(81, 263)
+    assert (round(lo, 4), round(hi, 4)) == (0.2553, 0.3662)
+    assert planted.wilson(0, 0) is None
+
+
+def test_score_reports_intervals_and_the_table_prints_them(tmp_path):
+    # 8 planted errors; the findings flag 10 images, 6 of them planted
+    truth = tmp_path / "t.csv"
+    with truth.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uri", "field", "planted", "true_class", "systematic"])
+        for i in range(40):
+            w.writerow([f"u{i}", "body_part", str(i < 8), "head", "False"])
+    con = duckdb.connect()
+    con.execute("create table findings (uri varchar, field varchar, header_class varchar, is_mismatch boolean)")
+    con.executemany("insert into findings values (?, 'body_part', 'chest', ?)",
+                    [(f"u{i}", i < 6 or 30 <= i < 34) for i in range(40)])
+    s = planted.score(con, truth)["body_part"]
+    assert (s["planted"], s["flagged"], s["true_positives"]) == (8, 10, 6)
+    assert (s["precision"], s["recall"]) == (0.6, 0.75)
+    assert s["precision_ci"] == planted.wilson(6, 10) and s["recall_ci"] == planted.wilson(6, 8)
+    line = planted.format_table({"body_part": s}).splitlines()[1]
+    lo, hi = s["precision_ci"]
+    assert f"0.600 [{lo:.3f}, {hi:.3f}]" in line
 
 
 def test_a_distrust_scale_is_chosen_where_the_generic_model_knows_some_films_and_not_others(tmp_path):
