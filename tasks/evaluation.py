@@ -9,7 +9,8 @@ the four ways (tasks.preprocess.rotate_to_orientation) and asking the model whic
 An optional ``orientation`` column says how a stored image differs from upright (the orientation
 vocabulary of tasks/vocabulary.py; empty = upright): such an image is brought upright before it is
 rotated. An overrides CSV (keyed by ``file``) replaces the labels' values where its cells are not
-empty, e.g. models/splits/orientation_review.csv for the shared radiographs.
+empty, e.g. models/splits/orientation_review.csv for the shared radiographs (images not stored
+upright, and a few whose source body part is wrong).
 """
 
 from __future__ import annotations
@@ -206,11 +207,11 @@ def read_csv(path: Path) -> list[dict]:
 def apply_overrides(rows: list[dict], overrides: Path | None, strict: bool = True) -> list[dict]:
     """Rows with the non-empty cells of ``overrides`` (a CSV keyed by ``file``) replacing theirs.
 
-    Raises ValueError for an unknown orientation and, when ``strict``, for an override of a file
-    the labels do not list, so a stale review file cannot pass silently (``strict=False`` for a
-    subset of the labels, such as a training copy without the test split).
+    Raises ValueError for an unknown orientation or body part and, when ``strict``, for an
+    override of a file the labels do not list, so a stale review file cannot pass silently
+    (``strict=False`` for a subset of the labels, such as a training copy without the test split).
     """
-    from radlint.tasks.vocabulary import ORIENTATION
+    from radlint.tasks.vocabulary import BODY_PART, ORIENTATION
 
     if overrides is None:
         return rows
@@ -224,6 +225,8 @@ def apply_overrides(rows: list[dict], overrides: Path | None, strict: bool = Tru
             continue
         if o.get("orientation") and o["orientation"] not in ORIENTATION:
             raise ValueError(f"{overrides}: unknown orientation {o['orientation']!r} for {f}")
+        if o.get("body_part") and o["body_part"] not in BODY_PART:
+            raise ValueError(f"{overrides}: unknown body part {o['body_part']!r} for {f}")
         cells.setdefault(f, {}).update({k: v for k, v in o.items() if v and k != "file"})
     return [dict(r, **cells[r["file"]]) if r["file"] in cells else r for r in rows]
 

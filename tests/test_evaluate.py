@@ -147,6 +147,17 @@ def test_overrides_replace_cells_and_reject_stale_reviews(tmp_path):
     with pytest.raises(ValueError, match="not in the labels"):
         ev.apply_overrides(rows, stale)
     assert ev.apply_overrides(rows, stale, strict=False) == rows  # a subset of the labels
+    corrected = tmp_path / "corrected.csv"
+    corrected.write_text("file,orientation,body_part,body_part_fine,note\n"
+                         "a.jpg,,spine,Thoracic Spine,a spine film labelled chest\n")
+    out = ev.apply_overrides(rows, corrected)
+    assert (out[0]["body_part"], out[0]["body_part_fine"], ev.stored_orientation(out[0])) == (
+        "spine", "Thoracic Spine", "upright")
+    assert out[1] == rows[1]
+    typo = tmp_path / "typo.csv"
+    typo.write_text("file,body_part\na.jpg,lumbar\n")
+    with pytest.raises(ValueError, match="unknown body part"):
+        ev.apply_overrides(rows, typo)
     bad = tmp_path / "bad.csv"
     bad.write_text("file,orientation\na.jpg,sideways\n")
     with pytest.raises(ValueError, match="unknown orientation"):
