@@ -219,6 +219,8 @@ def apply_overrides(rows: list[dict], overrides: Path | None, strict: bool = Tru
     cells: dict[str, dict] = {}
     for o in read_csv(Path(overrides)):
         f = o.get("file", "")
+        if None in o:  # csv puts cells beyond the header under None (an unquoted comma in a note)
+            raise ValueError(f"{overrides}: the row for {f!r} has more cells than the header (quote cells with commas)")
         if f not in files:
             if strict:
                 raise ValueError(f"{overrides}: {f!r} is not in the labels")

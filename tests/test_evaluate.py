@@ -154,6 +154,10 @@ def test_overrides_replace_cells_and_reject_stale_reviews(tmp_path):
     assert (out[0]["body_part"], out[0]["body_part_fine"], ev.stored_orientation(out[0])) == (
         "spine", "Thoracic Spine", "upright")
     assert out[1] == rows[1]
+    unquoted = tmp_path / "unquoted.csv"
+    unquoted.write_text("file,orientation,note\nb.jpg,rot180,stored upside down, fingers down\n")
+    with pytest.raises(ValueError, match="more cells than the header"):
+        ev.apply_overrides(rows, unquoted)
     typo = tmp_path / "typo.csv"
     typo.write_text("file,body_part\na.jpg,lumbar\n")
     with pytest.raises(ValueError, match="unknown body part"):
