@@ -193,3 +193,19 @@ def test_an_image_stored_rotated_is_scored_from_upright(tmp_path):
     np.testing.assert_allclose(ori_reviewed, ori_upright, atol=1e-6)
     res = ev.evaluate(labels, n_boot=5, overrides=review)
     assert res["not_upright_as_stored"] == 1 and res["overrides"] == str(review)
+
+
+def test_the_shipped_label_review_is_well_formed():
+    # models/splits/orientation_review.csv is applied by training, gates, cards and evaluate-planted;
+    # a malformed row would only fail there, on a machine with the shared radiographs.
+    from radlint.models.train import ORIENTATION_REVIEW
+    from radlint.tasks.vocabulary import BODY_PART, ORIENTATION
+
+    rows = ev.read_csv(ORIENTATION_REVIEW)
+    assert rows and all(None not in r for r in rows)
+    assert all(r["orientation"] or r["body_part"] for r in rows), "a row that changes nothing"
+    assert {r["orientation"] for r in rows} <= set(ORIENTATION) | {""}
+    assert {r["body_part"] for r in rows} <= set(BODY_PART) | {""}
+    assert all(r["note"] for r in rows), "every correction says what the film shows"
+    files = [r["file"] for r in rows]
+    assert len(files) == len(set(files))
