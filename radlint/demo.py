@@ -263,4 +263,19 @@ def choose_gates(args) -> int:
             con.close()
     print(f"Lake gates chosen over {len(cons)} lake(s), flags pooled (registry tasks.<field>.gate):")
     print(_format_chosen(chosen))
+    print("\nEach lake under the chosen gates (precision / recall, 95 % Wilson intervals):")
+    print(_format_per_lake(chosen, args.dirs))
     return 0
+
+
+def _format_per_lake(chosen: dict, dirs) -> str:
+    lines = []
+    for field, c in chosen.items():
+        for lake in c["per_lake"]:
+            tp, n_flagged, n_planted = lake["true_positives"], lake["flagged"], lake["planted"]
+            p = tp / n_flagged if n_flagged else None
+            lines.append(f"  {field:<12} {dirs[lake['lake']]}: "
+                         f"{planted.format_interval(p, planted.wilson(tp, n_flagged))} / "
+                         f"{planted.format_interval(tp / n_planted, planted.wilson(tp, n_planted))} "
+                         f"({tp} of {n_flagged} flags right, {n_planted} planted)")
+    return "\n".join(lines)

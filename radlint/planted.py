@@ -206,16 +206,20 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
     prior, no distrust scale). Meant for lakes the model did not train on (``evaluate-planted
     --unseen-source``), never the test split. ``worst`` in each result is the lowest precision and
     recall any one lake got under the chosen setting; ``precision_ci`` and ``recall_ci`` the pooled
-    95 % Wilson intervals (the choice itself is made on the point values)."""
+    95 % Wilson intervals (the choice itself is made on the point values); ``per_lake`` the counts
+    of each lake under it (``lake``: its position in ``lakes``; a lake without planted errors of
+    the field is left out)."""
     import numpy as np
 
     inputs: dict[str, list[dict[str, Any]]] = {}
-    for con, truth_csv in lakes:
+    positions: dict[str, list[int]] = {}
+    for i, (con, truth_csv) in enumerate(lakes):
         load_truth(con, truth_csv)
         for field in FIELDS:
             x = _flag_inputs(con, field)
             if x["planted"].sum():
                 inputs.setdefault(field, []).append(x)
+                positions.setdefault(field, []).append(i)
     out: dict[str, dict[str, Any]] = {}
     for field, xs in inputs.items():
         grid = []
@@ -232,7 +236,9 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
             grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
                          "lake_min_severity": g, "lake_distrust_scale": scale, "precision": p, "recall": r,
                          "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst,
-                         "true_positives": tp, "flagged": n_flagged, "planted": n_planted})
+                         "true_positives": tp, "flagged": n_flagged, "planted": n_planted,
+                         "per_lake": [{"lake": i, "true_positives": t, "flagged": f, "planted": n}
+                                      for i, (t, f, n) in zip(positions[field], per_lake)]})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
         def key(x):
             # ties: the higher gate, then the smaller prior, then no distrust scale (the simpler rule)

@@ -48,6 +48,9 @@ def test_gates_are_chosen_over_the_lakes_pooled(tmp_path):
     # the pooled counts behind the point values, and their Wilson intervals
     assert (pooled["true_positives"], pooled["flagged"], pooled["planted"]) == (10, 10, 20)
     assert pooled["recall_ci"] == planted.wilson(10, 20)
+    # lake A's 10 errors missed, lake B's found; positions follow the order of the lakes given
+    assert pooled["per_lake"] == [{"lake": 0, "true_positives": 0, "flagged": 0, "planted": 10},
+                                  {"lake": 1, "true_positives": 10, "flagged": 10, "planted": 10}]
     lo, hi = pooled["precision_ci"]
     assert 0.6 < lo < 0.75 and hi == 1.0
 
@@ -108,3 +111,24 @@ def test_choose_lake_gates_cli_names_a_folder_without_an_audited_lake(tmp_path, 
 
     assert cli.main(["choose-lake-gates", str(tmp_path)]) == 2
     assert "run evaluate-planted --dir" in capsys.readouterr().err
+
+
+def test_choose_lake_gates_cli_prints_each_lake(tmp_path, capsys):
+    # two audited folders as evaluate-planted leaves them (a database and its planted truth)
+    from radlint import cli
+
+    dirs = []
+    for name, rows in (("a", [(f"a{i}", True, 0.25, 1.0) for i in range(10)] + [(f"a_ok{i}", False, 0.9, 1.0) for i in range(90)]),
+                       ("b", [(f"b{i}", True, 0.02, 1.0) for i in range(5)] + [(f"b_ok{i}", False, 0.9, 1.0) for i in range(45)])):
+        con, truth = lake(tmp_path, name, rows)
+        d = tmp_path / f"work_{name}"
+        d.mkdir()
+        con.execute(f"attach '{d / 'radlint.duckdb'}' as out")
+        con.execute("create table out.findings as select * from findings")
+        con.close()
+        truth.rename(d / "planted_errors.csv")
+        dirs.append(str(d))
+    assert cli.main(["choose-lake-gates", *dirs]) == 0
+    out = capsys.readouterr().out
+    assert f"body_part    {dirs[0]}: 1.000 [" in out and "(10 of 10 flags right, 10 planted)" in out
+    assert f"body_part    {dirs[1]}: 1.000 [" in out and "(5 of 5 flags right, 5 planted)" in out
