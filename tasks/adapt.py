@@ -257,13 +257,14 @@ def generic_distrust(features: np.ndarray, generic_severity: np.ndarray, *, k: i
     ``generic_severity[i]`` is NaN where row i has no label (it is scored, never a neighbour).
     Neighbours are sought among at most ``max_reference`` labelled rows (a seeded random subset).
     """
-    from sklearn.neighbors import NearestNeighbors
-
     n = len(features)
     out = np.full(n, np.nan, np.float32)
     labelled = np.flatnonzero(~np.isnan(generic_severity))
     if len(labelled) < k + 1:
         return out
+    # imported past the early return: a small lake's audit never pays scikit-learn's import (~1.2 s)
+    from sklearn.neighbors import NearestNeighbors
+
     if len(labelled) > max_reference:
         labelled = np.sort(np.random.default_rng(0).choice(labelled, max_reference, replace=False))
     space = _probe(len(labelled), features.shape[1], kind="space")

@@ -443,3 +443,26 @@ def test_turned_views_read_both_the_turned_columns_and_whole_vectors_of_older_ru
     for k in range(len(TURNS)):
         np.testing.assert_array_equal(vectors[turned_of[0][k]], whole[2:] + 10 * k)
         np.testing.assert_array_equal(vectors[turned_of[1][k]], whole[2:] + 100 * k)
+
+
+def test_a_lake_too_small_to_fit_never_imports_scikit_learn():
+    # scikit-learn's import (~1.2 s on 2 cores) would be most of a small audit's cost; the flow only
+    # preloads it for lakes of adapt.MIN_IMAGES or more, so the probes must not import it when they
+    # fall back. Run in a fresh interpreter: this one has imported it already.
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from radlint.tasks import adapt
+rng = np.random.default_rng(0)
+x = rng.normal(size=(5, 16)).astype(np.float32)
+adapt.cross_fitted_probe(x, ["chest"] * 5, [str(i) for i in range(5)], ("chest", "head"))
+adapt.orientation_probe(x, ["upright"] * 5, [str(i) for i in range(5)], np.arange(5),
+                        {t: x for t in ("rot90cw", "rot180", "rot90ccw")})
+adapt.generic_distrust(x, np.full(5, 0.1, np.float32))
+print("sklearn" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
