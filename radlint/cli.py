@@ -25,6 +25,16 @@ class CannotRun(Exception):
     """A one-line reason the command could not run."""
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"give distinct seeds: {text!r}")
+    return seeds
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -326,8 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive, default=100000, help="at most this many images")
     p.add_argument("--error-rate", type=float, default=0.1)
     p.add_argument("--workers", type=_positive, default=2)
-    p.add_argument("--seed", type=int, default=11)
-    p.add_argument("--plot", help="write a precision-recall plot (PNG) here")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=11)
+    seeds.add_argument("--seeds", type=_seed_list, metavar="S1,S2,...",
+                       help="build and audit one lake per seed (other planted draws, folds and salt), each in "
+                       "DIR/seed-S; print every build, the builds pooled, and the lake gates chosen over all")
+    p.add_argument("--plot", help="write a precision-recall plot (PNG) here (with --seeds: one per build, "
+                   "named after its seed)")
     p.add_argument("--unseen-source", help="keep every image of this source whatever its split: a lake imitating a "
                    "new hospital for a model trained with --exclude-source SOURCE")
     p.add_argument("--systematic", metavar="TRUE:WRONG", help="label every image of body part TRUE as WRONG under "

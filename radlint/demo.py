@@ -178,9 +178,12 @@ def run(args) -> int:
 
 
 def run_planted(args) -> int:
-    """Planted-error evaluation on a labeled image folder (for example the held-out test split)."""
-    work = Path(args.dir).resolve()
-    _fresh(work)
+    """Planted-error evaluation on a labeled image folder (for example the held-out test split).
+
+    With ``--seeds`` one lake per seed, each in DIR/seed-S (two builds of one lake differ by a few
+    hundredths: other planted draws, other folds), then the builds pooled and the lake gates chosen
+    over all of them."""
+    root = Path(args.dir).resolve()
     try:
         sources = lakegen.read_labeled_folder(Path(args.labels), args.split_file and Path(args.split_file),
                                               args.split, args.overrides,
@@ -191,10 +194,47 @@ def run_planted(args) -> int:
     if not sources:
         print("radlint: no images selected (check --labels/--split-file/--split)", file=sys.stderr)
         return 2
-    sources = lakegen.stratified_sample(sources, args.n, args.seed)
+    seeds = getattr(args, "seeds", None)
+    if not seeds:
+        return 0 if _planted_build(args, sources, root, args.seed, args.plot)[0] else 1
+    completed = True
+    builds = []
+    for seed in seeds:
+        work = root / f"seed-{seed}"
+        print(f"\n=== build with seed {seed} ({work})")
+        plot = None
+        if args.plot:
+            plot = Path(args.plot)
+            plot = str(plot.with_name(f"{plot.stem}-seed-{seed}{plot.suffix}"))
+        ok, scores = _planted_build(args, sources, work, seed, plot)
+        completed = completed and ok
+        builds.append((work, scores))
+    from radlint.tasks import database
+
+    print(f"\n=== {len(builds)} builds pooled (seeds {', '.join(str(s) for s in seeds)})")
+    print(planted.format_table(planted.pool_scores([scores for _, scores in builds])))
+    cons = [(database.connect(work / "radlint.duckdb", read_only=True), work / "planted_errors.csv")
+            for work, _ in builds]
+    try:
+        chosen = planted.choose_lake_gates(cons)
+    finally:
+        for con, _ in cons:
+            con.close()
+    print("\nLake gates chosen over the builds, flags pooled (registry tasks.<field>.gate):")
+    print(_format_chosen(chosen))
+    print("\nEach build under those gates (precision / recall, 95 % Wilson intervals):")
+    print(_format_per_lake(chosen, [str(work) for work, _ in builds]))
+    return 0 if completed else 1
+
+
+def _planted_build(args, sources, work: Path, seed: int, plot: str | None) -> tuple[bool, dict]:
+    """One lake of ``sources`` with planted errors drawn with ``seed``, audited and scored in ``work``;
+    prints its tables. Returns (the audit completed, the scores)."""
+    _fresh(work)
+    sources = lakegen.stratified_sample(sources, args.n, seed)
     truth = work / "planted_errors.csv"
     systematic = tuple(args.systematic.split(":", 1)) if args.systematic else None
-    lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=args.seed,
+    lakegen.build_lake(sources, work / "lake", truth, error_rate=args.error_rate, seed=seed,
                        systematic=systematic)
     print(f"lake: {len(sources)} images, planted error rate {args.error_rate} per field"
           + (f", every {systematic[0]} image labelled {systematic[1]} (one protocol)" if systematic else ""))
@@ -207,6 +247,8 @@ def run_planted(args) -> int:
         sweep = planted.rule_sweep(con, truth)
         group = planted.systematic_group(con, truth)
         chosen = planted.choose_lake_gates([(con, truth)])
+        if plot:
+            planted.plot_pr(con, truth, plot)
     finally:
         con.close()
     print("\nGeneric-only vs lake-adaptive rules (where no probe scored an image the generic verdict stands):")
@@ -219,16 +261,9 @@ def run_planted(args) -> int:
               f"group_findings {'flags' if group['group_flagged'] else 'does NOT flag'} protocol "
               f"{lakegen.SYSTEMATIC_PROTOCOL!r} (n={group['group_n']}, share disagreeing "
               f"{group['group_share_disagree']})")
-    if args.plot:
-        from radlint.tasks import database
-
-        con = database.connect(work / "radlint.duckdb", read_only=True)
-        try:
-            planted.plot_pr(con, truth, args.plot)
-        finally:
-            con.close()
-        print(f"precision-recall plot: {args.plot}")
-    return 0 if summary.get("status") == "completed" else 1
+    if plot:
+        print(f"precision-recall plot: {plot}")
+    return summary.get("status") == "completed", scores
 
 
 def _format_chosen(chosen: dict) -> str:

@@ -166,6 +166,24 @@ def score(con, truth_csv: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def pool_scores(builds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Several builds' :func:`score` results as one: counts summed per field, precision, recall, F1
+    and their intervals recomputed from the sums."""
+    out: dict[str, dict[str, Any]] = {}
+    for field in FIELDS:
+        rows = [b[field] for b in builds if field in b]
+        if not rows:
+            continue
+        n = {k: sum(r[k] for r in rows) for k in ("checked", "planted", "flagged", "true_positives")}
+        tp = n["true_positives"]
+        precision = tp / n["flagged"] if n["flagged"] else None
+        recall = tp / n["planted"] if n["planted"] else None
+        f1 = (2 * precision * recall / (precision + recall)) if precision and recall else None
+        out[field] = dict(n, precision=precision, recall=recall, f1=f1, precision_ci=wilson(tp, n["flagged"]),
+                          recall_ci=wilson(tp, n["planted"]))
+    return out
+
+
 def format_interval(value: float | None, ci: tuple[float, float] | None) -> str:
     """``0.940 [0.902, 0.964]``; ``-`` where there is no value."""
     if value is None:

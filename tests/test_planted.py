@@ -132,3 +132,16 @@ def test_choose_lake_gates_cli_prints_each_lake(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"body_part    {dirs[0]}: 1.000 [" in out and "(10 of 10 flags right, 10 planted)" in out
     assert f"body_part    {dirs[1]}: 1.000 [" in out and "(5 of 5 flags right, 5 planted)" in out
+
+
+def test_pool_scores_sums_the_counts_and_recomputes_the_rates():
+    a = {"body_part": {"checked": 100, "planted": 10, "flagged": 8, "true_positives": 8}}
+    b = {"body_part": {"checked": 50, "planted": 10, "flagged": 12, "true_positives": 6},
+         "orientation": {"checked": 50, "planted": 5, "flagged": 0, "true_positives": 0}}
+    pooled = planted.pool_scores([a, b])
+    bp = pooled["body_part"]
+    assert (bp["checked"], bp["planted"], bp["flagged"], bp["true_positives"]) == (150, 20, 20, 14)
+    assert (bp["precision"], bp["recall"]) == (0.7, 0.7) and abs(bp["f1"] - 0.7) < 1e-12
+    assert bp["precision_ci"] == planted.wilson(14, 20)
+    o = pooled["orientation"]
+    assert o["precision"] is None and o["recall"] == 0.0 and o["precision_ci"] is None
