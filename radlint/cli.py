@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the lake gates that do best over several evaluate-planted folders together (pooled flags)",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="an evaluate-planted --dir (radlint.duckdb and "
-                   "planted_errors.csv inside), each audited by a model that did not train on its lake")
+                   "planted_errors.csv inside, or the seed-S builds of --seeds: one lake, several builds), each "
+                   "audited by a model that did not train on its lake")
     p.add_argument("--target-precision", type=float, default=0.95)
     p.set_defaults(func=cmd_choose_lake_gates)
 

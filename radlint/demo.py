@@ -216,7 +216,7 @@ def run_planted(args) -> int:
     cons = [(database.connect(work / "radlint.duckdb", read_only=True), work / "planted_errors.csv")
             for work, _ in builds]
     try:
-        chosen = planted.choose_lake_gates(cons)
+        chosen = planted.choose_lake_gates(cons, groups=[str(root)] * len(cons))
     finally:
         for con, _ in cons:
             con.close()
@@ -280,27 +280,40 @@ def _format_chosen(chosen: dict) -> str:
 
 
 def choose_gates(args) -> int:
-    """`radlint choose-lake-gates DIR...`: pooled over the folders' audited planted lakes."""
+    """`radlint choose-lake-gates DIR...`: pooled over the folders' audited planted lakes. A folder made
+    by ``evaluate-planted --seeds`` counts as one lake with several builds (its seed-S folders)."""
     from radlint.tasks import database
 
+    builds: list[Path] = []
+    groups: list[str] = []
+    for d in args.dirs:
+        found = [Path(d)] if _is_build(Path(d)) else sorted(b for b in Path(d).glob("seed-*") if _is_build(b))
+        if not found:
+            print(f"radlint: {d} has no radlint.duckdb and planted_errors.csv, nor seed-* folders with them "
+                  f"(run evaluate-planted --dir {d})", file=sys.stderr)
+            return 2
+        builds += found
+        groups += [str(d)] * len(found)
     cons = []
     try:
-        for d in args.dirs:
-            db, truth = Path(d) / "radlint.duckdb", Path(d) / "planted_errors.csv"
-            if not db.exists() or not truth.exists():
-                print(f"radlint: {d} has no radlint.duckdb and planted_errors.csv (run evaluate-planted --dir {d})",
-                      file=sys.stderr)
-                return 2
-            cons.append((database.connect(db, read_only=True), truth))
-        chosen = planted.choose_lake_gates(cons, args.target_precision)
+        for b in builds:
+            cons.append((database.connect(b / "radlint.duckdb", read_only=True), b / "planted_errors.csv"))
+        chosen = planted.choose_lake_gates(cons, args.target_precision, groups=groups)
     finally:
         for con, _ in cons:
             con.close()
-    print(f"Lake gates chosen over {len(cons)} lake(s), flags pooled (registry tasks.<field>.gate):")
+    n_lakes = len(set(groups))
+    print(f"Lake gates chosen over {n_lakes} lake(s)"
+          + (f" ({len(builds)} builds)" if len(builds) > n_lakes else "")
+          + ", flags pooled (registry tasks.<field>.gate):")
     print(_format_chosen(chosen))
-    print("\nEach lake under the chosen gates (precision / recall, 95 % Wilson intervals):")
-    print(_format_per_lake(chosen, args.dirs))
+    print("\nEach build under the chosen gates (precision / recall, 95 % Wilson intervals):")
+    print(_format_per_lake(chosen, [str(b) for b in builds]))
     return 0
+
+
+def _is_build(folder: Path) -> bool:
+    return (folder / "radlint.duckdb").exists() and (folder / "planted_errors.csv").exists()
 
 
 def _format_per_lake(chosen: dict, dirs) -> str:

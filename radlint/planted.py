@@ -216,7 +216,7 @@ LAKE_PRIORS = (0, 25, 50, 100)
 LAKE_DISTRUST_SCALES = (None, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
-def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[str, Any]]:
+def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Per field, the lake rule, weight, prior, gate and distrust scale to register, scored over every lake of
     ``lakes`` (pairs of an audited database connection and its planted-truth CSV) with their
     flags and planted errors pooled: the most recall at ``target_precision`` where some setting
@@ -226,9 +226,14 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
     recall any one lake got under the chosen setting; ``precision_ci`` and ``recall_ci`` the pooled
     95 % Wilson intervals (the choice itself is made on the point values); ``per_lake`` the counts
     of each lake under it (``lake``: its position in ``lakes``; a lake without planted errors of
-    the field is left out)."""
+    the field is left out). ``groups`` names the lake each entry of ``lakes`` is a build of (several
+    builds of one lake: other planted draws and folds); ``worst`` is then taken over the lakes, each
+    pooled over its builds. Default: every entry its own lake."""
     import numpy as np
 
+    names = list(groups) if groups is not None else [str(i) for i in range(len(lakes))]
+    if len(names) != len(lakes):
+        raise ValueError(f"{len(names)} group names for {len(lakes)} lakes")
     inputs: dict[str, list[dict[str, Any]]] = {}
     positions: dict[str, list[int]] = {}
     for i, (con, truth_csv) in enumerate(lakes):
@@ -250,7 +255,13 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
             tp, n_flagged, n_planted = (int(v) for v in np.sum(per_lake, axis=0))
             p = tp / n_flagged if n_flagged else 0.0
             r = tp / n_planted
-            worst = (min(t / f if f else 0.0 for t, f, _ in per_lake), min(t / n for t, _, n in per_lake))
+            by_lake: dict[str, list[int]] = {}
+            for i, counts in zip(positions[field], per_lake):
+                acc = by_lake.setdefault(names[i], [0, 0, 0])
+                for k in range(3):
+                    acc[k] += counts[k]
+            worst = (min(t / f if f else 0.0 for t, f, _ in by_lake.values()),
+                     min(t / n for t, _, n in by_lake.values()))
             grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
                          "lake_min_severity": g, "lake_distrust_scale": scale, "precision": p, "recall": r,
                          "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst,
@@ -266,7 +277,7 @@ def choose_lake_gates(lakes, target_precision: float = 0.95) -> dict[str, dict[s
         best = max(reaching or grid, key=key)
         out[field] = dict(best, precision_ci=wilson(best["true_positives"], best["flagged"]),
                           recall_ci=wilson(best["true_positives"], best["planted"]), criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
-                          n_lakes=len(xs))
+                          n_lakes=len({names[i] for i in positions[field]}), n_builds=len(xs))
     return out
 
 

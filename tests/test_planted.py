@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import duckdb
+import pytest
 
 from radlint import planted
 
@@ -145,3 +146,39 @@ def test_pool_scores_sums_the_counts_and_recomputes_the_rates():
     assert bp["precision_ci"] == planted.wilson(14, 20)
     o = pooled["orientation"]
     assert o["precision"] is None and o["recall"] == 0.0 and o["precision_ci"] is None
+
+
+def test_worst_is_taken_over_lakes_each_pooled_over_its_builds(tmp_path):
+    # lake X: two builds, one clean (10 of 10 found) and one that finds none of its 10; lake Y: one
+    # clean build. Build by build the worst recall is 0; lake by lake it is X's pooled 0.5.
+    found = [(f"x1_{i}", True, 0.02, 1.0) for i in range(10)] + [(f"x1_ok{i}", False, 0.9, 1.0) for i in range(40)]
+    missed = [(f"x2_{i}", True, 0.9, 1.0) for i in range(10)] + [(f"x2_ok{i}", False, 0.9, 1.0) for i in range(40)]
+    clean = [(f"y{i}", True, 0.02, 1.0) for i in range(10)] + [(f"y_ok{i}", False, 0.9, 1.0) for i in range(40)]
+    lakes = [lake(tmp_path, "x1", found), lake(tmp_path, "x2", missed), lake(tmp_path, "y", clean)]
+    by_build = planted.choose_lake_gates(lakes)["body_part"]
+    by_lake = planted.choose_lake_gates(lakes, groups=["x", "x", "y"])["body_part"]
+    assert (by_build["n_lakes"], by_build["n_builds"]) == (3, 3) and by_build["worst"][1] == 0.0
+    assert (by_lake["n_lakes"], by_lake["n_builds"]) == (2, 3) and by_lake["worst"][1] == 0.5
+    with pytest.raises(ValueError, match="2 group names for 3 lakes"):
+        planted.choose_lake_gates(lakes, groups=["x", "y"])
+
+
+def test_choose_lake_gates_cli_reads_a_folder_of_seed_builds_as_one_lake(tmp_path, capsys):
+    from radlint import cli
+
+    root = tmp_path / "work"
+    for seed, rows in ((5, [(f"a{i}", True, 0.02, 1.0) for i in range(10)] + [(f"ok{i}", False, 0.9, 1.0) for i in range(40)]),
+                       (6, [(f"b{i}", True, 0.02, 1.0) for i in range(8)] + [(f"ok{i}", False, 0.9, 1.0) for i in range(40)])):
+        con, truth = lake(tmp_path, f"s{seed}", rows)
+        d = root / f"seed-{seed}"
+        d.mkdir(parents=True)
+        con.execute(f"attach '{d / 'radlint.duckdb'}' as out")
+        con.execute("create table out.findings as select * from findings")
+        con.close()
+        truth.rename(d / "planted_errors.csv")
+    assert cli.main(["choose-lake-gates", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "over 1 lake(s) (2 builds)" in out
+    assert f"{root / 'seed-5'}: 1.000 [" in out and f"{root / 'seed-6'}: 1.000 [" in out
+    assert cli.main(["choose-lake-gates", str(tmp_path / "nothing")]) == 2
+    assert "nor seed-* folders" in capsys.readouterr().err
