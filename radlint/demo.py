@@ -321,9 +321,9 @@ def _format_per_lake(chosen: dict, dirs) -> str:
     for field, c in chosen.items():
         for lake in c["per_lake"]:
             tp, n_flagged, n_planted = lake["true_positives"], lake["flagged"], lake["planted"]
-            p = tp / n_flagged if n_flagged else None
+            r = planted.rates(tp, n_flagged, n_planted)
             lines.append(f"  {field:<12} {dirs[lake['lake']]}: "
-                         f"{planted.format_interval(p, planted.wilson(tp, n_flagged))} / "
-                         f"{planted.format_interval(tp / n_planted, planted.wilson(tp, n_planted))} "
+                         f"{planted.format_interval(r['precision'], r['precision_ci'])} / "
+                         f"{planted.format_interval(r['recall'], r['recall_ci'])} "
                          f"({tp} of {n_flagged} flags right, {n_planted} planted)")
     return "\n".join(lines)

@@ -127,6 +127,16 @@ def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float
     return float(ci.low), float(ci.high)
 
 
+def rates(true_positives: int, flagged: int, planted: int) -> dict[str, Any]:
+    """Precision, recall, F1 (None where undefined) and the 95 % Wilson intervals of the first two,
+    from the counts of flags."""
+    precision = true_positives / flagged if flagged else None
+    recall = true_positives / planted if planted else None
+    f1 = (2 * precision * recall / (precision + recall)) if precision and recall else None
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "precision_ci": wilson(true_positives, flagged), "recall_ci": wilson(true_positives, planted)}
+
+
 def score(con, truth_csv: str | Path) -> dict[str, dict[str, Any]]:
     """Per field: planted errors, flagged, true positives, precision, recall, F1, and 95 % Wilson
     intervals of precision and recall (``precision_ci``, ``recall_ci``).
@@ -149,20 +159,8 @@ def score(con, truth_csv: str | Path) -> dict[str, dict[str, Any]]:
     ).fetchall()
     out: dict[str, dict[str, Any]] = {}
     for field, n_planted, n_flagged, tp, n_checked in rows:
-        precision = tp / n_flagged if n_flagged else None
-        recall = tp / n_planted if n_planted else None
-        f1 = (2 * precision * recall / (precision + recall)) if precision and recall else None
-        out[field] = {
-            "checked": n_checked,
-            "planted": n_planted,
-            "flagged": n_flagged,
-            "true_positives": tp,
-            "precision": precision,
-            "recall": recall,
-            "f1": f1,
-            "precision_ci": wilson(tp, n_flagged),
-            "recall_ci": wilson(tp, n_planted),
-        }
+        out[field] = {"checked": n_checked, "planted": n_planted, "flagged": n_flagged, "true_positives": tp,
+                      **rates(tp, n_flagged, n_planted)}
     return out
 
 
@@ -175,12 +173,7 @@ def pool_scores(builds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, 
         if not rows:
             continue
         n = {k: sum(r[k] for r in rows) for k in ("checked", "planted", "flagged", "true_positives")}
-        tp = n["true_positives"]
-        precision = tp / n["flagged"] if n["flagged"] else None
-        recall = tp / n["planted"] if n["planted"] else None
-        f1 = (2 * precision * recall / (precision + recall)) if precision and recall else None
-        out[field] = dict(n, precision=precision, recall=recall, f1=f1, precision_ci=wilson(tp, n["flagged"]),
-                          recall_ci=wilson(tp, n["planted"]))
+        out[field] = dict(n, **rates(n["true_positives"], n["flagged"], n["planted"]))
     return out
 
 
@@ -245,6 +238,7 @@ def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] |
                 positions.setdefault(field, []).append(i)
     out: dict[str, dict[str, Any]] = {}
     for field, xs in inputs.items():
+        lake_names = [names[i] for i in positions[field]]
         grid = []
         for rule, prior, w, g, scale in itertools.product(LAKE_RULES, LAKE_PRIORS, LAKE_WEIGHTS, LAKE_GATES,
                                                           LAKE_DISTRUST_SCALES):
@@ -256,8 +250,8 @@ def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] |
             p = tp / n_flagged if n_flagged else 0.0
             r = tp / n_planted
             by_lake: dict[str, list[int]] = {}
-            for i, counts in zip(positions[field], per_lake):
-                acc = by_lake.setdefault(names[i], [0, 0, 0])
+            for name, counts in zip(lake_names, per_lake):
+                acc = by_lake.setdefault(name, [0, 0, 0])
                 for k in range(3):
                     acc[k] += counts[k]
             worst = (min(t / f if f else 0.0 for t, f, _ in by_lake.values()),
@@ -265,9 +259,7 @@ def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] |
             grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
                          "lake_min_severity": g, "lake_distrust_scale": scale, "precision": p, "recall": r,
                          "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst,
-                         "true_positives": tp, "flagged": n_flagged, "planted": n_planted,
-                         "per_lake": [{"lake": i, "true_positives": t, "flagged": f, "planted": n}
-                                      for i, (t, f, n) in zip(positions[field], per_lake)]})
+                         "true_positives": tp, "flagged": n_flagged, "planted": n_planted, "per_lake": per_lake})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
         def key(x):
             # ties: the higher gate, then the smaller prior, then no distrust scale (the simpler rule)
@@ -276,8 +268,11 @@ def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] |
 
         best = max(reaching or grid, key=key)
         out[field] = dict(best, precision_ci=wilson(best["true_positives"], best["flagged"]),
-                          recall_ci=wilson(best["true_positives"], best["planted"]), criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
-                          n_lakes=len({names[i] for i in positions[field]}), n_builds=len(xs))
+                          recall_ci=wilson(best["true_positives"], best["planted"]),
+                          per_lake=[{"lake": i, "true_positives": t, "flagged": f, "planted": n}
+                                    for i, (t, f, n) in zip(positions[field], best["per_lake"])],
+                          criterion=f"recall at precision >= {target_precision}" if reaching else "best F1",
+                          n_lakes=len(set(lake_names)), n_builds=len(xs))
     return out
 
 
