@@ -29,6 +29,18 @@ def lake(tmp_path, name: str, rows: list[tuple]):
     return con, truth
 
 
+def audited_folder(tmp_path, name: str, rows: list[tuple], folder):
+    """``lake(...)`` written as evaluate-planted leaves a folder: radlint.duckdb (its findings) and
+    planted_errors.csv."""
+    con, truth = lake(tmp_path, name, rows)
+    folder.mkdir(parents=True)
+    con.execute(f"attach '{folder / 'radlint.duckdb'}' as out")
+    con.execute("create table out.findings as select * from findings")
+    con.close()
+    truth.rename(folder / "planted_errors.csv")
+    return folder
+
+
 def test_gates_are_chosen_over_the_lakes_pooled(tmp_path):
     # Lake A alone is served best by a low gate (its planted errors have lake severity 0.75); lake B
     # has false alarms at severity 0.75 that only a gate above it avoids. Pooled, the gate must
@@ -121,14 +133,7 @@ def test_choose_lake_gates_cli_prints_each_lake(tmp_path, capsys):
     dirs = []
     for name, rows in (("a", [(f"a{i}", True, 0.25, 1.0) for i in range(10)] + [(f"a_ok{i}", False, 0.9, 1.0) for i in range(90)]),
                        ("b", [(f"b{i}", True, 0.02, 1.0) for i in range(5)] + [(f"b_ok{i}", False, 0.9, 1.0) for i in range(45)])):
-        con, truth = lake(tmp_path, name, rows)
-        d = tmp_path / f"work_{name}"
-        d.mkdir()
-        con.execute(f"attach '{d / 'radlint.duckdb'}' as out")
-        con.execute("create table out.findings as select * from findings")
-        con.close()
-        truth.rename(d / "planted_errors.csv")
-        dirs.append(str(d))
+        dirs.append(str(audited_folder(tmp_path, name, rows, tmp_path / f"work_{name}")))
     assert cli.main(["choose-lake-gates", *dirs]) == 0
     out = capsys.readouterr().out
     assert f"body_part    {dirs[0]}: 1.000 [" in out and "(10 of 10 flags right, 10 planted)" in out
@@ -169,13 +174,7 @@ def test_choose_lake_gates_cli_reads_a_folder_of_seed_builds_as_one_lake(tmp_pat
     root = tmp_path / "work"
     for seed, rows in ((5, [(f"a{i}", True, 0.02, 1.0) for i in range(10)] + [(f"ok{i}", False, 0.9, 1.0) for i in range(40)]),
                        (6, [(f"b{i}", True, 0.02, 1.0) for i in range(8)] + [(f"ok{i}", False, 0.9, 1.0) for i in range(40)])):
-        con, truth = lake(tmp_path, f"s{seed}", rows)
-        d = root / f"seed-{seed}"
-        d.mkdir(parents=True)
-        con.execute(f"attach '{d / 'radlint.duckdb'}' as out")
-        con.execute("create table out.findings as select * from findings")
-        con.close()
-        truth.rename(d / "planted_errors.csv")
+        audited_folder(tmp_path, f"s{seed}", rows, root / f"seed-{seed}")
     assert cli.main(["choose-lake-gates", str(root)]) == 0
     out = capsys.readouterr().out
     assert "over 1 lake(s) (2 builds)" in out
