@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "planted_errors.csv inside, or the seed-S builds of --seeds: one lake, several builds), each "
                    "audited by a model that did not train on its lake")
     p.add_argument("--target-precision", type=float, default=0.95)
+    p.add_argument("--registry", help="model registry YAML whose first model's gate.lake_confusable class sets "
+                   "may get a gate of their own (default: the packaged one)")
     p.set_defaults(func=cmd_choose_lake_gates)
 
     # A missing optional dependency must be named when its subcommand is used, not make the

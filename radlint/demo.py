@@ -216,7 +216,8 @@ def run_planted(args) -> int:
     cons = [(database.connect(work / "radlint.duckdb", read_only=True), work / "planted_errors.csv")
             for work, _ in builds]
     try:
-        chosen = planted.choose_lake_gates(cons, groups=[str(root)] * len(cons))
+        chosen = planted.choose_lake_gates(cons, groups=[str(root)] * len(cons),
+                                           confusable=_confusable(args.registry))
     finally:
         for con, _ in cons:
             con.close()
@@ -246,7 +247,7 @@ def _planted_build(args, sources, work: Path, seed: int, plot: str | None) -> tu
     try:
         sweep = planted.rule_sweep(con, truth)
         group = planted.systematic_group(con, truth)
-        chosen = planted.choose_lake_gates([(con, truth)])
+        chosen = planted.choose_lake_gates([(con, truth)], confusable=_confusable(args.registry))
         if plot:
             planted.plot_pr(con, truth, plot)
     finally:
@@ -254,7 +255,7 @@ def _planted_build(args, sources, work: Path, seed: int, plot: str | None) -> tu
     print("\nGeneric-only vs lake-adaptive rules (where no probe scored an image the generic verdict stands):")
     print(planted.format_sweep(sweep))
     print("\nLake gates chosen on this lake (registry tasks.<field>.gate: lake_rule, lake_weight, "
-          "lake_prior_images, lake_min_severity, lake_distrust_scale):")
+          "lake_prior_images, lake_min_severity, lake_distrust_scale, lake_confusable_min_severity):")
     print(_format_chosen(chosen))
     if group is not None:
         print(f"\nsystematic group: {group['n_images']} images, {group['per_image_flags']} flagged one by one; "
@@ -266,11 +267,22 @@ def _planted_build(args, sources, work: Path, seed: int, plot: str | None) -> tu
     return summary.get("status") == "completed", scores
 
 
+def _confusable(registry: str | None) -> dict[str, tuple[str, ...]]:
+    """Per task, the class sets the registry's model declares confusable (gate.lake_confusable)."""
+    from radlint.tasks import infer
+
+    entry = infer.default_model(registry) if registry else infer.default_model()
+    return {task: spec.lake_confusable for task, spec in entry.tasks.items() if spec.lake_confusable}
+
+
 def _format_chosen(chosen: dict) -> str:
     return "\n".join(
         f"  {field}: lake_rule {c['lake_rule']}, lake_weight {c['lake_weight']}, lake_prior_images "
         f"{c['lake_prior_images']}, lake_min_severity {c['lake_min_severity']}, lake_distrust_scale "
-        f"{c['lake_distrust_scale']} -> precision "
+        f"{c['lake_distrust_scale']}"
+        + (f", lake_confusable {c['lake_confusable']}, lake_confusable_min_severity "
+           f"{c['lake_confusable_min_severity']}" if c.get("lake_confusable_min_severity") is not None else "")
+        + " -> precision "
         f"{planted.format_interval(c['precision'], c.get('precision_ci'))}, "
         f"recall {planted.format_interval(c['recall'], c.get('recall_ci'))}"
         + (f" (worst lake {c['worst'][0]:.3f} / {c['worst'][1]:.3f})" if c["n_lakes"] > 1 else "")
@@ -298,7 +310,8 @@ def choose_gates(args) -> int:
     try:
         for b in builds:
             cons.append((database.connect(b / "radlint.duckdb", read_only=True), b / "planted_errors.csv"))
-        chosen = planted.choose_lake_gates(cons, args.target_precision, groups=groups)
+        chosen = planted.choose_lake_gates(cons, args.target_precision, groups=groups,
+                                           confusable=_confusable(args.registry))
     finally:
         for con, _ in cons:
             con.close()

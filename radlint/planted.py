@@ -72,9 +72,11 @@ def _fields(con) -> list[str]:
     return [r[0] for r in con.execute("select distinct field from planted_truth").fetchall()]
 
 
-def _flag_inputs(con, field: str) -> dict[str, Any]:
+def _flag_inputs(con, field: str, confusable: tuple[str, ...] = ()) -> dict[str, Any]:
     """What a lake rule reads, per checked finding of ``field`` with a planted-truth row (one query
-    over the findings view; every rule and gate is then evaluated on these arrays)."""
+    over the findings view; every rule and gate is then evaluated on these arrays). ``confusable``:
+    the field's class sets (``'PA|AP'``); ``confusable`` in the result marks the findings whose label
+    and lake-probe class both lie in one of them, as findings.sql decides it."""
     import numpy as np
 
     rows = con.execute(
@@ -85,14 +87,17 @@ def _flag_inputs(con, field: str) -> dict[str, Any]:
                coalesce(f.generic_is_mismatch, false),
                coalesce(not list_contains(string_split(f.header_class, '|'), f.predicted_class), false),
                count(*) over (partition by f.header_class),
-               f.generic_distrust
+               f.generic_distrust,
+               coalesce(len(list_filter(?::varchar[], lambda c:
+                   list_has_all(string_split(c, '|'), string_split(f.header_class, '|'))
+                   and list_contains(string_split(c, '|'), f.lake_predicted_class))) > 0, false)
         from planted_truth as t join findings as f on f.uri = t.uri and f.field = t.field
         where t.field = ? and f.header_class is not null and (t.field <> 'projection' or t.true_class is not null)
         """,
-        [field],
+        [list(confusable), field],
     ).fetchall()
     names = ("planted", "lake_ok", "lake_dis", "sev_lake", "sev_generic", "generic", "generic_dis", "n_label",
-             "distrust")
+             "distrust", "confusable")
     cols = list(zip(*rows)) if rows else [()] * len(names)
     floats = ("sev_lake", "sev_generic", "n_label", "distrust")
     return {n: np.array([np.nan if v is None else v for v in c] if n == "distrust" else c,
@@ -101,8 +106,9 @@ def _flag_inputs(con, field: str) -> dict[str, Any]:
 
 
 def _lake_flags(x: dict[str, Any], rule: str, weight: float, prior: float, gate: float,
-                distrust_scale: float | None = None):
-    """The flags findings.sql would raise under one lake rule, weight, prior, gate and distrust scale."""
+                distrust_scale: float | None = None, confusable_gate: float | None = None):
+    """The flags findings.sql would raise under one lake rule, weight, prior, gate, distrust scale and
+    gate for claims between confusable classes."""
     import numpy as np
 
     w = weight * x["n_label"] / (x["n_label"] + prior) if prior else np.full(len(x["n_label"]), weight)
@@ -110,6 +116,8 @@ def _lake_flags(x: dict[str, Any], rule: str, weight: float, prior: float, gate:
         w = w * np.where(np.isnan(x["distrust"]), 1.0, np.minimum(1.0, np.nan_to_num(x["distrust"]) / distrust_scale))
     blended = w * x["sev_lake"] + (1 - w) * x["sev_generic"]
     extra = {"lake": True, "disagree": x["generic_dis"], "both": x["generic"]}[rule]
+    if confusable_gate is not None:
+        gate = np.where(x["confusable"], confusable_gate, gate)
     return np.where(x["lake_ok"], x["lake_dis"] & (blended >= gate) & extra, x["generic"])
 
 
@@ -207,9 +215,12 @@ LAKE_WEIGHTS = (0.5, 0.6, 0.7, 0.85, 1.0)
 LAKE_GATES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 LAKE_PRIORS = (0, 25, 50, 100)
 LAKE_DISTRUST_SCALES = (None, 0.1, 0.2, 0.3, 0.5, 1.0)
+# tried above the setting's own gate, for fields with confusable class sets (gate.lake_confusable)
+LAKE_CONFUSABLE_GATES = (None, 0.86, 0.88, 0.9, 0.92, 0.94, 0.96)
 
 
-def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] | None = None,
+                      confusable: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, Any]]:
     """Per field, the lake rule, weight, prior, gate and distrust scale to register, scored over every lake of
     ``lakes`` (pairs of an audited database connection and its planted-truth CSV) with their
     flags and planted errors pooled: the most recall at ``target_precision`` where some setting
@@ -221,7 +232,10 @@ def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] |
     of each lake under it (``lake``: its position in ``lakes``; a lake without planted errors of
     the field is left out). ``groups`` names the lake each entry of ``lakes`` is a build of (several
     builds of one lake: other planted draws and folds); ``worst`` is then taken over the lakes, each
-    pooled over its builds. Default: every entry its own lake."""
+    pooled over its builds. Default: every entry its own lake. ``confusable``: per field, class sets
+    (``'PA|AP'``, the registry's gate.lake_confusable) whose claims may get a stricter gate of their
+    own (``lake_confusable_min_severity``, tried from LAKE_CONFUSABLE_GATES above the setting's gate;
+    ties: none)."""
     import numpy as np
 
     names = list(groups) if groups is not None else [str(i) for i in range(len(lakes))]
@@ -232,19 +246,23 @@ def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] |
     for i, (con, truth_csv) in enumerate(lakes):
         load_truth(con, truth_csv)
         for field in FIELDS:
-            x = _flag_inputs(con, field)
+            x = _flag_inputs(con, field, tuple((confusable or {}).get(field, ())))
             if x["planted"].sum():
                 inputs.setdefault(field, []).append(x)
                 positions.setdefault(field, []).append(i)
     out: dict[str, dict[str, Any]] = {}
     for field, xs in inputs.items():
         lake_names = [names[i] for i in positions[field]]
+        sets = tuple((confusable or {}).get(field, ()))
         grid = []
-        for rule, prior, w, g, scale in itertools.product(LAKE_RULES, LAKE_PRIORS, LAKE_WEIGHTS, LAKE_GATES,
-                                                          LAKE_DISTRUST_SCALES):
+        for rule, prior, w, g, scale, cg in itertools.product(LAKE_RULES, LAKE_PRIORS, LAKE_WEIGHTS, LAKE_GATES,
+                                                              LAKE_DISTRUST_SCALES,
+                                                              LAKE_CONFUSABLE_GATES if sets else (None,)):
+            if cg is not None and cg <= g:
+                continue
             per_lake = []
             for x in xs:
-                flag = _lake_flags(x, rule, w, prior, g, scale)
+                flag = _lake_flags(x, rule, w, prior, g, scale, cg)
                 per_lake.append((int((flag & x["planted"]).sum()), int(flag.sum()), int(x["planted"].sum())))
             tp, n_flagged, n_planted = (int(v) for v in np.sum(per_lake, axis=0))
             p = tp / n_flagged if n_flagged else 0.0
@@ -257,14 +275,18 @@ def choose_lake_gates(lakes, target_precision: float = 0.95, groups: list[str] |
             worst = (min(t / f if f else 0.0 for t, f, _ in by_lake.values()),
                      min(t / n for t, _, n in by_lake.values()))
             grid.append({"lake_rule": rule, "lake_weight": w, "lake_prior_images": prior,
-                         "lake_min_severity": g, "lake_distrust_scale": scale, "precision": p, "recall": r,
+                         "lake_min_severity": g, "lake_distrust_scale": scale,
+                         "lake_confusable": list(sets) if cg is not None else None,
+                         "lake_confusable_min_severity": cg, "precision": p, "recall": r,
                          "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst,
                          "true_positives": tp, "flagged": n_flagged, "planted": n_planted, "per_lake": per_lake})
         reaching = [x for x in grid if x["precision"] >= target_precision and x["recall"] >= target_precision]
         def key(x):
-            # ties: the higher gate, then the smaller prior, then no distrust scale (the simpler rule)
+            # ties: the higher gate, then the smaller prior, then no distrust scale and no confusable gate
+            # (the simpler rule)
             score = x["recall"] if reaching else round(x["f1"], 4)
-            return score, x["lake_min_severity"], -x["lake_prior_images"], x["lake_distrust_scale"] is None
+            return (score, x["lake_min_severity"], -x["lake_prior_images"], x["lake_distrust_scale"] is None,
+                    x["lake_confusable_min_severity"] is None)
 
         best = max(reaching or grid, key=key)
         out[field] = dict(best, precision_ci=wilson(best["true_positives"], best["flagged"]),

@@ -24,7 +24,7 @@ from radlint.tasks.parts import KINDS, SCHEMAS, out_store, utcnow
 SQL_DIR = Path(str(resources.files("radlint.sql")))
 # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds; 4: label_gates;
 # 5: embeddings, orientation_samples, lake_predictions, gates.lake_min_severity
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"
 
 # Keys that make a load idempotent: a row whose key is already in the table is not added again.
 LOAD_KEYS = {
@@ -382,7 +382,8 @@ def load_thresholds(con, model_name: str, model_sha256: str, tasks: dict[str, An
         (model_name, model_sha256, task, spec.min_severity,
          spec.gate_policy.get("target_precision"), spec.gate_policy.get("prevalence"),
          spec.class_thresholds, spec.lake_min_severity, spec.lake_rule, spec.lake_weight,
-         spec.lake_prior_images, spec.lake_distrust_scale)
+         spec.lake_prior_images, spec.lake_distrust_scale, list(spec.lake_confusable),
+         spec.lake_confusable_min_severity)
         for task, spec in tasks.items()
     ])
     con.execute("delete from label_gates where model_sha256 = ?", [model_sha256])

@@ -50,6 +50,10 @@ class TaskSpec:
     lake_weight: float | None = None  # share of the lake probe in the blended severity a lake flag is gated on
     lake_prior_images: float | None = None  # shrinks lake_weight for labels with few lake images
     lake_distrust_scale: float | None = None  # lake_weight follows generic_distrust up to this (sql/tables/gates.sql)
+    # sets of classes the probe confuses more easily than the rest ('PA|AP'), and the gate replacing
+    # lake_min_severity where the label and the probe's class both lie in one of them
+    lake_confusable: tuple[str, ...] = ()
+    lake_confusable_min_severity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,13 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         raise RegistryError(f"task {name}: gate.lake_weight must be within [0, 1], not {lake_weight!r}")
     if lake_rule not in (None, "both", "lake", "disagree"):
         raise RegistryError(f"task {name}: gate.lake_rule must be both, lake or disagree, not {lake_rule!r}")
+    confusable = _confusable_sets(name, gate.pop("lake_confusable", None) or [], spec["classes"])
+    confusable_gate = gate.pop("lake_confusable_min_severity", None)
+    if confusable_gate is not None and not 0.0 < float(confusable_gate) <= 1.0:
+        raise RegistryError(
+            f"task {name}: gate.lake_confusable_min_severity must be within (0, 1], not {confusable_gate!r}")
+    if confusable_gate is not None and not confusable:
+        raise RegistryError(f"task {name}: gate.lake_confusable_min_severity needs gate.lake_confusable")
     return TaskSpec(
         name=name,
         output=spec.get("output", name),
@@ -132,7 +143,23 @@ def _task_spec(name: str, spec: dict) -> TaskSpec:
         lake_weight=None if lake_weight is None else float(lake_weight),
         lake_prior_images=None if lake_prior is None else float(lake_prior),
         lake_distrust_scale=None if distrust_scale is None else float(distrust_scale),
+        lake_confusable=confusable,
+        lake_confusable_min_severity=None if confusable_gate is None else float(confusable_gate),
     )
+
+
+def _confusable_sets(name: str, sets: list, classes: list[str]) -> tuple[str, ...]:
+    """gate.lake_confusable as '|'-joined class sets, each of two or more of the task's classes."""
+    out = []
+    for s in sets:
+        members = [str(c) for c in s] if isinstance(s, (list, tuple)) else str(s).split("|")
+        unknown = [c for c in members if c not in classes]
+        if unknown or len(set(members)) < 2:
+            raise RegistryError(
+                f"task {name}: each gate.lake_confusable set names two or more of the task's classes "
+                f"{list(classes)}, not {s!r}")
+        out.append("|".join(members))
+    return tuple(out)
 
 
 def _check_preprocessing(name: str, m: dict) -> None:

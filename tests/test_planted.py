@@ -181,3 +181,31 @@ def test_choose_lake_gates_cli_reads_a_folder_of_seed_builds_as_one_lake(tmp_pat
     assert f"{root / 'seed-5'}: 1.000 [" in out and f"{root / 'seed-6'}: 1.000 [" in out
     assert cli.main(["choose-lake-gates", str(tmp_path / "nothing")]) == 2
     assert "nor seed-* folders" in capsys.readouterr().err
+
+
+def test_a_confusable_gate_holds_back_doubtful_claims_between_look_alike_classes(tmp_path):
+    # Chest labels. The probe's claims of "head" are right down to severity 0.8; its claims of
+    # "abdomen" (a look-alike of chest in this toy lake) are false alarms at 0.87 and right only at
+    # 0.95. One gate cannot take the first without the false alarms; a stricter gate for claims
+    # inside the set 'chest|abdomen' can.
+    rows = ([(f"h{i}", True, "head", 0.2) for i in range(10)]
+            + [(f"a{i}", True, "abdomen", 0.05) for i in range(10)]
+            + [(f"a_fa{i}", False, "abdomen", 0.13) for i in range(10)]
+            + [(f"ok{i}", False, "chest", 0.9) for i in range(70)])
+    truth = tmp_path / "t.csv"
+    with truth.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uri", "field", "planted", "true_class", "systematic"])
+        w.writerows([uri, "body_part", str(p), "x", "False"] for uri, p, _, _ in rows)
+    con = duckdb.connect()
+    con.execute("""create table findings (uri varchar, field varchar, header_class varchar, lake_method varchar,
+                   lake_predicted_class varchar, lake_label_prob double, header_class_prob double,
+                   generic_is_mismatch boolean, predicted_class varchar, generic_distrust double)""")
+    con.executemany("insert into findings values (?, 'body_part', 'chest', 'lake_oof', ?, ?, ?, false, 'chest', null)",
+                    [(uri, cls, p, p) for uri, _, cls, p in rows])
+    plain = planted.choose_lake_gates([(con, truth)])["body_part"]
+    assert plain["lake_confusable_min_severity"] is None and (plain["precision"], plain["recall"]) != (1.0, 1.0)
+    chosen = planted.choose_lake_gates([(con, truth)], confusable={"body_part": ("chest|abdomen",)})["body_part"]
+    assert (chosen["precision"], chosen["recall"]) == (1.0, 1.0)
+    assert chosen["lake_confusable"] == ["chest|abdomen"]
+    assert chosen["lake_min_severity"] <= 0.8 < 0.87 < chosen["lake_confusable_min_severity"] <= 0.95

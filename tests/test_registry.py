@@ -116,11 +116,25 @@ def test_a_turned_file_that_is_not_the_registered_one_is_refused(tmp_path):
     ({"lake_weight": 1.5}, "lake_weight must be within"),
     ({"lake_rule": "sometimes"}, "lake_rule must be"),
     ({"lake_distrust_scale": 0}, "lake_distrust_scale must be above 0"),
+    ({"lake_confusable": [["a", "z"]], "lake_confusable_min_severity": 0.9}, "names two or more of the task's classes"),
+    ({"lake_confusable": [["a"]]}, "names two or more"),
+    ({"lake_confusable": [["a", "b"]], "lake_confusable_min_severity": 0}, "must be within \\(0, 1\\]"),
+    ({"lake_confusable_min_severity": 0.9}, "needs gate.lake_confusable"),
 ])
 def test_lake_gates_out_of_range_are_refused(gate, words):
     spec = {"classes": ["a", "b"], "gate": {"min_severity": 0.5, **gate}}
     with pytest.raises(infer.RegistryError, match=words):
         infer._task_spec("body_part", spec)
+
+
+def test_lake_confusable_sets_reach_the_task_spec_in_either_spelling():
+    spec = infer._task_spec("projection", {"classes": ["PA", "AP", "LATERAL"], "gate": {
+        "lake_confusable": [["PA", "AP"], "AP|LATERAL"], "lake_confusable_min_severity": 0.9}})
+    assert spec.lake_confusable == ("PA|AP", "AP|LATERAL") and spec.lake_confusable_min_severity == 0.9
+    assert not {"lake_confusable", "lake_confusable_min_severity"} & set(spec.gate_policy)
+    # sets without a gate of their own: declared for choose-lake-gates, no effect on the flags
+    spec = infer._task_spec("projection", {"classes": ["PA", "AP"], "gate": {"lake_confusable": [["PA", "AP"]]}})
+    assert spec.lake_confusable == ("PA|AP",) and spec.lake_confusable_min_severity is None
 
 
 def test_lake_distrust_scale_reaches_the_task_spec():

@@ -197,12 +197,13 @@ def test_thresholds_and_gates_are_replaced_per_model(tmp_path):
     spec = SimpleNamespace(classes=["a", "b"], thresholds={"a": 0.7}, min_severity=0.9,
                            gate_policy={"target_precision": 0.95, "prevalence": 0.1}, class_thresholds=False,
                            label_gates={"b": 0.8}, lake_min_severity=0.7, lake_rule="lake", lake_weight=0.7, lake_prior_images=None,
-                           lake_distrust_scale=0.3)
+                           lake_distrust_scale=0.3, lake_confusable=("a|b",), lake_confusable_min_severity=0.9)
     for _ in range(2):
         database.load_thresholds(con, "m", "sha", {"body_part": spec})
     assert con.execute("select class, threshold from thresholds order by class").fetchall() == [("a", pytest.approx(0.7)), ("b", 0.5)]
-    assert con.execute("select task, min_severity, class_thresholds, lake_distrust_scale from gates").fetchall() == [
-        ("body_part", pytest.approx(0.9), False, pytest.approx(0.3))]
+    assert con.execute("select task, min_severity, class_thresholds, lake_distrust_scale, lake_confusable, "
+                       "lake_confusable_min_severity from gates").fetchall() == [
+        ("body_part", pytest.approx(0.9), False, pytest.approx(0.3), ["a|b"], pytest.approx(0.9))]
     assert con.execute("select task, class, min_severity from label_gates").fetchall() == [("body_part", "b", pytest.approx(0.8))]
 
 

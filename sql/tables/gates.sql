@@ -11,6 +11,8 @@
 -- lake_weight: where the lake probe scored the image, the severity a lake-probe flag is gated on is lake_weight x (1 - p_lake(label)) + (1 - lake_weight) x (1 - p_generic(label)); chosen with lake_min_severity; NULL: 1 (the probe alone).
 -- lake_prior_images: shrinkage of lake_weight for labels the lake has few images of: the weight applied is lake_weight x n / (n + lake_prior_images), n = images with that label; NULL: 0 (none).
 -- lake_distrust_scale: where set, the lake probe's share also follows lake_predictions.generic_distrust: it is multiplied by min(1, generic_distrust / lake_distrust_scale), so the generic model keeps its say on kinds of film whose lake labels it agrees with and the probe decides where it does not; NULL: off.
+-- lake_confusable: sets of classes the lake probe tells apart less surely than the rest, each written as its classes joined by '|' (for projection 'PA|AP'); NULL or empty: none.
+-- lake_confusable_min_severity: replaces lake_min_severity for a lake-probe flag whose labelled class and the probe's class both lie in one set of lake_confusable (for projection: a PA label the probe calls AP needs this, a PA label it calls LATERAL the usual gate); chosen with the other lake gates; NULL: lake_min_severity for every flag.
 create table if not exists gates (
     model varchar not null,
     model_sha256 varchar not null,
@@ -23,5 +25,7 @@ create table if not exists gates (
     lake_rule varchar,
     lake_weight float,
     lake_prior_images float,
-    lake_distrust_scale float
+    lake_distrust_scale float,
+    lake_confusable varchar[],
+    lake_confusable_min_severity float
 );

@@ -25,7 +25,7 @@
 -- lake_fallback_reason: why lake_method is generic (no_embedding, too_few_images, one_class, class_too_rare, too_few_samples); else NULL.
 -- generic_is_mismatch: the generic model's own verdict (label known, prediction not among its classes, past the task's severity gate and, where used, the class threshold); shown beside the flag for transparency.
 -- flag_basis: for a mismatch, which view decided it: both (the lake probe flagged and the generic model agrees), lake (the lake probe alone), generic (no lake probe for this image; the generic model alone); NULL when not flagged.
--- lake_gate: the severity a lake-probe flag needs (table gates, lake_min_severity; 0.5 when unset).
+-- lake_gate: the severity a lake-probe flag needs (table gates): lake_confusable_min_severity where the label's classes and the probe's class all lie in one set of lake_confusable (PA labelled, AP seen), else lake_min_severity; 0.5 when unset.
 -- lake_rule: what else a lake-probe flag needs (table gates): both, lake or disagree; both when unset.
 -- lake_weight: the lake probe's share of the blended severity for this image: the task's lake_weight (table gates; 1 when unset) x n / (n + lake_prior_images), n = the lake's images with this label, so a probe that saw few of them counts less; where the task's lake_distrust_scale is set, also x min(1, generic_distrust / lake_distrust_scale), so the generic model keeps its say on kinds of film whose lake labels it agrees with.
 -- generic_distrust: how often the generic model disagrees with the labels of this image's look-alikes in the lake (table lake_predictions; 0-1); NULL where not computed.
@@ -162,7 +162,9 @@ scored as (
         coalesce(g.lake_rule, 'both') as lake_rule,
         coalesce(g.lake_weight, 1.0) as lake_weight,
         coalesce(g.lake_prior_images, 0.0) as lake_prior_images,
-        g.lake_distrust_scale
+        g.lake_distrust_scale,
+        g.lake_confusable,
+        g.lake_confusable_min_severity
     from checked as c
     left join latest_predictions as p on p.uri = c.uri and p.task = c.field
     left join thresholds as t
@@ -175,7 +177,17 @@ scored as (
 
 adapted as (
     select
-        s.*,
+        s.* replace (
+            -- a claim between classes the probe confuses easily (PA and AP) must pass a stricter gate
+            case
+                when s.lake_confusable_min_severity is not null
+                    and len(list_filter(coalesce(s.lake_confusable, []), lambda c:
+                        list_has_all(string_split(c, '|'), string_split(s.header_class, '|'))
+                        and list_contains(string_split(c, '|'), lp.predicted))) > 0
+                    then s.lake_confusable_min_severity
+                else s.lake_gate
+            end as lake_gate
+        ),
         lp.method as lake_method,
         lp.fallback_reason as lake_fallback_reason,
         lp.predicted as lake_predicted_class,

@@ -24,7 +24,7 @@ def rows(con):
 
 
 def test_lake_probe_decides_where_it_scored(con):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
     given(
         con,
         [
@@ -64,7 +64,7 @@ def test_lake_gate_from_gates_table(con):
           [pred("s3://b/x", "body_part", {"chest": 0.9, "abdomen": 0.1})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.7, "chest": 0.3})
     assert rows(con)["s3://b/x"][1] is False  # default rule both: the generic model agrees with the label
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null, null, null)", [SHA])
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null, null, null)", [SHA])
     assert rows(con)["s3://b/x"][1] is True  # default lake gate 0.5
     con.execute("update gates set lake_min_severity = 0.8")
     assert rows(con)["s3://b/x"][1] is False  # 1 - 0.3 < 0.8
@@ -78,7 +78,7 @@ def test_lake_gate_from_gates_table(con):
     ("lake", {"chest": 0.9, "abdomen": 0.1}, True),
 ])
 def test_lake_rule(con, rule, generic_probs, flagged):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null, null, null)", [SHA, rule])
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null, null, null)", [SHA, rule])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", generic_probs)])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
@@ -143,7 +143,7 @@ def test_group_findings_needs_five_images(con, n, flagged):
 @pytest.mark.parametrize("weight,flagged,severity", [(1.0, True, 0.8), (0.5, False, 0.5), (0.7, True, 0.62)])
 def test_lake_weight_blends_the_two_severities(con, weight, flagged, severity):
     # the probe says abdomen (p(chest) 0.2), the generic model is sure of the label (p(chest) 0.8)
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?, null, null)",
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?, null, null)",
                 [SHA, weight])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
@@ -154,7 +154,7 @@ def test_lake_weight_blends_the_two_severities(con, weight, flagged, severity):
 
 def test_lake_prior_shrinks_the_probe_for_rare_labels(con):
     # one chest image among the lake's labels: with a prior of 3 images the probe's share is 0.8 x 1/4
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', 0.8, 3, null)", [SHA])
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', 0.8, 3, null)", [SHA])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
@@ -171,7 +171,7 @@ def test_lake_prior_shrinks_the_probe_for_rare_labels(con):
 def test_lake_distrust_scale_gives_the_generic_model_its_say_where_it_agrees_with_the_lake(
         con, distrust, weight, flagged):
     # the probe says abdomen (p(chest) 0.1), the generic model is sure of the label (p(chest) 0.95)
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, 0.5)",
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, 0.5)",
                 [SHA])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.95, "abdomen": 0.05})])
@@ -185,9 +185,36 @@ def test_lake_distrust_scale_gives_the_generic_model_its_say_where_it_agrees_wit
 
 
 def test_without_a_distrust_scale_the_weight_ignores_generic_distrust(con):
-    con.execute("insert into gates values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, null)",
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, null)",
                 [SHA])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.95, "abdomen": 0.05})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.9, "chest": 0.1}, distrust=0.01)
     assert con.execute("select is_mismatch, lake_weight from findings where field = 'body_part'").fetchone() == (True, 1.0)
+
+
+def test_confusable_classes_need_the_stricter_lake_gate(con):
+    # Three chest films with the probe at p(label) 0.15 (severity 0.85, over the lake gate of 0.8): a PA
+    # the probe calls AP is a claim between the set 'PA|AP' and needs its gate of 0.9, so it is held
+    # back; a PA it calls LATERAL passes the task's gate; a PA it calls AP at p(label) 0.05 passes both.
+    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, "
+                "class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale, "
+                "lake_confusable, lake_confusable_min_severity) "
+                "values ('m', ?, 'projection', 0.99, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, null, ['PA|AP'], 0.9)",
+                [SHA])
+    chest = dict(body="chest", body_src="BodyPartExamined", bpe="CHEST", proj="PA", vp="PA", proj_src="ViewPosition")
+    uris = ("s3://b/ap_weak", "s3://b/lateral", "s3://b/ap_strong")
+    given(con, [image(u, **chest) for u in uris],
+          [pred(u, "projection", {"PA": 0.5, "AP": 0.3, "LATERAL": 0.2}) for u in uris])
+    lake(con, "s3://b/ap_weak", "projection", {"PA": 0.15, "AP": 0.8, "LATERAL": 0.05})
+    lake(con, "s3://b/lateral", "projection", {"PA": 0.15, "AP": 0.05, "LATERAL": 0.8})
+    lake(con, "s3://b/ap_strong", "projection", {"PA": 0.05, "AP": 0.9, "LATERAL": 0.05})
+    got = {r[0]: r[1:] for r in con.execute(
+        "select uri, is_mismatch, lake_gate, suggested_correction from findings where field = 'projection'").fetchall()}
+    assert got["s3://b/ap_weak"] == (False, pytest.approx(0.9), None)
+    assert got["s3://b/lateral"] == (True, pytest.approx(0.8), "LATERAL")
+    assert got["s3://b/ap_strong"] == (True, pytest.approx(0.9), "AP")
+    # without the confusable gate every claim has the task's lake gate
+    con.execute("update gates set lake_confusable_min_severity = null")
+    assert con.execute("select count(*) from findings where field = 'projection' and is_mismatch "
+                       "and lake_gate = 0.8").fetchone() == (3,)
