@@ -23,7 +23,8 @@ from radlint.tasks.parts import KINDS, SCHEMAS, out_store, utcnow
 
 SQL_DIR = Path(str(resources.files("radlint.sql")))
 # 2: thumbnails, loaded_parts and gates tables; 3: gates.class_thresholds; 4: label_gates;
-# 5: embeddings, orientation_samples, lake_predictions, gates.lake_min_severity
+# 5: embeddings, orientation_samples, lake_predictions, gates.lake_min_severity;
+# 6: lake_predictions.generic_distrust, gates.lake_distrust_scale; 7: gates.lake_confusable(_min_severity)
 SCHEMA_VERSION = "7"
 
 # Keys that make a load idempotent: a row whose key is already in the table is not added again.
