@@ -183,11 +183,11 @@ def test_choose_lake_gates_cli_reads_a_folder_of_seed_builds_as_one_lake(tmp_pat
     assert "nor seed-* folders" in capsys.readouterr().err
 
 
-def test_a_confusable_gate_holds_back_doubtful_claims_between_look_alike_classes(tmp_path):
-    # Chest labels. The probe's claims of "head" are right down to severity 0.8; its claims of
-    # "abdomen" (a look-alike of chest in this toy lake) are false alarms at 0.87 and right only at
-    # 0.95. One gate cannot take the first without the false alarms; a stricter gate for claims
-    # inside the set 'chest|abdomen' can.
+def confusable_lake(tmp_path):
+    """Chest labels. The probe's claims of "head" are right down to severity 0.8; its claims of
+    "abdomen" (a look-alike of chest in this toy lake) are false alarms at 0.87 and right only at
+    0.95. One gate cannot take the first without the false alarms; a stricter gate for claims
+    inside the set 'chest|abdomen' can."""
     rows = ([(f"h{i}", True, "head", 0.2) for i in range(10)]
             + [(f"a{i}", True, "abdomen", 0.05) for i in range(10)]
             + [(f"a_fa{i}", False, "abdomen", 0.13) for i in range(10)]
@@ -203,9 +203,43 @@ def test_a_confusable_gate_holds_back_doubtful_claims_between_look_alike_classes
                    generic_is_mismatch boolean, predicted_class varchar, generic_distrust double)""")
     con.executemany("insert into findings values (?, 'body_part', 'chest', 'lake_oof', ?, ?, ?, false, 'chest', null)",
                     [(uri, cls, p, p) for uri, _, cls, p in rows])
+    return con, truth
+
+
+def test_a_confusable_gate_holds_back_doubtful_claims_between_look_alike_classes(tmp_path):
+    con, truth = confusable_lake(tmp_path)
     plain = planted.choose_lake_gates([(con, truth)])["body_part"]
     assert plain["lake_confusable_min_severity"] is None and (plain["precision"], plain["recall"]) != (1.0, 1.0)
     chosen = planted.choose_lake_gates([(con, truth)], confusable={"body_part": ("chest|abdomen",)})["body_part"]
     assert (chosen["precision"], chosen["recall"]) == (1.0, 1.0)
     assert chosen["lake_confusable"] == ["chest|abdomen"]
     assert chosen["lake_min_severity"] <= 0.8 < 0.87 < chosen["lake_confusable_min_severity"] <= 0.95
+
+
+def test_choose_lake_gates_cli_takes_the_confusable_sets_from_its_registry(tmp_path, capsys):
+    import yaml
+
+    from radlint import cli
+    from radlint.tasks import infer
+
+    con, truth = confusable_lake(tmp_path)
+    folder = tmp_path / "lake"
+    folder.mkdir()
+    con.execute(f"attach '{folder / 'radlint.duckdb'}' as out")
+    con.execute("create table out.findings as select * from findings")
+    con.close()
+    truth.rename(folder / "planted_errors.csv")
+    data = yaml.safe_load(infer.REGISTRY_PATH.read_text())
+    model = data["models"][0]
+    model["file"] = str(infer.MODELS_DIR / model["file"])
+    model["embedding"]["turned"]["file"] = str(infer.MODELS_DIR / model["embedding"]["turned"]["file"])
+    model["tasks"]["body_part"]["gate"]["lake_confusable"] = [["chest", "abdomen"]]
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert cli.main(["choose-lake-gates", str(folder)]) == 0
+    shipped = capsys.readouterr().out
+    assert "body_part:" in shipped and "lake_confusable_min_severity" not in shipped
+    assert cli.main(["choose-lake-gates", str(folder), "--registry", str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert "lake_confusable ['chest|abdomen'], lake_confusable_min_severity" in out
+    assert "precision 1.000" in out and "recall 1.000" in out
