@@ -11,34 +11,45 @@ import pytest
 from radlint import planted
 
 
-def lake(tmp_path, name: str, rows: list[tuple]):
-    """rows: (uri, planted, lake_label_prob, header_class_prob[, generic_distrust]) for body_part
-    findings labelled 'chest'; the lake probe predicts 'head' and scored every row out-of-fold."""
+def chest_lake(tmp_path, name: str, rows: list[tuple]):
+    """rows: (uri, planted, lake probe's class, lake_label_prob, header_class_prob, generic_distrust) for
+    body_part findings labelled 'chest', every row scored out-of-fold by the lake probe."""
     truth = tmp_path / f"{name}.csv"
     with truth.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["uri", "field", "planted", "true_class", "systematic"])
-        for uri, is_planted, *_ in rows:
-            w.writerow([uri, "body_part", str(is_planted), "head" if is_planted else "chest", "False"])
+        for uri, is_planted, predicted, *_ in rows:
+            w.writerow([uri, "body_part", str(is_planted), predicted if is_planted else "chest", "False"])
     con = duckdb.connect()
     con.execute("""create table findings (uri varchar, field varchar, header_class varchar, lake_method varchar,
                    lake_predicted_class varchar, lake_label_prob double, header_class_prob double,
                    generic_is_mismatch boolean, predicted_class varchar, generic_distrust double)""")
-    con.executemany("insert into findings values (?, 'body_part', 'chest', 'lake_oof', 'head', ?, ?, false, 'chest', ?)",
-                    [(r[0], r[2], r[3], r[4] if len(r) > 4 else None) for r in rows])
+    con.executemany("insert into findings values (?, 'body_part', 'chest', 'lake_oof', ?, ?, ?, false, 'chest', ?)",
+                    [(uri, predicted, p_lake, p_generic, distrust)
+                     for uri, _, predicted, p_lake, p_generic, distrust in rows])
     return con, truth
 
 
-def audited_folder(tmp_path, name: str, rows: list[tuple], folder):
-    """``lake(...)`` written as evaluate-planted leaves a folder: radlint.duckdb (its findings) and
-    planted_errors.csv."""
-    con, truth = lake(tmp_path, name, rows)
+def lake(tmp_path, name: str, rows: list[tuple]):
+    """rows: (uri, planted, lake_label_prob, header_class_prob[, generic_distrust]) for body_part
+    findings labelled 'chest'; the lake probe predicts 'head' and scored every row out-of-fold."""
+    return chest_lake(tmp_path, name, [(r[0], r[1], "head", r[2], r[3], r[4] if len(r) > 4 else None) for r in rows])
+
+
+def as_folder(con, truth, folder):
+    """A lake's connection and truth written as evaluate-planted leaves a folder: radlint.duckdb (its
+    findings) and planted_errors.csv."""
     folder.mkdir(parents=True)
     con.execute(f"attach '{folder / 'radlint.duckdb'}' as out")
     con.execute("create table out.findings as select * from findings")
     con.close()
     truth.rename(folder / "planted_errors.csv")
     return folder
+
+
+def audited_folder(tmp_path, name: str, rows: list[tuple], folder):
+    """``lake(...)`` written as an evaluate-planted folder."""
+    return as_folder(*lake(tmp_path, name, rows), folder)
 
 
 def test_gates_are_chosen_over_the_lakes_pooled(tmp_path):
@@ -192,18 +203,7 @@ def confusable_lake(tmp_path):
             + [(f"a{i}", True, "abdomen", 0.05) for i in range(10)]
             + [(f"a_fa{i}", False, "abdomen", 0.13) for i in range(10)]
             + [(f"ok{i}", False, "chest", 0.9) for i in range(70)])
-    truth = tmp_path / "t.csv"
-    with truth.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["uri", "field", "planted", "true_class", "systematic"])
-        w.writerows([uri, "body_part", str(p), "x", "False"] for uri, p, _, _ in rows)
-    con = duckdb.connect()
-    con.execute("""create table findings (uri varchar, field varchar, header_class varchar, lake_method varchar,
-                   lake_predicted_class varchar, lake_label_prob double, header_class_prob double,
-                   generic_is_mismatch boolean, predicted_class varchar, generic_distrust double)""")
-    con.executemany("insert into findings values (?, 'body_part', 'chest', 'lake_oof', ?, ?, ?, false, 'chest', null)",
-                    [(uri, cls, p, p) for uri, _, cls, p in rows])
-    return con, truth
+    return chest_lake(tmp_path, "t", [(uri, p, cls, prob, prob, None) for uri, p, cls, prob in rows])
 
 
 def test_a_confusable_gate_holds_back_doubtful_claims_between_look_alike_classes(tmp_path):
@@ -222,13 +222,7 @@ def test_choose_lake_gates_cli_takes_the_confusable_sets_from_its_registry(tmp_p
     from radlint import cli
     from radlint.tasks import infer
 
-    con, truth = confusable_lake(tmp_path)
-    folder = tmp_path / "lake"
-    folder.mkdir()
-    con.execute(f"attach '{folder / 'radlint.duckdb'}' as out")
-    con.execute("create table out.findings as select * from findings")
-    con.close()
-    truth.rename(folder / "planted_errors.csv")
+    folder = as_folder(*confusable_lake(tmp_path), tmp_path / "lake")
     data = yaml.safe_load(infer.REGISTRY_PATH.read_text())
     model = data["models"][0]
     model["file"] = str(infer.MODELS_DIR / model["file"])
