@@ -194,9 +194,10 @@ def run_planted(args) -> int:
     if not sources:
         print("radlint: no images selected (check --labels/--split-file/--split)", file=sys.stderr)
         return 2
+    confusable = _confusable(args.registry)
     seeds = getattr(args, "seeds", None)
     if not seeds:
-        return 0 if _planted_build(args, sources, root, args.seed, args.plot)[0] else 1
+        return 0 if _planted_build(args, sources, root, args.seed, args.plot, confusable)[0] else 1
     completed = True
     builds = []
     for seed in seeds:
@@ -206,21 +207,12 @@ def run_planted(args) -> int:
         if args.plot:
             plot = Path(args.plot)
             plot = str(plot.with_name(f"{plot.stem}-seed-{seed}{plot.suffix}"))
-        ok, scores = _planted_build(args, sources, work, seed, plot)
+        ok, scores = _planted_build(args, sources, work, seed, plot, confusable)
         completed = completed and ok
         builds.append((work, scores))
-    from radlint.tasks import database
-
     print(f"\n=== {len(builds)} builds pooled (seeds {', '.join(str(s) for s in seeds)})")
     print(planted.format_table(planted.pool_scores([scores for _, scores in builds])))
-    cons = [(database.connect(work / "radlint.duckdb", read_only=True), work / "planted_errors.csv")
-            for work, _ in builds]
-    try:
-        chosen = planted.choose_lake_gates(cons, groups=[str(root)] * len(cons),
-                                           confusable=_confusable(args.registry))
-    finally:
-        for con, _ in cons:
-            con.close()
+    chosen = _choose_over([work for work, _ in builds], groups=[str(root)] * len(builds), confusable=confusable)
     print("\nLake gates chosen over the builds, flags pooled (registry tasks.<field>.gate):")
     print(_format_chosen(chosen))
     print("\nEach build under those gates (precision / recall, 95 % Wilson intervals):")
@@ -228,9 +220,11 @@ def run_planted(args) -> int:
     return 0 if completed else 1
 
 
-def _planted_build(args, sources, work: Path, seed: int, plot: str | None) -> tuple[bool, dict]:
+def _planted_build(args, sources, work: Path, seed: int, plot: str | None,
+                   confusable: dict[str, tuple[str, ...]]) -> tuple[bool, dict]:
     """One lake of ``sources`` with planted errors drawn with ``seed``, audited and scored in ``work``;
-    prints its tables. Returns (the audit completed, the scores)."""
+    prints its tables (lake gates tried with the registry's ``confusable`` class sets). Returns (the
+    audit completed, the scores)."""
     _fresh(work)
     sources = lakegen.stratified_sample(sources, args.n, seed)
     truth = work / "planted_errors.csv"
@@ -247,7 +241,7 @@ def _planted_build(args, sources, work: Path, seed: int, plot: str | None) -> tu
     try:
         sweep = planted.rule_sweep(con, truth)
         group = planted.systematic_group(con, truth)
-        chosen = planted.choose_lake_gates([(con, truth)], confusable=_confusable(args.registry))
+        chosen = planted.choose_lake_gates([(con, truth)], confusable=confusable)
         if plot:
             planted.plot_pr(con, truth, plot)
     finally:
@@ -265,6 +259,21 @@ def _planted_build(args, sources, work: Path, seed: int, plot: str | None) -> tu
     if plot:
         print(f"precision-recall plot: {plot}")
     return summary.get("status") == "completed", scores
+
+
+def _choose_over(builds: list[Path], **choose) -> dict:
+    """planted.choose_lake_gates (``choose``: its keyword arguments) over audited evaluate-planted
+    folders, each opened read-only for the choice."""
+    from radlint.tasks import database
+
+    cons = []
+    try:
+        for b in builds:
+            cons.append((database.connect(b / "radlint.duckdb", read_only=True), b / "planted_errors.csv"))
+        return planted.choose_lake_gates(cons, **choose)
+    finally:
+        for con, _ in cons:
+            con.close()
 
 
 def _confusable(registry: str | None) -> dict[str, tuple[str, ...]]:
@@ -294,8 +303,6 @@ def _format_chosen(chosen: dict) -> str:
 def choose_gates(args) -> int:
     """`radlint choose-lake-gates DIR...`: pooled over the folders' audited planted lakes. A folder made
     by ``evaluate-planted --seeds`` counts as one lake with several builds (its seed-S folders)."""
-    from radlint.tasks import database
-
     builds: list[Path] = []
     groups: list[str] = []
     for d in args.dirs:
@@ -306,15 +313,8 @@ def choose_gates(args) -> int:
             return 2
         builds += found
         groups += [str(d)] * len(found)
-    cons = []
-    try:
-        for b in builds:
-            cons.append((database.connect(b / "radlint.duckdb", read_only=True), b / "planted_errors.csv"))
-        chosen = planted.choose_lake_gates(cons, args.target_precision, groups=groups,
-                                           confusable=_confusable(args.registry))
-    finally:
-        for con, _ in cons:
-            con.close()
+    chosen = _choose_over(builds, target_precision=args.target_precision, groups=groups,
+                          confusable=_confusable(args.registry))
     n_lakes = len(set(groups))
     print(f"Lake gates chosen over {n_lakes} lake(s)"
           + (f" ({len(builds)} builds)" if len(builds) > n_lakes else "")
