@@ -217,19 +217,12 @@ def test_a_confusable_gate_holds_back_doubtful_claims_between_look_alike_classes
 
 
 def test_choose_lake_gates_cli_takes_the_confusable_sets_from_its_registry(tmp_path, capsys):
-    import yaml
-
     from radlint import cli
-    from radlint.tasks import infer
+    from tests.test_registry import shipped_registry
 
     folder = as_folder(*confusable_lake(tmp_path), tmp_path / "lake")
-    data = yaml.safe_load(infer.REGISTRY_PATH.read_text())
-    model = data["models"][0]
-    model["file"] = str(infer.MODELS_DIR / model["file"])
-    model["embedding"]["turned"]["file"] = str(infer.MODELS_DIR / model["embedding"]["turned"]["file"])
-    model["tasks"]["body_part"]["gate"]["lake_confusable"] = [["chest", "abdomen"]]
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(yaml.safe_dump(data, sort_keys=False))
+    registry = shipped_registry(
+        tmp_path, lambda model: model["tasks"]["body_part"]["gate"].update(lake_confusable=[["chest", "abdomen"]]))
     assert cli.main(["choose-lake-gates", str(folder)]) == 0
     shipped = capsys.readouterr().out
     assert "body_part:" in shipped and "lake_confusable_min_severity" not in shipped

@@ -81,16 +81,21 @@ def test_audit_with_a_mismatched_registry_stops_before_any_work(tmp_path, tiny_r
     assert not db.exists()
 
 
-def _shipped_with(tmp_path: Path, change) -> Path:
-    """The shipped registry with absolute model paths, after ``change(embedding block)``."""
+def shipped_registry(tmp_path: Path, change_model) -> Path:
+    """The shipped registry with absolute model paths, after ``change_model(its first entry)``."""
     data = yaml.safe_load(infer.REGISTRY_PATH.read_text())
     model = data["models"][0]
     model["file"] = str(infer.MODELS_DIR / model["file"])
     model["embedding"]["turned"]["file"] = str(infer.MODELS_DIR / model["embedding"]["turned"]["file"])
-    change(model["embedding"])
+    change_model(model)
     path = tmp_path / "registry.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def _shipped_with(tmp_path: Path, change) -> Path:
+    """The shipped registry with absolute model paths, after ``change(embedding block)``."""
+    return shipped_registry(tmp_path, lambda model: change(model["embedding"]))
 
 
 def test_turned_columns_must_hold_the_orientation_probes_columns(tmp_path):
