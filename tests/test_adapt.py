@@ -365,7 +365,7 @@ def test_adapt_follows_a_labels_file_that_changes_between_runs():
     """The probe is refitted on the labels as they are now: a later labels file wins."""
     import duckdb
 
-    from tests.sql.test_findings import SHA, T0, given, image, pred
+    from tests.sql.test_findings import GATES, SHA, T0, given, image, pred
 
     con = duckdb.connect()
     database.ensure_schema(con)
@@ -388,7 +388,7 @@ def test_adapt_follows_a_labels_file_that_changes_between_runs():
     assert con.execute("select count(*) from findings where field = 'body_part' and is_mismatch").fetchone()[0] == 0
     # the RIS says image 0 (a head film) is a chest: the refit flags exactly that label
     con.execute("insert into labels values (null, '1.2.0', 'chest', null, null, 'ris.csv', ?)", [T0])
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
+    con.execute(GATES + "('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
     adapt.adapt_lake(con, Entry(), "r2")
     flagged = con.execute("select uri, label_source from findings where field = 'body_part' and is_mismatch").fetchall()
     assert flagged == [("s3://b/0", "labels_file")]

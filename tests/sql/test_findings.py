@@ -14,6 +14,11 @@ T1 = datetime(2026, 2, 1, tzinfo=timezone.utc)
 SHA = "sha-model"
 
 
+# The gates columns the tests below fill; later columns (the confusable gate) stay NULL.
+GATES = ("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, "
+         "lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ")
+
+
 def image(uri, *, body=None, body_src=None, bpe=None, proj=None, proj_src=None, vp=None, orient=None, po=None,
           etag="e1", at=T0, sop=None, institution="H1"):
     return dict(
@@ -229,7 +234,7 @@ def test_readme_sql_cookbook_runs(con):
 
 
 def test_severity_gate_holds_back_weak_contradictions(con):
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.9, 0.9, 0.1, true, null, null, null, null, null)", [SHA])
+    con.execute(GATES + "('m', ?, 'body_part', 0.9, 0.9, 0.1, true, null, null, null, null, null)", [SHA])
     given(
         con,
         [
@@ -255,7 +260,7 @@ def test_severity_gate_alone_flags_a_label_whose_probability_is_split_elsewhere(
         [image("s3://b/split", body="head", body_src="BodyPartExamined", bpe="SKULL")],
         [pred("s3://b/split", "body_part", {"chest": 0.5, "neck": 0.46, "head": 0.04})],
     )
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.9, 0.9, 0.1, true, null, null, null, null, null)", [SHA])
+    con.execute(GATES + "('m', ?, 'body_part', 0.9, 0.9, 0.1, true, null, null, null, null, null)", [SHA])
     assert findings(con)[("s3://b/split", "body_part")][3:] == (False, 0.96, None)
     con.execute("update gates set class_thresholds = false")
     assert findings(con)[("s3://b/split", "body_part")][3:] == (True, 0.96, "chest")
@@ -268,7 +273,7 @@ def test_label_gate_replaces_the_task_gate_for_its_label(con):
     # A frontal image labelled LATERAL keeps p(LATERAL) near 0.1 (severity 0.9) while a PA image
     # that looks AP reaches severity 0.95: one task gate of 0.96 flags neither; a gate of 0.85 for
     # the label LATERAL flags the first and leaves the PA/AP doubt under the task's gate.
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'projection', 0.96, 0.95, 0.1, false, null, null, null, null, null)", [SHA])
+    con.execute(GATES + "('m', ?, 'projection', 0.96, 0.95, 0.1, false, null, null, null, null, null)", [SHA])
     chest = dict(body="chest", body_src="BodyPartExamined", bpe="CHEST", proj_src="ViewPosition")
     given(
         con,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sql.test_findings import SHA, T0, con, given, image, pred  # noqa: F401  (con is a fixture)
+from tests.sql.test_findings import GATES, SHA, T0, con, given, image, pred  # noqa: F401  (con is a fixture)
 
 
 def lake(con, uri, task, probs: dict | None, method="lake_oof", reason=None, etag="e1", distrust=None):
@@ -24,7 +24,7 @@ def rows(con):
 
 
 def test_lake_probe_decides_where_it_scored(con):
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
+    con.execute(GATES + "('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.5, 'lake', null, null, null)", [SHA])
     given(
         con,
         [
@@ -64,7 +64,7 @@ def test_lake_gate_from_gates_table(con):
           [pred("s3://b/x", "body_part", {"chest": 0.9, "abdomen": 0.1})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.7, "chest": 0.3})
     assert rows(con)["s3://b/x"][1] is False  # default rule both: the generic model agrees with the label
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null, null, null)", [SHA])
+    con.execute(GATES + "('m', ?, 'body_part', 0.0, 0.95, 0.1, false, null, 'lake', null, null, null)", [SHA])
     assert rows(con)["s3://b/x"][1] is True  # default lake gate 0.5
     con.execute("update gates set lake_min_severity = 0.8")
     assert rows(con)["s3://b/x"][1] is False  # 1 - 0.3 < 0.8
@@ -78,7 +78,7 @@ def test_lake_gate_from_gates_table(con):
     ("lake", {"chest": 0.9, "abdomen": 0.1}, True),
 ])
 def test_lake_rule(con, rule, generic_probs, flagged):
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null, null, null)", [SHA, rule])
+    con.execute(GATES + "('m', ?, 'body_part', 0.6, 0.95, 0.1, false, 0.5, ?, null, null, null)", [SHA, rule])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", generic_probs)])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
@@ -143,7 +143,7 @@ def test_group_findings_needs_five_images(con, n, flagged):
 @pytest.mark.parametrize("weight,flagged,severity", [(1.0, True, 0.8), (0.5, False, 0.5), (0.7, True, 0.62)])
 def test_lake_weight_blends_the_two_severities(con, weight, flagged, severity):
     # the probe says abdomen (p(chest) 0.2), the generic model is sure of the label (p(chest) 0.8)
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?, null, null)",
+    con.execute(GATES + "('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', ?, null, null)",
                 [SHA, weight])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
@@ -154,7 +154,7 @@ def test_lake_weight_blends_the_two_severities(con, weight, flagged, severity):
 
 def test_lake_prior_shrinks_the_probe_for_rare_labels(con):
     # one chest image among the lake's labels: with a prior of 3 images the probe's share is 0.8 x 1/4
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', 0.8, 3, null)", [SHA])
+    con.execute(GATES + "('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.6, 'lake', 0.8, 3, null)", [SHA])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.8, "abdomen": 0.2})])
     lake(con, "s3://b/x", "body_part", {"abdomen": 0.8, "chest": 0.2})
@@ -171,7 +171,7 @@ def test_lake_prior_shrinks_the_probe_for_rare_labels(con):
 def test_lake_distrust_scale_gives_the_generic_model_its_say_where_it_agrees_with_the_lake(
         con, distrust, weight, flagged):
     # the probe says abdomen (p(chest) 0.1), the generic model is sure of the label (p(chest) 0.95)
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, 0.5)",
+    con.execute(GATES + "('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, 0.5)",
                 [SHA])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.95, "abdomen": 0.05})])
@@ -185,7 +185,7 @@ def test_lake_distrust_scale_gives_the_generic_model_its_say_where_it_agrees_wit
 
 
 def test_without_a_distrust_scale_the_weight_ignores_generic_distrust(con):
-    con.execute("insert into gates (model, model_sha256, task, min_severity, target_precision, prevalence, class_thresholds, lake_min_severity, lake_rule, lake_weight, lake_prior_images, lake_distrust_scale) values ('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, null)",
+    con.execute(GATES + "('m', ?, 'body_part', 0.0, 0.95, 0.1, false, 0.8, 'lake', 1.0, null, null)",
                 [SHA])
     given(con, [image("s3://b/x", body="chest", body_src="BodyPartExamined", bpe="CHEST")],
           [pred("s3://b/x", "body_part", {"chest": 0.95, "abdomen": 0.05})])
