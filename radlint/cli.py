@@ -35,6 +35,19 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _lake_target(text: str) -> str:
+    field, _, rest = text.partition(":")
+    precision, _, recall = rest.partition(":")
+    try:
+        ok = field in ("body_part", "projection", "orientation") and all(0 < float(v) <= 1 for v in (precision, recall))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"not FIELD:PRECISION:RECALL (body_part, projection or orientation, two "
+                                         f"numbers in (0, 1]): {text!r}")
+    return text
+
+
 def _positive(value: str) -> int:
     try:
         n = int(value)
@@ -357,7 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", metavar="DIR", help="an evaluate-planted --dir (radlint.duckdb and "
                    "planted_errors.csv inside, or the seed-S builds of --seeds: one lake, several builds), each "
                    "audited by a model that did not train on its lake")
-    p.add_argument("--target-precision", type=float, default=0.95)
+    p.add_argument("--target", action="append", type=_lake_target, metavar="FIELD:PRECISION:RECALL",
+                   help="what a field's flags must reach (repeatable; default body_part:0.95:0.95, "
+                   "orientation:0.95:0.95, projection:0.9:0.85): the most recall among settings that reach "
+                   "both, else among those that reach the precision, else the best F1")
     p.add_argument("--registry", help="model registry YAML whose first model's gate.lake_confusable class sets "
                    "may get a gate of their own (default: the packaged one)")
     p.set_defaults(func=cmd_choose_lake_gates)

@@ -313,7 +313,7 @@ def choose_gates(args) -> int:
             return 2
         builds += found
         groups += [str(d)] * len(found)
-    chosen = _choose_over(builds, target_precision=args.target_precision, groups=groups,
+    chosen = _choose_over(builds, targets=_targets(args.target), groups=groups,
                           confusable=_confusable(args.registry))
     n_lakes = len(set(groups))
     print(f"Lake gates chosen over {n_lakes} lake(s)"
@@ -323,6 +323,15 @@ def choose_gates(args) -> int:
     print("\nEach build under the chosen gates (precision / recall, 95 % Wilson intervals):")
     print(_format_per_lake(chosen, [str(b) for b in builds]))
     return 0
+
+
+def _targets(given: list[str] | None) -> dict[str, tuple[float, float]]:
+    """planted.LAKE_TARGETS with ``--target FIELD:PRECISION:RECALL`` values in place of a field's own."""
+    targets = dict(planted.LAKE_TARGETS)
+    for t in given or ():
+        field, precision, recall = t.split(":")
+        targets[field] = (float(precision), float(recall))
+    return targets
 
 
 def _is_build(folder: Path) -> bool:

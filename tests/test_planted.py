@@ -63,9 +63,9 @@ def test_gates_are_chosen_over_the_lakes_pooled(tmp_path):
     assert (only_a["precision"], only_a["recall"]) == (1.0, 1.0) and only_a["n_lakes"] == 1
     pooled = planted.choose_lake_gates([a, b])["body_part"]
     assert pooled["n_lakes"] == 2
-    # No setting gets both lakes right: the best F1 flags B's 10 errors and not its 30 false alarms,
-    # giving up A's 10 (precision 1.0, recall 0.5), and says lake A's recall was 0.
-    assert pooled["criterion"] == "best F1"
+    # No setting gets both lakes right: the most recall at precision 0.95 flags B's 10 errors and not
+    # its 30 false alarms, giving up A's 10 (precision 1.0, recall 0.5), and says lake A's recall was 0.
+    assert pooled["criterion"] == "recall at precision >= 0.95, recall target 0.95 not reached"
     assert (pooled["precision"], pooled["recall"]) == (1.0, 0.5)
     assert pooled["worst"] == (0.0, 0.0)
     assert pooled["lake_min_severity"] > 0.75
@@ -77,6 +77,54 @@ def test_gates_are_chosen_over_the_lakes_pooled(tmp_path):
                                   {"lake": 1, "true_positives": 10, "flagged": 10, "planted": 10}]
     lo, hi = pooled["precision_ci"]
     assert 0.6 < lo < 0.75 and hi == 1.0
+
+
+def precision_or_recall_lake(tmp_path):
+    """Ten planted errors the probe is sure of (severity 0.98), ten it is less sure of (0.75), and two
+    right labels it doubts as much (0.75): taking the second ten costs two false alarms."""
+    return lake(tmp_path, "a", [(f"s{i}", True, 0.02, 1.0) for i in range(10)]
+                + [(f"d{i}", True, 0.25, 1.0) for i in range(10)]
+                + [(f"fa{i}", False, 0.25, 1.0) for i in range(2)]
+                + [(f"ok{i}", False, 0.9, 1.0) for i in range(78)])
+
+
+def test_precision_comes_first_where_no_setting_reaches_both_targets(tmp_path):
+    # The best F1 (0.952) takes both tens at precision 0.909; body part's target precision is 0.95,
+    # so the chooser keeps to the sure ten instead.
+    chosen = planted.choose_lake_gates([precision_or_recall_lake(tmp_path)])["body_part"]
+    assert (chosen["precision"], chosen["recall"]) == (1.0, 0.5)
+    assert 0.75 < chosen["lake_min_severity"] <= 0.98
+    assert chosen["target"] == (0.95, 0.95)
+    # A field whose target precision is 0.9 (projection's, planted.LAKE_TARGETS) takes both tens.
+    lower = planted.choose_lake_gates([precision_or_recall_lake(tmp_path)],
+                                      targets={"body_part": (0.9, 0.85)})["body_part"]
+    assert (round(lower["precision"], 3), lower["recall"]) == (0.909, 1.0)
+    assert lower["criterion"] == "furthest past precision 0.9 and recall 0.85"
+    # A recall target no setting reaches at that precision is said to be missed.
+    strict = planted.choose_lake_gates([precision_or_recall_lake(tmp_path)],
+                                       targets={"body_part": (1.0, 1.0)})["body_part"]
+    assert strict["criterion"] == "recall at precision >= 1.0, recall target 1.0 not reached"
+    assert planted.LAKE_TARGETS["projection"] == (0.9, 0.85)
+    # Where no setting reaches the target precision (false alarms as sure as the errors), the best F1.
+    blurred = planted.choose_lake_gates([lake(tmp_path, "b", [(f"s{i}", True, 0.02, 1.0) for i in range(10)]
+                                              + [(f"fa{i}", False, 0.02, 1.0) for i in range(2)]
+                                              + [(f"ok{i}", False, 0.9, 1.0) for i in range(88)])])["body_part"]
+    assert blurred["criterion"] == "best F1, precision target 0.95 not reached"
+    assert (round(blurred["precision"], 3), blurred["recall"]) == (0.833, 1.0)
+
+
+def test_choose_lake_gates_cli_takes_targets_per_field(tmp_path, capsys):
+    from radlint import cli
+
+    folder = as_folder(*precision_or_recall_lake(tmp_path), tmp_path / "lake")
+    assert cli.main(["choose-lake-gates", str(folder)]) == 0
+    assert "precision 1.000" in capsys.readouterr().out
+    assert cli.main(["choose-lake-gates", str(folder), "--target", "body_part:0.9:0.85"]) == 0
+    out = capsys.readouterr().out
+    assert "precision 0.909" in out and "furthest past precision 0.9 and recall 0.85" in out
+    with pytest.raises(SystemExit):
+        cli.main(["choose-lake-gates", str(folder), "--target", "body_part:0.9"])
+    assert "not FIELD:PRECISION:RECALL" in capsys.readouterr().err
 
 
 def test_wilson_intervals_match_the_textbook_values():
