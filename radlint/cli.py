@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "both, else among those that reach the precision, else the best F1")
     p.add_argument("--registry", help="model registry YAML whose first model's gate.lake_confusable class sets "
                    "may get a gate of their own (default: the packaged one)")
+    p.add_argument("--write-registry", metavar="OUT.yaml", help="also write a copy of that registry with the "
+                   "chosen lake gates for its first model (for radlint audit --registry)")
     p.set_defaults(func=cmd_choose_lake_gates)
 
     # A missing optional dependency must be named when its subcommand is used, not make the

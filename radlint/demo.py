@@ -322,7 +322,57 @@ def choose_gates(args) -> int:
     print(_format_chosen(chosen))
     print("\nEach build under the chosen gates (precision / recall, 95 % Wilson intervals):")
     print(_format_per_lake(chosen, [str(b) for b in builds]))
+    if args.write_registry:
+        from radlint.tasks import infer
+
+        source = Path(args.registry) if args.registry else infer.REGISTRY_PATH
+        write_registry(source, Path(args.write_registry), chosen,
+                       "radlint choose-lake-gates " + " ".join(args.dirs))
+        print(f"\nregistry with these lake gates for its first model: {args.write_registry} (from {source})")
     return 0
+
+
+LAKE_GATE_KEYS = ("lake_rule", "lake_weight", "lake_prior_images", "lake_min_severity", "lake_distrust_scale",
+                  "lake_confusable_min_severity")
+
+
+def write_registry(source: Path, out: Path, chosen: dict, command: str) -> None:
+    """A copy of the registry ``source`` whose first model's lake gates (LAKE_GATE_KEYS of
+    tasks.<field>.gate) are ``chosen`` (planted.choose_lake_gates' result), so that the gates an audit
+    runs with are what the command printed, not a hand copy. Its class sets (gate.lake_confusable)
+    stay as the source declares them. Model files stay where they are: referred to by absolute path
+    when ``out`` is in another folder. Checked by loading it before it replaces ``out``."""
+    import yaml
+
+    from radlint.tasks import infer
+
+    data = yaml.safe_load(Path(source).read_text())
+    model = data["models"][0]
+    for field, c in chosen.items():
+        gate = model["tasks"][field].setdefault("gate", {})
+        for key in LAKE_GATE_KEYS:
+            gate.pop(key, None)
+            if c.get(key) is not None:
+                gate[key] = c[key]
+    here, there = Path(source).resolve().parent, Path(out).resolve().parent
+    if here != there:
+        for m in data["models"]:
+            m["file"] = str((here / m["file"]).resolve())
+            turned = (m.get("embedding") or {}).get("turned")
+            if turned:
+                turned["file"] = str((here / turned["file"]).resolve())
+            if m.get("card"):
+                m["card"] = str((here / m["card"]).resolve())
+    header = (f"# Written by `{command}` from {Path(source).resolve()}:\n"
+              "# the first model's lake gates (tasks.<field>.gate.lake_*) as that command chose them.\n")
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    try:
+        infer.load_registry(tmp)
+    except Exception:
+        tmp.unlink()
+        raise
+    tmp.replace(out)
 
 
 def _targets(given: list[str] | None) -> dict[str, tuple[float, float]]:

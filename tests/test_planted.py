@@ -127,6 +127,29 @@ def test_choose_lake_gates_cli_takes_targets_per_field(tmp_path, capsys):
     assert "not FIELD:PRECISION:RECALL" in capsys.readouterr().err
 
 
+def test_choose_lake_gates_cli_writes_a_registry_with_the_chosen_gates(tmp_path, capsys):
+    from radlint import cli
+    from radlint.tasks import infer
+
+    folder = as_folder(*precision_or_recall_lake(tmp_path), tmp_path / "lake")
+    out = tmp_path / "elsewhere" / "chosen.yaml"
+    out.parent.mkdir()
+    assert cli.main(["choose-lake-gates", str(folder), "--write-registry", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    written, shipped = infer.load_registry(out), infer.load_registry()
+    body = written[0].tasks["body_part"]
+    # the sure ten only (precision first): a gate above their doubted 0.75, the lake rule
+    assert body.lake_rule == "lake" and 0.75 < body.lake_min_severity <= 0.98
+    # everything else as shipped, the model files where they are and unchanged
+    assert [e.name for e in written] == [e.name for e in shipped]
+    for w, s in zip(written, shipped):
+        assert (w.path, w.sha256) == (s.path, s.sha256)
+        infer._verify_file(w.path, w.sha256)
+    assert written[0].tasks["projection"].lake_confusable == shipped[0].tasks["projection"].lake_confusable
+    assert written[0].tasks["body_part"].thresholds == shipped[0].tasks["body_part"].thresholds
+    assert out.read_text().startswith("# Written by `radlint choose-lake-gates ")
+
+
 def test_wilson_intervals_match_the_textbook_values():
     # Wilson 95 %: 0 of 10 -> [0, 0.2775]; 81 of 263 -> [0.2553, 0.3662] (Newcombe 1998, table I
     # gives 0.2553-0.3662 for 81/263); none without trials
