@@ -455,6 +455,16 @@ def _turned_views(con, entry, row_of: dict[str, int]) -> tuple[np.ndarray, dict[
     return vectors, {i: [t[x] for x in TURNS] for i, t in by_row.items() if all(x in t for x in TURNS)}
 
 
+def turned_widths(entry) -> tuple[int, ...] | None:
+    """The orientation_samples vector lengths ``_turned_views`` can use for ``entry``: its turned
+    columns, or whole embeddings (rows written before the registry named a turned file); None
+    without an embedding."""
+    if entry.embedding is None:
+        return None
+    a, b = entry.embedding.turned_columns()
+    return tuple(sorted({b - a, entry.embedding.size}))
+
+
 def _fingerprint(con, entry) -> str:
     """What the probes depend on: the images and their versions, labels, embeddings and samples,
     and the registry's say on which embedding columns each probe reads."""

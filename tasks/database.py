@@ -262,13 +262,17 @@ def done_keys(con, model_sha256s: Iterable[str]) -> set[tuple[str, str]]:
     return done
 
 
-def orientation_sampled_count(con, model_sha256: str) -> int:
+def orientation_sampled_count(con, model_sha256: str, widths: tuple[int, ...] | None = None) -> int:
     """Objects already in this model's orientation sample (any audited version of them: a replaced
-    version's sample counts until the next fit, which reads only current versions)."""
+    version's sample counts until the next fit, which reads only current versions). ``widths``: the
+    vector lengths the probes can read (the registry's turned columns, or the whole embedding); a
+    sample written when the registry named other turned columns is not counted, so that new objects
+    refill the sample instead."""
     return con.execute(
         """select count(distinct s.uri) from orientation_samples as s
-           join images as i on i.uri = s.uri and i.etag = s.etag where s.model_sha256 = ?""",
-        [model_sha256],
+           join images as i on i.uri = s.uri and i.etag = s.etag
+           where s.model_sha256 = ? and (?::integer[] is null or list_contains(?::integer[], len(s.vector)))""",
+        [model_sha256, None if widths is None else list(widths), None if widths is None else list(widths)],
     ).fetchone()[0]
 
 

@@ -45,7 +45,8 @@ def prepare(db: str, entry, lake: str, objects: list[discover.ObjectRef], out_di
         orphans = database.unloaded_parts(con, out_dir)
         recovered = database.load_and_record(con, orphans) if orphans else None
         todo = discover.diff(objects, database.done_keys(con, [entry.sha256]))
-        sample_rate = adapt.orientation_sample_rate(len(todo), database.orientation_sampled_count(con, entry.sha256))
+        sample_rate = adapt.orientation_sample_rate(
+            len(todo), database.orientation_sampled_count(con, entry.sha256, adapt.turned_widths(entry)))
         database.start_run(con, run_id, discover.normalize_lake(lake), [{"name": entry.name, "sha256": entry.sha256}])
     finally:
         con.close()

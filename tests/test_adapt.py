@@ -443,6 +443,11 @@ def test_turned_views_read_both_the_turned_columns_and_whole_vectors_of_older_ru
     for k in range(len(TURNS)):
         np.testing.assert_array_equal(vectors[turned_of[0][k]], whole[2:] + 10 * k)
         np.testing.assert_array_equal(vectors[turned_of[1][k]], whole[2:] + 100 * k)
+    # The sample the next run refills counts only the images whose rows the probes can read: image 3's
+    # rows (of neither width) are a sample written under other turned columns.
+    assert adapt.turned_widths(Entry()) == (4, 6)
+    assert database.orientation_sampled_count(con, SHA) == 4
+    assert database.orientation_sampled_count(con, SHA, adapt.turned_widths(Entry())) == 3
 
 
 def test_a_lake_too_small_to_fit_never_imports_scikit_learn():
