@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import os
 import shutil
 import sys
@@ -363,8 +365,10 @@ def write_registry(source: Path, out: Path, chosen: dict, command: str) -> None:
                 turned["file"] = str((here / turned["file"]).resolve())
             if m.get("card"):
                 m["card"] = str((here / m["card"]).resolve())
+    lines = Path(source).read_text().splitlines(keepends=True)
+    notes = "".join(itertools.takewhile(lambda line: line.startswith("#"), lines))  # the source's own header
     header = (f"# Written by `{command}` from {Path(source).resolve()}:\n"
-              "# the first model's lake gates (tasks.<field>.gate.lake_*) as that command chose them.\n")
+              "# the first model's lake gates (tasks.<field>.gate.lake_*) as that command chose them.\n" + notes)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
     try:

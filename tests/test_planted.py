@@ -147,7 +147,9 @@ def test_choose_lake_gates_cli_writes_a_registry_with_the_chosen_gates(tmp_path,
         infer._verify_file(w.path, w.sha256)
     assert written[0].tasks["projection"].lake_confusable == shipped[0].tasks["projection"].lake_confusable
     assert written[0].tasks["body_part"].thresholds == shipped[0].tasks["body_part"].thresholds
-    assert out.read_text().startswith("# Written by `radlint choose-lake-gates ")
+    text = out.read_text()
+    assert text.startswith("# Written by `radlint choose-lake-gates ")
+    assert "# radlint model registry (data, not code)" in text  # the source's own header kept
 
 
 def test_wilson_intervals_match_the_textbook_values():
