@@ -154,8 +154,9 @@ def test_register_rewrites_the_entry_and_the_registry_reads_it(tmp_path):
     assert first.embedding.turned.path == tmp_path / "model.turned.onnx"
     assert first.embedding.turned.sha256 == sha256_file(tmp_path / "model.turned.onnx")
     assert first.embedding.turned_columns() == (own, own + 1280)
-    # the old turned block replaced, not kept beside the new one
-    assert [ln.strip() for ln in text.splitlines()].count("turned:") == [ln.strip() for ln in src.splitlines()].count("turned:")
+    # an old turned block replaced, not kept beside the new one; added where the entry had none
+    assert ([ln.strip() for ln in text.splitlines()].count("turned:")
+            == [ln.strip() for ln in src.splitlines()].count("turned:") + ("turned" not in entry["embedding"]))
     rest = [line for line in text.splitlines() if "sha256" not in line]
     assert "# radlint model registry" in text and len(rest) >= len(src.splitlines()) - src.count("sha256:")
 

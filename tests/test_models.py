@@ -35,19 +35,23 @@ def test_registry_parses_and_files_match_sha256():
             assert sha256_file(e.embedding.turned.path) == e.embedding.turned.sha256
 
 
-def test_turned_file_gives_the_models_own_embedding_columns():
+def test_turned_views_get_the_embedding_columns_the_model_computes():
+    # From the registry's turned file where an entry names one (v3: the ImageNet columns alone), else
+    # from the model itself (v4, whose orientation probe reads the model's own columns).
     pytest.importorskip("onnxruntime")
     from radlint.tasks import infer
 
-    entry = default_model()
-    assert entry.embedding is not None and entry.embedding.turned is not None
+    entries = [e for e in load_registry() if e.embedding is not None]
+    assert entries[0].embedding.turned is None and any(e.embedding.turned is not None for e in entries)
     rng = np.random.default_rng(2)
-    x = np.stack([model_input(rng.integers(0, 255, (220, 180 + 20 * i), dtype=np.uint8), entry.input_size)
-                  for i in range(3)])
-    _, whole = infer.predict_with_embedding(entry, x, device="cpu", batch_size=2)
-    a, b = entry.embedding.turned_columns()
-    assert (a, b) == entry.embedding.columns("orientation")
-    np.testing.assert_array_equal(infer.embed_turned(entry, x, device="cpu", batch_size=2), whole[:, a:b])
+    for entry in entries:
+        x = np.stack([model_input(rng.integers(0, 255, (220, 180 + 20 * i), dtype=np.uint8), entry.input_size)
+                      for i in range(3)])
+        _, whole = infer.predict_with_embedding(entry, x, device="cpu", batch_size=2)
+        a, b = entry.embedding.turned_columns()
+        oa, ob = entry.embedding.columns("orientation")
+        assert a <= oa < ob <= b
+        np.testing.assert_array_equal(infer.embed_turned(entry, x, device="cpu", batch_size=2), whole[:, a:b])
 
 
 def test_default_model_tasks_use_the_vocabularies():

@@ -86,7 +86,8 @@ def shipped_registry(tmp_path: Path, change_model) -> Path:
     data = yaml.safe_load(infer.REGISTRY_PATH.read_text())
     model = data["models"][0]
     model["file"] = str(infer.MODELS_DIR / model["file"])
-    model["embedding"]["turned"]["file"] = str(infer.MODELS_DIR / model["embedding"]["turned"]["file"])
+    if "turned" in model["embedding"]:
+        model["embedding"]["turned"]["file"] = str(infer.MODELS_DIR / model["embedding"]["turned"]["file"])
     change_model(model)
     path = tmp_path / "registry.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -98,22 +99,29 @@ def _shipped_with(tmp_path: Path, change) -> Path:
     return shipped_registry(tmp_path, lambda model: change(model["embedding"]))
 
 
+def _turned(**change) -> dict:
+    """A turned-file block (v3's file, the whole of v4's embedding declared), after ``change``."""
+    return dict({"file": str(infer.MODELS_DIR / "radlint-multihead-v3.turned.onnx"),
+                 "sha256": infer.load_registry()[1].embedding.turned.sha256, "output": "embedding",
+                 "columns": [0, 2560]}, **change)
+
+
 def test_turned_columns_must_hold_the_orientation_probes_columns(tmp_path):
-    path = _shipped_with(tmp_path, lambda emb: emb["turned"].update(columns=[0, 224]))
+    path = _shipped_with(tmp_path, lambda emb: emb.update(turned=_turned(columns=[1280, 2560])))
     with pytest.raises(infer.RegistryError, match="probe_features.orientation .* outside the columns the turned views get"):
         infer.default_model(path)
-    path = _shipped_with(tmp_path, lambda emb: emb["turned"].update(columns=[224, 4000]))
+    path = _shipped_with(tmp_path, lambda emb: emb.update(turned=_turned(columns=[224, 4000])))
     with pytest.raises(infer.RegistryError, match="turned.columns .* is not a column range"):
         infer.default_model(path)
 
 
 def test_a_turned_file_that_is_not_the_registered_one_is_refused(tmp_path):
-    path = _shipped_with(tmp_path, lambda emb: emb["turned"].update(sha256="0" * 64))
+    path = _shipped_with(tmp_path, lambda emb: emb.update(turned=_turned(sha256="0" * 64)))
     entry = infer.default_model(path)
     with pytest.raises(infer.RegistryError, match=f"sha256 mismatch for {entry.embedding.turned.path.name}"):
         infer.verify(entry)
     # without a turned file, turned views get the whole embedding from the model itself
-    entry = infer.default_model(_shipped_with(tmp_path, lambda emb: emb.pop("turned")))
+    entry = infer.default_model(_shipped_with(tmp_path, lambda emb: emb.pop("turned", None)))
     assert entry.embedding.turned_columns() == (0, entry.embedding.size)
 
 
