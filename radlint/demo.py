@@ -328,7 +328,8 @@ def choose_gates(args) -> int:
 
         source = Path(args.registry) if args.registry else infer.REGISTRY_PATH
         write_registry(source, Path(args.write_registry), chosen,
-                       "radlint choose-lake-gates " + " ".join(args.dirs))
+                       "radlint choose-lake-gates " + " ".join(args.dirs)
+                       + "".join(f" --target {f}:{p}:{r}" for f, (p, r) in args.target or ()))
         print(f"\nregistry with these lake gates for its first model: {args.write_registry} (from {source})")
     return 0
 
@@ -347,7 +348,8 @@ def write_registry(source: Path, out: Path, chosen: dict, command: str) -> None:
 
     from radlint.tasks import infer
 
-    data = yaml.safe_load(Path(source).read_text())
+    text = Path(source).read_text()
+    data = yaml.safe_load(text)
     model = data["models"][0]
     for field, c in chosen.items():
         gate = model["tasks"][field].setdefault("gate", {})
@@ -364,10 +366,9 @@ def write_registry(source: Path, out: Path, chosen: dict, command: str) -> None:
                 turned["file"] = str((here / turned["file"]).resolve())
             if m.get("card"):
                 m["card"] = str((here / m["card"]).resolve())
-    lines = Path(source).read_text().splitlines(keepends=True)
-    notes = "".join(itertools.takewhile(lambda line: line.startswith("#"), lines))  # the source's own header
+    source_header = "".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines(keepends=True)))
     header = (f"# Written by `{command}` from {Path(source).resolve()}:\n"
-              "# the first model's lake gates (tasks.<field>.gate.lake_*) as that command chose them.\n" + notes)
+              "# the first model's lake gates (tasks.<field>.gate.lake_*) as that command chose them.\n" + source_header)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
     try:
@@ -378,13 +379,9 @@ def write_registry(source: Path, out: Path, chosen: dict, command: str) -> None:
     tmp.replace(out)
 
 
-def _targets(given: list[str] | None) -> dict[str, tuple[float, float]]:
-    """planted.LAKE_TARGETS with ``--target FIELD:PRECISION:RECALL`` values in place of a field's own."""
-    targets = dict(planted.LAKE_TARGETS)
-    for t in given or ():
-        field, precision, recall = t.split(":")
-        targets[field] = (float(precision), float(recall))
-    return targets
+def _targets(given: list[tuple[str, tuple[float, float]]] | None) -> dict[str, tuple[float, float]]:
+    """planted.LAKE_TARGETS with the ``--target`` values (parsed by the CLI) in place of a field's own."""
+    return {**planted.LAKE_TARGETS, **dict(given or ())}
 
 
 def _is_build(folder: Path) -> bool:

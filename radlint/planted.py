@@ -286,7 +286,7 @@ def choose_lake_gates(lakes, targets: dict[str, tuple[float, float]] | None = No
                          "lake_confusable_min_severity": cg, "precision": p, "recall": r,
                          "f1": 2 * p * r / (p + r) if p + r else 0.0, "worst": worst,
                          "true_positives": tp, "flagged": n_flagged, "planted": n_planted, "per_lake": per_lake})
-        want_p, want_r = (targets or LAKE_TARGETS).get(field, LAKE_TARGETS.get(field, (0.95, 0.95)))
+        want_p, want_r = (targets or LAKE_TARGETS).get(field, LAKE_TARGETS[field])
         precise = [x for x in grid if x["precision"] >= want_p]
         reaching = [x for x in precise if x["recall"] >= want_r]
         if reaching:
