@@ -189,6 +189,18 @@ def _torch_dataset(trainset, plan):
     return _DS()
 
 
+def one_cycle_lr(progress: float, max_lr: float, pct_start: float = 0.15, div_factor: float = 20,
+                 final_div_factor: float = 200) -> float:
+    """The learning rate torch's OneCycleLR (cosine annealing) gives at ``progress`` in [0, 1] of
+    its steps, for a schedule driven by the clock instead of a step count."""
+    start, low = max_lr / div_factor, max_lr / div_factor / final_div_factor
+    if progress < pct_start:
+        a, b, t = start, max_lr, progress / pct_start
+    else:
+        a, b, t = max_lr, low, (progress - pct_start) / (1 - pct_start)
+    return b + (a - b) / 2 * (1 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -322,8 +334,10 @@ def parse_args(argv=None):
                     help="torch device for training (cpu, cuda, auto); the data stream does not "
                          "depend on it")
     ap.add_argument("--fit-seconds", type=float, default=None,
-                    help="set --epochs from a short data-loading probe so that training takes "
-                         "about this long here; the number chosen is printed and saved")
+                    help="train for about this many seconds here: --epochs is set from a short "
+                         "data-loading probe (an upper bound where the device, not the data, is "
+                         "the bottleneck) and the learning-rate schedule runs on the clock, so "
+                         "training ends, annealed, when the time is up or the epochs are done")
     ap.add_argument("--arch", choices=("resnet", "efficientnet_lite0", "efficientnet_lite1"),
                     default="resnet",
                     help="resnet: models/net.py's network from scratch (--widths, --blocks); "
@@ -448,7 +462,7 @@ def main(argv=None) -> int:
     steps_per_epoch = args.samples_per_epoch // args.batch_size
     if args.fit_seconds:
         rate = probe_rate(trainset, args.batch_size, args.workers)
-        args.epochs = max(1, int(args.fit_seconds * rate * 0.9 / (steps_per_epoch * args.batch_size)))
+        args.epochs = max(1, math.ceil(args.fit_seconds * rate * 1.1 / (steps_per_epoch * args.batch_size)))
         print(f"data probe {rate:.0f} samples/s -> --epochs {args.epochs}", flush=True)
     # One plan for all epochs, drawn epoch by epoch as before, so that a single loader (workers
     # started once) yields the same stream as one loader per epoch.
@@ -476,9 +490,9 @@ def main(argv=None) -> int:
     lrs = [args.lr * args.backbone_lr_mult, args.lr]
     opt = torch.optim.AdamW([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)],
                             lr=args.lr, weight_decay=args.weight_decay)
+    total_steps = steps_per_epoch * args.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lrs, total_steps=steps_per_epoch * args.epochs, pct_start=0.15,
-        div_factor=20, final_div_factor=200,
+        opt, max_lr=lrs, total_steps=total_steps, pct_start=0.15, div_factor=20, final_div_factor=200,
     )
     pj_w_t = torch.tensor(pj_w, dtype=torch.float32, device=device)
     w_b = 1.0 if "body_part" in args.tasks and not args.chest_only else 0.0
@@ -494,11 +508,13 @@ def main(argv=None) -> int:
     with open(log_path, "w", newline="") as f:
         csv.writer(f).writerow(["epoch", "seconds", "lr", "loss", "loss_body_part", "loss_projection",
                                 "loss_orientation", "val_metrics"])
-    n_seen = 0
+    n_seen, done = 0, False
+    t_train = time.time()
     for epoch in range(args.epochs):
         te0 = time.time()
         net.train()
         sums = torch.zeros(4, device=device)
+        steps = 0
         for _ in range(steps_per_epoch):
             x, bp, pj, ori = next(batches)
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -517,8 +533,17 @@ def main(argv=None) -> int:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             n_seen += 1
+            steps += 1
+            if args.fit_seconds:
+                # on a GPU shared by several runs neither the data probe nor the step count knows
+                # when the time is up; the schedule follows whichever is further along
+                progress = max(n_seen / total_steps, (time.time() - t_train) / args.fit_seconds)
+                for group, lr in zip(opt.param_groups, lrs):
+                    group["lr"] = one_cycle_lr(min(progress, 1.0), lr)
+                done = progress >= 1.0
+            else:
+                sched.step()
             d = min(args.ema, (1 + n_seen) / (10 + n_seen))
             with torch.no_grad():
                 torch._foreach_mul_(ema_params, d)
@@ -526,9 +551,11 @@ def main(argv=None) -> int:
                 for be, bn in zip(ema.buffers(), net.buffers()):
                     be.copy_(bn)
             sums += torch.stack([loss.detach(), loss_b.detach(), loss_p.detach(), loss_o.detach()])
-        sums = sums.cpu().numpy() / steps_per_epoch
+            if done:
+                break
+        sums = sums.cpu().numpy() / max(1, steps)
         vm = ""
-        if va_img and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+        if va_img and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs or done):
             vm = json.dumps({k: round(v, 4) for k, v in val_metrics(ema).items()})
         dt = time.time() - te0
         # rolling checkpoint (EMA weights) so that an interrupted run can still be exported
@@ -536,10 +563,13 @@ def main(argv=None) -> int:
                     "args": {k: str(v) for k, v in vars(args).items()}, "weights": "ema",
                     "epoch": epoch + 1}, out / "last_ema.pt")
         with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([epoch + 1, round(dt, 1), f"{sched.get_last_lr()[-1]:.2e}",
+            csv.writer(f).writerow([epoch + 1, round(dt, 1), f"{opt.param_groups[-1]['lr']:.2e}",
                                     *[round(float(s), 4) for s in sums], vm])
         print(f"epoch {epoch + 1}/{args.epochs} {dt:.0f}s loss {sums.round(3).tolist()} {vm}",
               flush=True)
+        if done:
+            print(f"--fit-seconds reached after {n_seen} steps ({epoch + 1} epochs begun)", flush=True)
+            break
     del batches, loader
 
     # choose between the raw weights and their EMA on validation (never test)

@@ -85,6 +85,40 @@ def test_training_run_writes_a_model_chosen_on_validation(tmp_path, monkeypatch,
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+def test_one_cycle_lr_is_torchs_one_cycle_schedule():
+    from radlint.models.train import one_cycle_lr
+
+    assert one_cycle_lr(0.0, 0.1) == pytest.approx(0.1 / 20)
+    assert one_cycle_lr(0.15, 0.1) == pytest.approx(0.1)
+    assert one_cycle_lr(1.0, 0.1) == pytest.approx(0.1 / 20 / 200)
+    total = 2000  # torch places its phase boundary a step apart from 0.15 of the way: a long schedule
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=0.15,
+                                                div_factor=20, final_div_factor=200)
+    for k in range(total):
+        assert opt.param_groups[0]["lr"] == pytest.approx(one_cycle_lr(k / (total - 1), 0.1), rel=0.01, abs=1e-6)
+        opt.step()
+        if k < total - 1:
+            sched.step()
+
+
+def test_fit_seconds_ends_an_annealed_run_when_the_time_is_up(tmp_path, monkeypatch, capsys):
+    """On a shared GPU the data probe overestimates the pace; the clock ends training, and the
+    learning rate has reached the schedule's end by then."""
+    import radlint.models.train as train
+
+    monkeypatch.setattr(train, "probe_rate", lambda *a, **k: 1000.0)  # 2 s -> 69 epochs of 32 planned
+    out, _ = _train(tmp_path, monkeypatch, "--fit-seconds", "2")
+    printed = capsys.readouterr().out
+    assert "--epochs 69" in printed and "--fit-seconds reached" in printed
+    with open(out / "log.csv", newline="") as f:
+        log = list(csv.DictReader(f))
+    assert 1 <= len(log) < 69
+    assert float(log[-1]["lr"]) == pytest.approx(3e-3 / 20 / 200, rel=1e-3)
+    assert float(log[0]["lr"]) > float(log[-1]["lr"])
+    assert (out / "model.pt").exists()
+
+
 def test_export_registers_an_onnx_model_with_parity_and_validation_thresholds(tmp_path, monkeypatch):
     """models/export.py on a freshly trained network: ONNX with a dynamic batch axis and softmax
     outputs, PyTorch parity on the folder's test images, thresholds from its validation split,
