@@ -189,8 +189,13 @@ def _torch_dataset(trainset, plan):
     return _DS()
 
 
-def one_cycle_lr(progress: float, max_lr: float, pct_start: float = 0.15, div_factor: float = 20,
-                 final_div_factor: float = 200) -> float:
+# the learning-rate schedule's shape (torch's OneCycleLR arguments), by steps or by the clock
+ONE_CYCLE = {"pct_start": 0.15, "div_factor": 20, "final_div_factor": 200}
+
+
+def one_cycle_lr(progress: float, max_lr: float, pct_start: float = ONE_CYCLE["pct_start"],
+                 div_factor: float = ONE_CYCLE["div_factor"],
+                 final_div_factor: float = ONE_CYCLE["final_div_factor"]) -> float:
     """The learning rate torch's OneCycleLR (cosine annealing) gives at ``progress`` in [0, 1] of
     its steps, for a schedule driven by the clock instead of a step count."""
     start, low = max_lr / div_factor, max_lr / div_factor / final_div_factor
@@ -492,9 +497,7 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)],
                             lr=args.lr, weight_decay=args.weight_decay)
     total_steps = steps_per_epoch * args.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lrs, total_steps=total_steps, pct_start=0.15, div_factor=20, final_div_factor=200,
-    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lrs, total_steps=total_steps, **ONE_CYCLE)
     pj_w_t = torch.tensor(pj_w, dtype=torch.float32, device=device)
     w_b = 1.0 if "body_part" in args.tasks and not args.chest_only else 0.0
     w_p = args.projection_weight if "projection" in args.tasks else 0.0
