@@ -436,11 +436,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"no model {args.name!r} in {args.registry}")
     path = args.registry.parent / entry["file"]
     input_name, input_size = entry["input"]["name"], int(entry["input"]["size"])
+    grafted = None
     if args.int8 or args.regraft or not is_grafted(onnx.load(str(path))):
         calibration = calibration_inputs(args.data, args.split_file, input_size) if args.int8 else None
-        build(path, input_name, input_size, args.embed_size, calibration)
+        grafted = build(path, input_name, input_size, args.embed_size, calibration)
     if args.no_turned:
-        own_width, width = _widths(path, input_name, input_size)
+        # a graft just made knows its widths; an existing one is measured
+        own_width, width = grafted or _widths(path, input_name, input_size)
         turned_path(path).unlink(missing_ok=True)
         register(args.registry, args.name, own_width, width)
     else:
