@@ -219,10 +219,14 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
         else:
             for name in warm_imports:
                 importlib.import_module(name)
+        touch.touch()  # the boot or the imports above may have taken longer than the idle time
     done = threading.Event()
+    # A long audit may not call the API for minutes; the touches come well inside the idle time,
+    # however short it is set, or the server could stop under a call still using it.
+    period = min(30.0, max(0.2, idle_seconds() / 4))
 
-    def keep_alive() -> None:  # a long audit may not call the API for minutes
-        while not done.wait(30):
+    def keep_alive() -> None:
+        while not done.wait(period):
             touch.touch()
 
     threading.Thread(target=keep_alive, name="radlint-server-keepalive", daemon=True).start()

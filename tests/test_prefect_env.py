@@ -83,8 +83,11 @@ def test_a_server_radlint_starts_is_reused_by_the_next_call_and_stops_when_idle(
     else:
         os.kill(pid, 9)
         raise AssertionError("the kept server did not stop after being idle")
-    # A call after it stopped starts a new one.
-    out = subprocess.run([sys.executable, "-c", code], env=dict(env, RADLINT_PREFECT_SERVER_IDLE="2"),
+    # A call after it stopped starts a new one, which stays up while that call runs, even through
+    # a pause longer than its idle time (the call's keep-alive touches follow the idle time).
+    paused = code.replace("with prefect_api() as url:\n", "with prefect_api() as url:\n    time.sleep(5)\n")
+    assert paused != code
+    out = subprocess.run([sys.executable, "-c", paused], env=dict(env, RADLINT_PREFECT_SERVER_IDLE="2"),
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-3000:]
     new_pid = json.loads((home / "radlint-server.json").read_text())["pid"]
