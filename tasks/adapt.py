@@ -10,10 +10,13 @@ out-of-fold, an image whose label disagrees with what its look-alikes are labell
   shipped model's embedding is its own pooled features followed by ImageNet EfficientNet-Lite0
   features (models/lake_embedder.py): a classifier's own features only separate what it was trained
   to separate, so films it never saw land on top of classes it knows; ImageNet's keep them apart.
-- body_part, projection: standardised features (plus the generic model's log-probabilities), their
-  first PROBE_COMPONENTS principal components, a multinomial logistic regression, fitted on the
-  current labels (labels file, else header), K folds grouped by patient (patient_key, else study,
-  else the object) so no patient is in both halves of a fold. Body part, which a quarter turn does
+- every probe works in its own space: standardised features, their first PROBE_COMPONENTS
+  principal components, fitted once per probe on all the rows it scores and never on a label
+  (SPACE_FIT_ROWS); its folds and rounds refit only the classifier.
+- body_part, projection: the features (plus the generic model's log-probabilities) in that space,
+  a multinomial logistic regression, fitted on the current labels (labels file, else header), K
+  folds grouped by patient (patient_key, else study, else the object) so no patient is in both
+  halves of a fold. Body part, which a quarter turn does
   not change, also learns from the orientation sample's turned views of each image, and an image
   with turned views gets the mean of its four views' probabilities.
 - orientation: headers rarely say anything, so the probe is self-supervised: a sample of the
@@ -64,6 +67,11 @@ N_FOLDS = 5
 # a leave-one-source-out lake (docs/notes-2026-12-lake-adaptation.md).
 PROBE_C = 0.003
 PROBE_COMPONENTS = 128
+# Each probe's space (standardisation and principal components) is fitted once, on every row the
+# probe scores, and never sees a label: an out-of-fold prediction still owes nothing to its own
+# image's label. Refitting it per fold and round (ten times for orientation) was most of the time
+# of a re-run after a few new objects. Beyond this many rows, a seeded random subset fits it.
+SPACE_FIT_ROWS = 20_000
 # Orientation: which way is up differs by kind of film (a lateral foot lies flat, a knee stands),
 # which a linear probe over the whole lake cannot follow; the nearest turned views of similar
 # films can.
@@ -84,7 +92,7 @@ DISTRUST_REFERENCE = 10_000
 ROTATION_INVARIANT = ("body_part",)
 
 # Bumped when the probes or their rules change, so the next run refits an unchanged lake.
-FIT_VERSION = 6
+FIT_VERSION = 7
 
 GENERIC = "generic"
 LAKE_OOF = "lake_oof"
@@ -121,38 +129,47 @@ def preload() -> None:
     import sklearn.preprocessing  # noqa: F401
 
 
-def _probe(n_rows: int, n_features: int, kind: str = "linear"):
-    """Standardise, keep the first principal components, then a logistic regression (``linear``)
-    or a cosine k-nearest-neighbour vote (``neighbors``); ``space``: the unit-length components
-    alone."""
+def _space(x: np.ndarray, *, unit: bool):
+    """Standardised features' first principal components (``unit``: then scaled to unit length,
+    for cosine neighbours), fitted on ``x`` (at most SPACE_FIT_ROWS of its rows, a seeded random
+    subset) and never on labels."""
     # sklearn is imported where a probe is fitted: importing it costs ~1.6 s of every audit's start,
     # and a small lake or an unchanged one fits none (bench/README.md, "Fixed cost").
     from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
-    k = min(PROBE_COMPONENTS, n_features, max(n_rows - 1, 1))
-    steps = [StandardScaler(), PCA(k, svd_solver="randomized", random_state=0)]
-    if kind == "space":  # the neighbours' space alone: what a cosine vote compares
-        return make_pipeline(*steps, Normalizer())
-    if kind == "neighbors":
-        return make_pipeline(*steps, Normalizer(),
-                             KNeighborsClassifier(min(ORIENTATION_NEIGHBORS, n_rows), weights="distance"))
-    return make_pipeline(*steps, LogisticRegression(C=PROBE_C, max_iter=300))
+    k = min(PROBE_COMPONENTS, x.shape[1], max(len(x) - 1, 1))
+    space = make_pipeline(StandardScaler(), PCA(k, svd_solver="randomized", random_state=0),
+                          *([Normalizer()] if unit else []))
+    if len(x) > SPACE_FIT_ROWS:
+        x = x[np.sort(np.random.default_rng(0).choice(len(x), SPACE_FIT_ROWS, replace=False))]
+    with threadpool_limits(1):
+        return space.fit(x)
 
 
-def _fit_predict(x_fit, y_fit, x_pred, kind: str = "linear"):
+def _transform(space, x: np.ndarray) -> np.ndarray:
+    with threadpool_limits(1):
+        return space.transform(x).astype(np.float32, copy=False)
+
+
+def _fit_predict(z_fit, y_fit, z_pred, kind: str = "linear"):
+    """Fit a probe's classifier on rows already in its space (``_space``) and predict: a
+    logistic regression (``linear``) or a cosine k-nearest-neighbour vote (``neighbors``)."""
     # One OpenMP thread: these fits are small, and sklearn's threaded loss spun 25-50x slower than
     # one thread when the cores were busy (bench/adapt_fit.py beside a training job).
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
 
-    model = _probe(*x_fit.shape, kind=kind)
+    if kind == "neighbors":
+        model = KNeighborsClassifier(min(ORIENTATION_NEIGHBORS, len(z_fit)), weights="distance")
+    else:
+        model = LogisticRegression(C=PROBE_C, max_iter=300)
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x_fit, y_fit)
-        return model.predict_proba(x_pred), list(model.classes_)
+        model.fit(z_fit, y_fit)
+        return model.predict_proba(z_pred), list(model.classes_)
 
 
 def _with_views(features: np.ndarray, views: dict[int, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +195,21 @@ def _fit_predict_views(features, y, views, fit_rows, pred_rows):
     total = np.zeros((len(pred_rows), p.shape[1]), np.float64)
     np.add.at(total, pred_owner, p)
     return (total / np.bincount(pred_owner, minlength=len(pred_rows))[:, None]).astype(p.dtype), fitted
+
+
+def _in_space(features: np.ndarray, views: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Every row and view in one space (``_space``) fitted on all of them."""
+    keys = sorted(views)
+    fit_on = features
+    if len(features) > SPACE_FIT_ROWS:  # subsampled here, so a large lake's rows are not copied whole
+        fit_on = features[np.sort(np.random.default_rng(0).choice(len(features), SPACE_FIT_ROWS, replace=False))]
+    space = _space(np.concatenate([fit_on, *(views[i] for i in keys)]) if keys else fit_on, unit=False)
+    z = _transform(space, features)
+    if not keys:
+        return z, {}
+    zv = _transform(space, np.concatenate([views[i] for i in keys]))
+    ends = np.cumsum([len(views[i]) for i in keys])
+    return z, dict(zip(keys, np.split(zv, ends[:-1])))
 
 
 def cross_fitted_probe(
@@ -211,6 +243,7 @@ def cross_fitted_probe(
     y = np.array([lab if lab is not None else "" for lab in labels], dtype=object)
     g = np.asarray(groups, dtype=object)
     col = {c: i for i, c in enumerate(classes)}
+    features, views = _in_space(features, views)
 
     def place(rows, p, fitted_classes):
         for j, c in enumerate(fitted_classes):
@@ -267,9 +300,8 @@ def generic_distrust(features: np.ndarray, generic_severity: np.ndarray, *, k: i
 
     if len(labelled) > max_reference:
         labelled = np.sort(np.random.default_rng(0).choice(labelled, max_reference, replace=False))
-    space = _probe(len(labelled), features.shape[1], kind="space")
+    space = _space(features[labelled], unit=True)
     with threadpool_limits(1):
-        space.fit(features[labelled])
         ref = space.transform(features[labelled])
         query = space.transform(features)
         # k + 1: a labelled row finds itself first; dropped below wherever it is among the results
@@ -320,6 +352,8 @@ def orientation_probe(
     # compose_index[s, t]: class index of a view turned by t of an image stored as s
     compose_index = np.array([[col[_compose(s_, t)] for t in turns] for s_ in classes])
     stored_now = [stored_labels[i] for i in sampled]
+    space = _space(x, unit=True)
+    x = _transform(space, x)
 
     def as_classes(p, fitted):
         block = np.full((len(p), len(classes)), 1e-6, np.float32)
@@ -355,7 +389,7 @@ def orientation_probe(
     others = np.array([mth == LAKE_FIT for mth in method])
     if others.any():
         y = np.array([_compose(stored_now[j], t) for t in turns for j in range(m)], dtype=object)
-        p, fitted = _fit_predict(x, y, stored[others], kind="neighbors")
+        p, fitted = _fit_predict(x, y, _transform(space, stored[others]), kind="neighbors")
         probs[np.flatnonzero(others)] = as_classes(p, fitted)
         probs[np.flatnonzero(others)] /= probs[np.flatnonzero(others)].sum(axis=1, keepdims=True)
     return ProbeResult(probs, method, [None] * n)

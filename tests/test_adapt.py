@@ -4,6 +4,7 @@ and the stage end to end through the audit flow."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,23 @@ def clusters(n_per_class: int, classes, dim: int = 16, seed: int = 0, spread: fl
 
 
 def spy_fits(monkeypatch) -> list:
-    """(x_fit, x_pred) of every probe fit from now on."""
+    """(fit rows, predicted rows, len(x_fit), len(x_pred)) of every cross-fitted probe fit from now on;
+    rows are indices into the probe's input."""
     seen = []
-    real = adapt._fit_predict
+    real_views, real_fit = adapt._fit_predict_views, adapt._fit_predict
+    sizes = []
 
-    def spy(x_fit, y_fit, x_pred, **kw):
-        seen.append((x_fit, x_pred))
-        return real(x_fit, y_fit, x_pred, **kw)
+    def spy_views(features, y, views, fit_rows, pred_rows):
+        out = real_views(features, y, views, fit_rows, pred_rows)
+        seen.append((np.asarray(fit_rows), np.asarray(pred_rows), *sizes.pop()))
+        return out
 
-    monkeypatch.setattr(adapt, "_fit_predict", spy)
+    def spy_fit(x_fit, y_fit, x_pred, **kw):
+        sizes.append((len(x_fit), len(x_pred)))
+        return real_fit(x_fit, y_fit, x_pred, **kw)
+
+    monkeypatch.setattr(adapt, "_fit_predict_views", spy_views)
+    monkeypatch.setattr(adapt, "_fit_predict", spy_fit)
     return seen
 
 
@@ -61,11 +70,9 @@ def test_folds_never_split_a_patient(monkeypatch):
     groups = [f"p{i % 10}" for i in range(len(labels))]
     seen = spy_fits(monkeypatch)
     adapt.cross_fitted_probe(x, labels, groups, classes)
-    row_of = {x[i].tobytes(): groups[i] for i in range(len(x))}
-    for x_fit, x_pred in seen:
-        fit_groups = {row_of[v.tobytes()] for v in x_fit}
-        pred_groups = {row_of[v.tobytes()] for v in x_pred}
-        assert not fit_groups & pred_groups
+    assert seen
+    for fit_rows, pred_rows, _, _ in seen:
+        assert not {groups[i] for i in fit_rows} & {groups[i] for i in pred_rows}
 
 
 def test_turned_views_are_fitted_and_averaged_within_the_rows_fold(monkeypatch):
@@ -78,12 +85,12 @@ def test_turned_views_are_fitted_and_averaged_within_the_rows_fold(monkeypatch):
     for i in flipped:
         labels[i] = next(c for c in classes if c != truth[i])
     groups = [f"p{i // 2}" for i in range(len(labels))]
-    group_of = {v.tobytes(): groups[i] for i in range(len(x)) for v in (x[i], *views[i])}
     seen = spy_fits(monkeypatch)
     with_views = adapt.cross_fitted_probe(x, labels, groups, classes, views=views)
-    for x_fit, x_pred in seen:
-        assert len(x_fit) % 4 == 0 and len(x_pred) % 4 == 0  # every view of every row
-        assert not {group_of[v.tobytes()] for v in x_fit} & {group_of[v.tobytes()] for v in x_pred}
+    assert seen
+    for fit_rows, pred_rows, n_fit, n_pred in seen:
+        assert (n_fit, n_pred) == (4 * len(fit_rows), 4 * len(pred_rows))  # every view of every row
+        assert not {groups[i] for i in fit_rows} & {groups[i] for i in pred_rows}
     alone = adapt.cross_fitted_probe(x, labels, groups, classes)
 
     def errors(r):  # flipped labels missed + right labels flagged, at p(label) < 0.5
@@ -93,6 +100,34 @@ def test_turned_views_are_fitted_and_averaged_within_the_rows_fold(monkeypatch):
 
     assert np.allclose(with_views.probs.sum(axis=1), 1.0, atol=1e-5)
     assert errors(with_views) < errors(alone)
+
+
+def test_each_probe_fits_its_space_once_and_never_on_labels(monkeypatch):
+    """Standardisation and principal components are fitted once per probe, on every row and view it
+    scores, with no label passed: the folds and rounds refit only the classifier."""
+    classes = ("head", "chest", "lower_limb")
+    x, labels = clusters(40, classes)
+    rng = np.random.default_rng(5)
+    views = {i: x[i] + rng.normal(size=(3, x.shape[1])).astype(np.float32) for i in range(0, len(x), 2)}
+    fitted_on = []
+    real = adapt._space
+
+    def spy(rows, **kw):
+        fitted_on.append(len(rows))
+        return real(rows, **kw)
+
+    monkeypatch.setattr(adapt, "_space", spy)
+    assert "y" not in inspect.signature(real).parameters
+    adapt.cross_fitted_probe(x, labels, [f"p{i}" for i in range(len(x))], classes, views=views)
+    assert fitted_on == [len(x) + 3 * len(views)]
+    fitted_on.clear()
+    n = 60
+    stored = rng.normal(size=(n, 16)).astype(np.float32)
+    sampled = np.arange(0, n, 2)
+    turned = {t: rng.normal(size=(len(sampled), 16)).astype(np.float32) for t in adapt.TURNS}
+    r = adapt.orientation_probe(stored, ["upright"] * n, [f"p{i}" for i in range(n)], sampled, turned)
+    assert fitted_on == [4 * len(sampled)]  # two rounds of five folds and the unsampled rows' fit share it
+    assert {adapt.LAKE_OOF, adapt.LAKE_FIT} == set(r.method)
 
 
 def test_fallbacks_small_lake_one_class_rare_class():
