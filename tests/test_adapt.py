@@ -130,6 +130,24 @@ def test_each_probe_fits_its_space_once_and_never_on_labels(monkeypatch):
     assert {adapt.LAKE_OOF, adapt.LAKE_FIT} == set(r.method)
 
 
+def test_a_space_over_more_rows_than_its_cap_is_fitted_on_a_sample_and_scores_every_row(monkeypatch):
+    classes = ("head", "chest")
+    x, labels = clusters(60, classes)
+    monkeypatch.setattr(adapt, "SPACE_FIT_ROWS", 30)
+    pcas = []
+    real = adapt._space
+
+    def spy(rows, **kw):
+        space = real(rows, **kw)
+        pcas.append(space.named_steps["pca"].n_samples_)
+        return space
+
+    monkeypatch.setattr(adapt, "_space", spy)
+    r = adapt.cross_fitted_probe(x, labels, [f"p{i}" for i in range(len(x))], classes)
+    assert pcas == [30]
+    assert set(r.method) == {adapt.LAKE_OOF} and not np.isnan(r.probs).any()
+
+
 def test_fallbacks_small_lake_one_class_rare_class():
     x, labels = clusters(3, ("head", "chest"))
     r = adapt.cross_fitted_probe(x[:5], labels[:5], [str(i) for i in range(5)], BODY_PART)
