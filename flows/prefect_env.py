@@ -197,6 +197,7 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
     stays up idle_seconds() after its last use (flows/kept_server.py)."""
     state, lock, touch, log = _state_paths()
     version = _prefect_version()
+    idle = idle_seconds()
     with open(lock, "a+") as held:
         # One call at a time decides whether to start a server: two would start two.
         fcntl.flock(held, fcntl.LOCK_EX)
@@ -208,7 +209,7 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
             if found["prefect_version"] == version:
                 url = found["url"]
         if url is None or not _healthy(url):
-            server = TemporaryServer(kept=(idle_seconds(), touch, log))
+            server = TemporaryServer(kept=(idle, touch, log))
 
             def record() -> None:  # at once: a call interrupted while it boots still leaves it findable
                 state.write_text(json.dumps({"url": server.api_url, "pid": server.process.pid,
@@ -223,7 +224,7 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
     done = threading.Event()
     # A long audit may not call the API for minutes; the touches come well inside the idle time,
     # however short it is set, or the server could stop under a call still using it.
-    period = min(30.0, max(0.2, idle_seconds() / 4))
+    period = min(30.0, max(0.2, idle / 4))
 
     def keep_alive() -> None:
         while not done.wait(period):

@@ -142,10 +142,15 @@ def _space(x: np.ndarray, *, unit: bool):
     k = min(PROBE_COMPONENTS, x.shape[1], max(len(x) - 1, 1))
     space = make_pipeline(StandardScaler(), PCA(k, svd_solver="randomized", random_state=0),
                           *([Normalizer()] if unit else []))
-    if len(x) > SPACE_FIT_ROWS:
-        x = x[np.sort(np.random.default_rng(0).choice(len(x), SPACE_FIT_ROWS, replace=False))]
     with threadpool_limits(1):
-        return space.fit(x)
+        return space.fit(_fit_rows(x))
+
+
+def _fit_rows(x: np.ndarray) -> np.ndarray:
+    """``x``, or a seeded random SPACE_FIT_ROWS of its rows where it has more."""
+    if len(x) <= SPACE_FIT_ROWS:
+        return x
+    return x[np.sort(np.random.default_rng(0).choice(len(x), SPACE_FIT_ROWS, replace=False))]
 
 
 def _transform(space, x: np.ndarray) -> np.ndarray:
@@ -200,9 +205,7 @@ def _fit_predict_views(features, y, views, fit_rows, pred_rows):
 def _in_space(features: np.ndarray, views: dict[int, np.ndarray]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Every row and view in one space (``_space``) fitted on all of them."""
     keys = sorted(views)
-    fit_on = features
-    if len(features) > SPACE_FIT_ROWS:  # subsampled here, so a large lake's rows are not copied whole
-        fit_on = features[np.sort(np.random.default_rng(0).choice(len(features), SPACE_FIT_ROWS, replace=False))]
+    fit_on = _fit_rows(features)  # before the views join, so a large lake's rows are not copied whole
     space = _space(np.concatenate([fit_on, *(views[i] for i in keys)]) if keys else fit_on, unit=False)
     z = _transform(space, features)
     if not keys:
