@@ -13,6 +13,9 @@ with the packaged model and radlint's defaults (``--executor auto`` runs them in
   server that stays up while used (flows/kept_server.py); the next call finds it running.
 - warm: ``prefect server start`` runs in the background (started outside the timings, own
   ``PREFECT_HOME``) and ``PREFECT_API_URL`` points at it.
+- runner: as kept or warm, plus the kept runner (radlint/kept_runner.py) that an earlier call in
+  the same environment left: the call is run by a child forked from a process whose imports are
+  loaded. The other kept and warm rows turn it off (RADLINT_KEPT_RUNNER=0).
 - "new": a fresh database, every object audited; "re-run": the same database again, nothing new.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -106,6 +110,28 @@ def start_prefect_server(home: Path, port: int) -> subprocess.Popen:
     raise RuntimeError("prefect server start did not answer within 120 s")
 
 
+def wait_for_runner(folder: Path, timeout: float = 120) -> int:
+    """The pid of the kept runner listening in ``folder`` (the first one there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for log in folder.glob("*.log"):
+            found = re.findall(r"kept runner (\d+): listening", log.read_text())
+            if found:
+                return int(found[-1])
+        time.sleep(0.2)
+    raise RuntimeError(f"no kept runner listened in {folder} within {timeout} s")
+
+
+def stop_runners(folder: Path) -> None:
+    for lock in folder.glob("*.lock"):
+        text = lock.read_text().strip()
+        if text.isdigit():
+            try:
+                os.kill(int(text), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
 def stop_kept_servers(homes: list[Path]) -> None:
     """The servers the kept rows left running (they would stop when idle; a benchmark cleans up)."""
     for home in homes:
@@ -141,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<58} {statistics.median(values):6.2f} s", flush=True)
 
         def env_for(name: str) -> dict[str, str]:
-            if name.startswith("kept"):
+            if name.startswith("kept"):  # the kept rows' environment at the time of the row
                 return kept_env
             return warm_env if name.startswith("warm") else env
 
@@ -168,25 +194,54 @@ def main(argv: list[str] | None = None) -> int:
         first = []
         for i, home in enumerate(kept_homes):  # each the first call that starts a server in its home
             wall, _ = timed([RADLINT, "audit", str(lake), "--db", str(work / f"kept-first{i}.duckdb")],
-                            quiet_env(PREFECT_HOME=str(home), RADLINT_PREFECT_SERVER_IDLE="120"))
+                            quiet_env(PREFECT_HOME=str(home), RADLINT_PREFECT_SERVER_IDLE="120",
+                                      RADLINT_KEPT_RUNNER="0"))
             first.append(wall)
         name = f"kept: radlint audit, {args.objects} new objects, first call (starts the server)"
         rows.append((name, first))
         print(f"{name:<58} {statistics.median(first):6.2f} s", flush=True)
         kept_env = quiet_env(PREFECT_HOME=str(kept_homes[0]), RADLINT_PREFECT_SERVER_IDLE="120")
+        runner_tmp = Path(tempfile.mkdtemp(prefix="rlb", dir="/tmp"))  # short: a socket path holds 108 bytes
+        runner_folder = runner_tmp / f"radlint-{os.getuid()}"
+        kept_env_runner = dict(kept_env, TMPDIR=str(runner_tmp))
+        kept_env = dict(kept_env, RADLINT_KEPT_RUNNER="0")
         row(f"kept: radlint audit, {args.objects} new objects, next call",
             lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"kept{i}.duckdb")])
         row("kept: radlint audit, re-run (nothing new), next call",
             lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "kept0.duckdb")])
+        try:
+            # Untimed: the call that leaves the runner, as the first call of the day would.
+            timed([RADLINT, "audit", str(lake), "--db", str(work / "runner-init.duckdb")], kept_env_runner)
+            wait_for_runner(runner_folder)
+            kept_env = kept_env_runner
+            row(f"kept + runner: radlint audit, {args.objects} new objects, next call",
+                lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"kept-runner{i}.duckdb")])
+            row("kept + runner: radlint audit, re-run (nothing new), next call",
+                lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "kept-runner0.duckdb")])
+        finally:
+            stop_runners(runner_folder)
         stop_kept_servers(kept_homes)
         port = free_port()
         server = start_prefect_server(work / "prefect-home", port)
         try:
-            warm_env = quiet_env(PREFECT_API_URL=f"http://127.0.0.1:{port}/api")
+            warm_env = quiet_env(PREFECT_API_URL=f"http://127.0.0.1:{port}/api", RADLINT_KEPT_RUNNER="0")
             row(f"warm: radlint audit, {args.objects} new objects",
                 lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"warm{i}.duckdb")])
             row("warm: radlint audit, re-run (nothing new)",
                 lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "warm0.duckdb")])
+            warm_env = quiet_env(PREFECT_API_URL=f"http://127.0.0.1:{port}/api", TMPDIR=str(runner_tmp),
+                                 RADLINT_PREFECT_SERVER_IDLE="120")
+            try:
+                for log in runner_folder.glob("*.log"):
+                    log.unlink()
+                timed([RADLINT, "audit", str(lake), "--db", str(work / "warm-runner-init.duckdb")], warm_env)
+                wait_for_runner(runner_folder)
+                row(f"warm + runner: radlint audit, {args.objects} new objects",
+                    lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"warm-runner{i}.duckdb")])
+                row("warm + runner: radlint audit, re-run (nothing new)",
+                    lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "warm-runner0.duckdb")])
+            finally:
+                stop_runners(runner_folder)
         finally:
             server.terminate()
             server.wait(timeout=30)

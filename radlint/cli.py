@@ -457,14 +457,27 @@ def entry() -> None:
     global _exit_code
     import atexit
 
+    from radlint import kept_client
+
     # Registered first, so it runs last of all exit handlers; a forked child that inherited it
     # keeps its own exit.
     atexit.register(_exit_now, os.getpid())
+    argv = sys.argv[1:]
+    # An audit in an environment where one ran recently is run by that call's kept runner, whose
+    # imports are loaded already (radlint/kept_runner.py); the first runs here and leaves one.
+    plan = kept_client.plan(argv)
+    served = kept_client.call(plan, argv) if plan else None
+    if served is not None:
+        _exit_code = served
+        sys.exit(_exit_code)
     try:
-        _exit_code = main()
+        _exit_code = main(argv)
     except SystemExit as exc:
         _exit_code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         raise
+    finally:
+        if plan:
+            kept_client.leave_one(plan)
     sys.exit(_exit_code)
 
 
