@@ -185,6 +185,7 @@ def serve(path: Path, idle: float) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     children: dict[int, socket.socket] = {}
+    pidfds: dict[int, int] = {}
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     last_call = time.monotonic()
@@ -198,7 +199,9 @@ def serve(path: Path, idle: float) -> int:
 
     try:
         while not stop.is_set():
-            if selector.select(timeout=0.5):
+            # A child's pidfd becomes readable when it exits: its caller hears at once, not at the next tick.
+            events = selector.select(timeout=0.5)
+            if any(key.fileobj is listener for key, _ in events):
                 conn, _ = listener.accept()
                 last_call = time.monotonic()
                 try:
@@ -217,11 +220,16 @@ def serve(path: Path, idle: float) -> int:
                     # Nothing of the runner or of the other calls in flight stays open in a child.
                     for other in [listener, lock, *children.values()]:
                         other.close()
+                    for fd in pidfds.values():
+                        os.close(fd)
                     selector.close()
                     _run_child(conn, request, fds)
                 for fd in fds:
                     os.close(fd)
                 children[pid] = conn
+                with contextlib.suppress(OSError, AttributeError):  # pidfds: Linux 5.3 and later
+                    pidfds[pid] = os.pidfd_open(pid)
+                    selector.register(pidfds[pid], selectors.EVENT_READ)
                 calls += 1
                 print(f"radlint kept runner {os.getpid()}: call {calls}: child {pid}", file=sys.stderr, flush=True)
                 with contextlib.suppress(OSError):
@@ -231,6 +239,9 @@ def serve(path: Path, idle: float) -> int:
                 if pid == 0:
                     break
                 conn = children.pop(pid, None)
+                if pid in pidfds:
+                    selector.unregister(pidfds[pid])
+                    os.close(pidfds.pop(pid))
                 code = _exit_status(status)
                 print(f"radlint kept runner {os.getpid()}: child {pid} exited {code}", file=sys.stderr, flush=True)
                 if conn is not None:
