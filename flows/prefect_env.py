@@ -98,9 +98,29 @@ def _boot_while_importing(server: TemporaryServer, timeout: float, warm_imports:
             server.wait_ready(timeout)
 
 
+# A kept runner's child (radlint/kept_runner.py) answers its caller before it drains Prefect's log and
+# event workers into a kept server, which outlives the call: the URLs wait here until then.
+_deferred_drains: list[str] | None = None
+
+
+def defer_drains() -> None:
+    """From now on, leave the drains into kept servers to drain_deferred()."""
+    global _deferred_drains
+    _deferred_drains = []
+
+
+def drain_deferred() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    while _deferred_drains:
+        with temporary_settings(updates={PREFECT_API_URL: _deferred_drains.pop()}):
+            _drain_workers()
+
+
 @contextlib.contextmanager
-def _reporting_to(url: str) -> Iterator[str]:
-    """This process, and the Dask workers it starts (through the environment), report to ``url``."""
+def _reporting_to(url: str, kept: bool = False) -> Iterator[str]:
+    """This process, and the Dask workers it starts (through the environment), report to ``url``;
+    ``kept``: a server that outlives this call."""
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 
     os.environ["PREFECT_API_URL"] = url
@@ -114,7 +134,10 @@ def _reporting_to(url: str) -> Iterator[str]:
             try:
                 yield url
             finally:
-                _drain_workers()
+                if kept and _deferred_drains is not None:
+                    _deferred_drains.append(url)
+                else:
+                    _drain_workers()
     finally:
         os.environ.pop("PREFECT_API_URL", None)
 
@@ -236,7 +259,7 @@ def _kept_api(timeout: float, warm_imports: tuple[str, ...]) -> Iterator[str]:
 
     threading.Thread(target=keep_alive, name="radlint-server-keepalive", daemon=True).start()
     try:
-        with _reporting_to(url):
+        with _reporting_to(url, kept=True):
             yield url
     finally:
         done.set()

@@ -95,7 +95,8 @@ def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:
                 raise ValueError("the caller closed the socket mid-request")
             body += chunk
         request = json.loads(bytes(body))
-        if not isinstance(request.get("argv"), list) or request["argv"][:1] not in ([c] for c in COMMANDS):
+        argv = request.get("argv")
+        if not isinstance(argv, list) or not argv or argv[0] not in COMMANDS:
             raise ValueError("not a radlint audit call")
     except Exception:
         for fd in fds:
@@ -124,13 +125,30 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [request["argv0"], *request["argv"]]
-        threading.Thread(target=_follow_caller, args=(conn,), name="radlint-caller", daemon=True).start()
+        answered = threading.Event()
+        threading.Thread(target=_follow_caller, args=(conn, answered), name="radlint-caller", daemon=True).start()
         from radlint import cli
+        from radlint.flows import prefect_env
 
+        prefect_env.defer_drains()
         try:
             code = cli.main(request["argv"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        # The call's output and files are complete: the caller returns now, and this process flushes
+        # Prefect's logs and events into the server (which outlives the call) and exits as an
+        # interpreter does (threading's exit hooks, where Prefect drains its services, then atexit).
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        answered.set()
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(quiet, target)
+        prefect_env.drain_deferred()
+        getattr(threading, "_shutdown", lambda: None)()
         atexit._run_exitfuncs()
     except BaseException:
         import traceback
@@ -143,12 +161,14 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         os._exit(code if isinstance(code, int) else 1)
 
 
-def _follow_caller(conn: socket.socket) -> None:
-    """A caller that goes away (killed, its terminal closed) interrupts its child, as a Ctrl-C would."""
+def _follow_caller(conn: socket.socket, answered: threading.Event) -> None:
+    """A caller that goes away (killed, its terminal closed) before its answer interrupts its child,
+    as a Ctrl-C would."""
     with contextlib.suppress(OSError):
         while conn.recv(1 << 10):
             pass
-    os.kill(os.getpid(), signal.SIGINT)
+    if not answered.is_set():
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _exit_status(status: int) -> int:

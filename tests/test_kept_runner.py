@@ -4,6 +4,7 @@ own process; another environment is not served by it; Ctrl-C and a killed caller
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -232,3 +233,48 @@ def test_the_environment_key_follows_import_time_settings_and_leaves_secrets_out
     assert kept_client.environment_key(base, cwd=str(tmp_path / "elsewhere")) != key
     (tmp_path / "prefect.toml").write_text("[logging]\nlevel = 'ERROR'\n")  # Prefect reads it at import
     assert kept_client.environment_key(base) != key
+
+
+def test_a_runner_call_answers_before_it_drains_and_its_logs_still_reach_the_kept_server(
+        tmp_path, make_dicom, tiny_registry, runner_env):
+    """With radlint's kept Prefect server, a runner's child answers its caller first and drains
+    Prefect's log worker into the server afterwards: the flow run's logs are all there."""
+    import json
+    import urllib.request
+
+    env, folder = runner_env
+    home = tmp_path / "prefect_home"
+    env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "img.dcm").write_bytes(make_dicom())
+    try:
+        assert audit(env, lake, "--db", tmp_path / "a.duckdb", "--registry", tiny_registry).returncode == 0
+        [sock] = wait_for_runners(folder, 1)
+        served = audit(env, lake, "--db", tmp_path / "b.duckdb", "--registry", tiny_registry)
+        assert served.returncode == 0, served.stderr[-3000:]
+        assert len(calls_served(sock)) == 1
+        url = json.loads((home / "radlint-server.json").read_text())["url"]
+
+        def post(path: str, body: dict) -> list:
+            req = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+
+        runs = [r for r in post("/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 10})
+                if r["name"] and r["parameters"].get("db", "").endswith("b.duckdb")]
+        assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED"
+        deadline = time.monotonic() + 30  # the drain runs after the answer: give it a moment
+        while time.monotonic() < deadline:
+            logs = post("/logs/filter", {"logs": {"flow_run_id": {"any_": [runs[0]["id"]]}}, "limit": 200})
+            if any("listed 1 objects" in log["message"] for log in logs):
+                break
+            time.sleep(0.5)
+        assert any("listed 1 objects" in log["message"] for log in logs), [log["message"] for log in logs]
+    finally:
+        state = home / "radlint-server.json"
+        if state.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
+                os.kill(json.loads(state.read_text())["pid"], signal.SIGTERM)
