@@ -18,6 +18,10 @@ whose such inputs equal its own: the socket's name is a hash of them (``radlint.
 call runs in its own process and starts a runner for its own environment. Variables that name
 secrets are left out of the hash (they are only read when used, from the child's environment).
 
+What a child does not share with its caller: resource limits (``ulimit``) and process group (the
+child is the runner's, so Ctrl-Z stops only the caller), and the child shows in ``ps`` under the
+runner's command line.
+
 The runner stops after ``SECONDS`` without a call (RADLINT_PREFECT_SERVER_IDLE, the kept Prefect
 server's idle time; 0 turns both off), when another runner takes its socket, or on SIGTERM. RADLINT_KEPT_RUNNER=0
 turns only the runner off. Linux only (fork, SO_PEERCRED); elsewhere every call runs in its own
