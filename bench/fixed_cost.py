@@ -209,17 +209,22 @@ def main(argv: list[str] | None = None) -> int:
             lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"kept{i}.duckdb")])
         row("kept: radlint audit, re-run (nothing new), next call",
             lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "kept0.duckdb")])
-        try:
-            # Untimed: the call that leaves the runner, as the first call of the day would.
-            timed([RADLINT, "audit", str(lake), "--db", str(work / "runner-init.duckdb")], kept_env_runner)
-            wait_for_runner(runner_folder)
-            kept_env = kept_env_runner
-            row(f"kept + runner: radlint audit, {args.objects} new objects, next call",
-                lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"kept-runner{i}.duckdb")])
-            row("kept + runner: radlint audit, re-run (nothing new), next call",
-                lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "kept-runner0.duckdb")])
-        finally:
-            stop_runners(runner_folder)
+        def runner_rows(kind: str, label: str) -> None:
+            for log in runner_folder.glob("*.log"):
+                log.unlink()
+            try:
+                # Untimed: the call that leaves the runner, as the first call of the day would.
+                timed([RADLINT, "audit", str(lake), "--db", str(work / f"{kind}-runner-init.duckdb")], env_for(kind))
+                wait_for_runner(runner_folder)
+                row(f"{kind} + runner: radlint audit, {args.objects} new objects{label}",
+                    lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"{kind}-runner{i}.duckdb")])
+                row(f"{kind} + runner: radlint audit, re-run (nothing new){label}",
+                    lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"{kind}-runner0.duckdb")])
+            finally:
+                stop_runners(runner_folder)
+
+        kept_env = kept_env_runner
+        runner_rows("kept", ", next call")
         stop_kept_servers(kept_homes)
         port = free_port()
         server = start_prefect_server(work / "prefect-home", port)
@@ -231,17 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "warm0.duckdb")])
             warm_env = quiet_env(PREFECT_API_URL=f"http://127.0.0.1:{port}/api", TMPDIR=str(runner_tmp),
                                  RADLINT_PREFECT_SERVER_IDLE="120")
-            try:
-                for log in runner_folder.glob("*.log"):
-                    log.unlink()
-                timed([RADLINT, "audit", str(lake), "--db", str(work / "warm-runner-init.duckdb")], warm_env)
-                wait_for_runner(runner_folder)
-                row(f"warm + runner: radlint audit, {args.objects} new objects",
-                    lambda i: [RADLINT, "audit", str(lake), "--db", str(work / f"warm-runner{i}.duckdb")])
-                row("warm + runner: radlint audit, re-run (nothing new)",
-                    lambda i: [RADLINT, "audit", str(lake), "--db", str(work / "warm-runner0.duckdb")])
-            finally:
-                stop_runners(runner_folder)
+            runner_rows("warm", "")
         finally:
             server.terminate()
             server.wait(timeout=30)

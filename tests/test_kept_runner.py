@@ -86,6 +86,12 @@ def audit(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
+def one_image_lake(folder: Path, make_dicom) -> Path:
+    folder.mkdir()
+    (folder / "img.dcm").write_bytes(make_dicom())
+    return folder
+
+
 def stops_within(pid: int, seconds: float) -> bool:
     try:
         psutil.Process(pid).wait(timeout=seconds)
@@ -151,9 +157,7 @@ def test_the_next_audit_in_an_environment_runs_in_the_first_calls_runner(tmp_pat
 def test_a_runner_stops_when_idle_and_a_dead_ones_socket_is_replaced(tmp_path, make_dicom, tiny_registry,
                                                                       runner_env):
     env, folder = runner_env
-    lake = tmp_path / "lake"
-    lake.mkdir()
-    (lake / "img.dcm").write_bytes(make_dicom())
+    lake = one_image_lake(tmp_path / "lake", make_dicom)
     env = dict(env, RADLINT_PREFECT_SERVER_IDLE="3")
     assert audit(env, lake, "--db", tmp_path / "a.duckdb", "--registry", tiny_registry).returncode == 0
     [sock] = wait_for_runners(folder, 1)
@@ -182,9 +186,7 @@ def test_a_runner_stops_when_idle_and_a_dead_ones_socket_is_replaced(tmp_path, m
 def test_ctrl_c_reaches_the_runners_child_and_a_killed_caller_stops_it(tmp_path, make_dicom, tiny_registry,
                                                                         runner_env):
     env, folder = runner_env
-    small = tmp_path / "small"
-    small.mkdir()
-    (small / "img.dcm").write_bytes(make_dicom())
+    small = one_image_lake(tmp_path / "small", make_dicom)
     assert audit(env, small, "--db", tmp_path / "warm.duckdb", "--registry", tiny_registry).returncode == 0
     [sock] = wait_for_runners(folder, 1)
     lake = tmp_path / "lake"
@@ -246,9 +248,7 @@ def test_a_runner_call_answers_before_it_drains_and_its_logs_still_reach_the_kep
     home = tmp_path / "prefect_home"
     env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(home), PREFECT_LOGGING_LEVEL="INFO")
-    lake = tmp_path / "lake"
-    lake.mkdir()
-    (lake / "img.dcm").write_bytes(make_dicom())
+    lake = one_image_lake(tmp_path / "lake", make_dicom)
     try:
         assert audit(env, lake, "--db", tmp_path / "a.duckdb", "--registry", tiny_registry).returncode == 0
         [sock] = wait_for_runners(folder, 1)
