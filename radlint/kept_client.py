@@ -88,9 +88,10 @@ def environment_key(environ=os.environ, cwd: str | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def runner_folder() -> Path | None:
-    """This user's private folder for runner sockets, or None where it cannot be made private."""
-    folder = Path(tempfile.gettempdir()) / f"radlint-{os.getuid()}"
+def runner_folder(base: str) -> Path | None:
+    """This user's private folder for runner sockets under ``base``, or None where it cannot be
+    made private."""
+    folder = Path(base) / f"radlint-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         st = folder.lstat()
@@ -102,11 +103,14 @@ def runner_folder() -> Path | None:
 
 
 def socket_path(key: str) -> Path | None:
-    folder = runner_folder()
-    if folder is None:
-        return None
-    path = folder / f"{key}.sock"
-    return path if len(str(path).encode()) < 100 else None  # sun_path holds 108 bytes
+    """Where the runner for ``key`` listens: under the temporary folder, or /tmp where that one's
+    path is too long for a socket (sun_path holds 108 bytes)."""
+    for base in dict.fromkeys([tempfile.gettempdir(), "/tmp"]):
+        if len(f"{base}/radlint-{os.getuid()}/{key}.sock".encode()) >= 100:
+            continue
+        folder = runner_folder(base)
+        return folder / f"{key}.sock" if folder is not None else None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -278,3 +278,15 @@ def test_a_runner_call_answers_before_it_drains_and_its_logs_still_reach_the_kep
         if state.exists():
             with contextlib.suppress(ProcessLookupError, ValueError, KeyError):
                 os.kill(json.loads(state.read_text())["pid"], signal.SIGTERM)
+
+
+def test_a_temporary_folder_too_long_for_a_socket_gives_way_to_tmp(tmp_path, monkeypatch):
+    long = tmp_path / ("x" * 90)
+    long.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(long))
+    path = kept_client.socket_path("k" * 24)
+    assert path == Path("/tmp") / f"radlint-{os.getuid()}" / f"{'k' * 24}.sock"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    if len(str(tmp_path)) < 60:
+        assert kept_client.socket_path("k" * 24).parent.parent == tmp_path
