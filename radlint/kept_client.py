@@ -158,40 +158,40 @@ def plan(argv: list[str]) -> Plan | None:
 def call(plan: Plan, argv: list[str]) -> int | None:
     """Run ``radlint ARGV`` in the runner's child; the child's exit status, or None where no runner
     answered (the caller runs it itself)."""
-    path = plan.path
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(path))
-    except OSError:
-        sock.close()
-        return None
-    request = json.dumps({"argv": list(argv), "argv0": sys.argv[0], "cwd": os.getcwd(),
-                          "env": plan.env}).encode()
-    message = HEADER.pack(len(request)) + request
-    try:
-        sent = socket.send_fds(sock, [message], _stream_fds())
-        sock.sendall(message[sent:])
-        reader = sock.makefile("rb")
-        first = json.loads(reader.readline() or b"{}")
-    except (OSError, ValueError):
-        sock.close()
-        return None  # the runner went away before it forked: run here
-    if "pid" not in first:
-        sock.close()
-        return None
-    child = int(first["pid"])
+    child: list[int] = []
+    pending: list[int] = []  # signals that came before the child did: forwarded once it exists
 
     def forward(signum, frame) -> None:
+        if not child:
+            pending.append(signum)
+            return
         with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signum)
+            os.kill(child[0], signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        try:
+            sock.connect(str(plan.path))
+            request = json.dumps({"argv": list(argv), "argv0": sys.argv[0], "cwd": os.getcwd(),
+                                  "env": plan.env}).encode()
+            message = HEADER.pack(len(request)) + request
+            sent = socket.send_fds(sock, [message], _stream_fds())
+            sock.sendall(message[sent:])
+            reader = sock.makefile("rb")
+            first = json.loads(reader.readline() or b"{}")
+            child.append(int(first["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # no runner, or it went away before it forked: the call runs here
+        for signum in pending:
+            forward(signum, None)
         line = reader.readline()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         sock.close()
+        if pending and not child:
+            signal.raise_signal(pending[0])  # as if it had come a moment later, to the call itself
     try:
         return int(json.loads(line)["exit"])
     except (ValueError, KeyError, TypeError):
