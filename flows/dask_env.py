@@ -73,6 +73,11 @@ def _start(n_workers: int) -> Any:
     import dask
     import distributed
 
+    # Unconfigured, Dask logs the scheduler's and nannies' every start, connection and stop at INFO,
+    # about 20 lines an audit on the caller's terminal; its warnings and errors still show. Logging
+    # configured for Dask (DASK_LOGGING__DISTRIBUTED=info, its config files) is left as it is.
+    if dask.config.get("logging", None) is None and dask.config.get("distributed.logging", None) is None:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     # An explicit preload replaces the configured one: keep what the user (or a benchmark) configured.
     configured = list(dask.config.get("distributed.worker.preload", None) or [])
     method = _start_method()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import dask
@@ -67,3 +69,18 @@ def test_workers_fork_from_a_fork_server_with_the_current_environment(monkeypatc
                 seen += list(client.run(_env_and_parent, "RADLINT_TEST_ENDPOINT").values())
     assert [env for env, _ in seen] == ["first", "second"]
     assert all(parent != os.getpid() for _, parent in seen)  # not spawned by this process
+
+
+@pytest.mark.parametrize("configured, chatter", [(None, False), ("info", True)])
+def test_the_cluster_keeps_dasks_start_and_stop_chatter_off_the_terminal(configured, chatter):
+    """Dask's default INFO lines (scheduler address, nannies, connections) stay off stderr; a level
+    the user configured for Dask is kept."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_LOGGING", "DASK_DISTRIBUTED__LOGGING"))}
+    if configured:
+        env["DASK_LOGGING__DISTRIBUTED"] = configured
+    code = ("import logging; logging.basicConfig()\n"
+            "from radlint.flows.dask_env import BackgroundCluster\n"
+            "c = BackgroundCluster(1)\nc.address()\nc.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ("distributed.scheduler" in out.stderr) is chatter, out.stderr[-3000:]
