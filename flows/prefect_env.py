@@ -184,6 +184,15 @@ def _prefect_version() -> str:
     return version("prefect")
 
 
+def settings_files(environ=os.environ, cwd: str | Path = ".") -> dict[str, Path]:
+    """The files Prefect reads settings from when it is imported: ``.env``, ``prefect.toml`` and
+    ``pyproject.toml`` in the working folder, and the profiles file."""
+    home = Path(environ.get("PREFECT_HOME") or Path(environ.get("HOME", "~")) / ".prefect").expanduser()
+    return {".env": Path(cwd, ".env"), "prefect.toml": Path(cwd, "prefect.toml"),
+            "pyproject.toml": Path(cwd, "pyproject.toml"),
+            "profiles": Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()}
+
+
 def _home_without_import() -> Path | None:
     """PREFECT_HOME as Prefect resolves it, where that is certain without importing Prefect: set in
     the environment, or the default ~/.prefect when no settings file in reach (.env, prefect.toml,
@@ -194,21 +203,20 @@ def _home_without_import() -> Path | None:
         return Path(os.environ["PREFECT_HOME"]).expanduser()
     import tomllib
 
-    default = Path("~/.prefect").expanduser()
-    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or default / "profiles.toml").expanduser()
-    for path, says_home in ((Path(".env"), lambda text: "PREFECT_HOME" in text),
-                            (profiles, lambda text: "PREFECT_HOME" in text),
-                            (Path("prefect.toml"), lambda text: "home" in tomllib.loads(text)),
-                            (Path("pyproject.toml"),
+    files = settings_files()
+    for name, says_home in ((".env", lambda text: "PREFECT_HOME" in text),
+                            ("profiles", lambda text: "PREFECT_HOME" in text),
+                            ("prefect.toml", lambda text: "home" in tomllib.loads(text)),
+                            ("pyproject.toml",
                              lambda text: "home" in tomllib.loads(text).get("tool", {}).get("prefect", {}))):
         try:
-            if says_home(path.read_text(errors="replace")):
+            if says_home(files[name].read_text(errors="replace")):
                 return None
         except OSError:
             continue
         except tomllib.TOMLDecodeError:
             return None
-    return default
+    return Path("~/.prefect").expanduser()
 
 
 def _prefect_site() -> str:

@@ -27,8 +27,6 @@ _KEY_PREFIXES = ("PREFECT_", "DASK_", "FSSPEC_", "RADLINT_", "PYTHON", "OMP_", "
                  "ARROW_", "LD_", "LC_", "VIRTUAL_ENV", "CONDA_")
 _KEY_NAMES = ("HOME", "LANG", "TZ", "TMPDIR", "XDG_CONFIG_HOME", "DO_NOT_TRACK")
 _SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "SALT", "CREDENTIAL")
-# Settings files Prefect reads from the working folder and its home, at import.
-_SETTINGS_FILES = (".env", "prefect.toml", "pyproject.toml")
 
 HEADER = struct.Struct("!I")
 
@@ -72,14 +70,13 @@ def environment_key(environ=os.environ, cwd: str | None = None) -> str:
     installed packages, the import-time environment variables and Prefect's settings files."""
     import sysconfig
 
+    from radlint.flows.prefect_env import settings_files
+
     cwd = cwd or os.getcwd()
     env = {k: v for k, v in environ.items()
            if (k.startswith(_KEY_PREFIXES) or k in _KEY_NAMES) and not any(w in k.upper() for w in _SECRET_WORDS)}
-    home = Path(environ.get("PREFECT_HOME") or Path(environ.get("HOME", "~")) / ".prefect").expanduser()
-    files = [Path(cwd) / f for f in _SETTINGS_FILES]
-    files.append(Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser())
     stamps = {}
-    for path in [*files, Path(sysconfig.get_paths()["purelib"])]:
+    for path in [*settings_files(environ, cwd).values(), Path(sysconfig.get_paths()["purelib"])]:
         with contextlib.suppress(OSError):
             st = path.stat()
             stamps[str(path)] = [st.st_mtime_ns, st.st_size]

@@ -146,8 +146,7 @@ def _run_child(conn: socket.socket, request: dict, fds: list[int]) -> None:
             with contextlib.suppress(Exception):
                 stream.flush()
         answered.set()
-        with contextlib.suppress(OSError):
-            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        _tell(conn, exit=code)
         quiet = os.open(os.devnull, os.O_RDWR)
         for target in (0, 1, 2):
             os.dup2(quiet, target)
@@ -173,6 +172,12 @@ def _follow_caller(conn: socket.socket, answered: threading.Event) -> None:
             pass
     if not answered.is_set():
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def _tell(conn: socket.socket, **message: int) -> None:
+    """One line of JSON to a caller (``pid``, then ``exit``); one that has gone away misses it."""
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps(message).encode() + b"\n")
 
 
 def _exit_status(status: int) -> int:
@@ -259,8 +264,7 @@ def serve(path: Path, idle: float) -> int:
                     selector.register(pidfds[pid], selectors.EVENT_READ)
                 calls += 1
                 print(f"radlint kept runner {os.getpid()}: call {calls}: child {pid}", file=sys.stderr, flush=True)
-                with contextlib.suppress(OSError):
-                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                _tell(conn, pid=pid)
             while children:
                 pid, status = os.waitpid(-1, os.WNOHANG)
                 if pid == 0:
@@ -272,8 +276,7 @@ def serve(path: Path, idle: float) -> int:
                 code = _exit_status(status)
                 print(f"radlint kept runner {os.getpid()}: child {pid} exited {code}", file=sys.stderr, flush=True)
                 if conn is not None:
-                    with contextlib.suppress(OSError):
-                        conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+                    _tell(conn, exit=code)
                     conn.close()
                 last_call = time.monotonic()
             if not children and (time.monotonic() - last_call > idle or not still_mine()):
@@ -289,8 +292,7 @@ def serve(path: Path, idle: float) -> int:
     for pid, conn in children.items():
         with contextlib.suppress(ChildProcessError):
             _, status = os.waitpid(pid, 0)
-            with contextlib.suppress(OSError):
-                conn.sendall(json.dumps({"exit": _exit_status(status)}).encode() + b"\n")
+            _tell(conn, exit=_exit_status(status))
         conn.close()
     return 0
 
