@@ -2,7 +2,7 @@
 
     python -m radlint.kept_runner --socket PATH --idle SECONDS
 
-Importing Prefect, the flow and what it reads and infers with takes 2-3.5 s on 2 cores: most of a
+Importing Prefect, the flow and what it reads and infers with takes 1.6-3.4 s on 2 cores: most of a
 small audit's call once a Prefect server is up (bench/README.md, "Fixed cost"). The first
 ``radlint audit`` in an environment runs in its own process as always, then leaves this runner
 behind; a later call in the same environment hands its arguments, working folder, environment and
