@@ -16,8 +16,8 @@ out-of-fold, an image whose label disagrees with what its look-alikes are labell
 - body_part, projection: the features (plus the generic model's log-probabilities) in that space,
   a multinomial logistic regression, fitted on the current labels (labels file, else header), K
   folds grouped by patient (patient_key, else study, else the object) so no patient is in both
-  halves of a fold. Body part, which a quarter turn does
-  not change, also learns from the orientation sample's turned views of each image, and an image
+  halves of a fold. Body part and projection, which a quarter turn does
+  not change, also learn from the orientation sample's turned views of each image, and an image
   with turned views gets the mean of its four views' probabilities.
 - orientation: headers rarely say anything, so the probe is self-supervised: a sample of the
   lake's images, run turned by each quarter turn during the audit (table orientation_samples),
@@ -76,6 +76,10 @@ SPACE_FIT_ROWS = 20_000
 # which a linear probe over the whole lake cannot follow; the nearest turned views of similar
 # films can.
 ORIENTATION_NEIGHBORS = 15
+# Rounds of the orientation probe: a second round, refitted on targets re-derived from the first
+# round's consensus, made the consensus surer of its mistakes as well, and cost recall at the
+# precision the gates ask for (docs/notes-2026-12-lake-adaptation.md, twelfth round).
+ORIENTATION_ROUNDS = 1
 # Orientation sample: enough images for a stable probe on any lake, then a small share of each
 # run's new objects (each sampled image costs three more forward passes in its shard).
 ORIENTATION_SAMPLE_TARGET = 2000
@@ -87,12 +91,12 @@ ORIENTATION_SAMPLE_MIN_RATE = 1 / 64
 DISTRUST_NEIGHBORS = 15
 DISTRUST_REFERENCE = 10_000
 
-# Tasks a quarter turn does not change: their probes also learn from, and average over, the
-# orientation sample's turned views of an image.
-ROTATION_INVARIANT = ("body_part",)
+# Tasks a quarter turn does not change (a PA film turned is still PA): their probes also learn
+# from, and average over, the orientation sample's turned views of an image.
+ROTATION_INVARIANT = ("body_part", "projection")
 
 # Bumped when the probes or their rules change, so the next run refits an unchanged lake.
-FIT_VERSION = 7
+FIT_VERSION = 8
 
 GENERIC = "generic"
 LAKE_OOF = "lake_oof"
@@ -326,7 +330,7 @@ def _compose(stored: str, turn: str) -> str:
 def orientation_probe(
     stored: np.ndarray, stored_labels: list[str], groups: list[str], sampled: np.ndarray,
     turned: dict[str, np.ndarray], *, n_folds: int = N_FOLDS, min_samples: int = MIN_ORIENTATION_SAMPLES,
-    rounds: int = 2,
+    rounds: int = ORIENTATION_ROUNDS,
 ) -> ProbeResult:
     """Self-supervised orientation probabilities for every stored image.
 
@@ -337,9 +341,10 @@ def orientation_probe(
 
     A sampled image is scored out-of-fold (grouped by patient) on all four of its views at once:
     the stored orientation s that makes every view agree (sum over turns t of
-    log p(compose(s, t) | view t)). That consensus is far surer than one view, so after the first
-    round the training targets of sampled images are re-derived from it, and the probe refitted
-    (``rounds``): the lake's own rotated images stop teaching it that rotated means upright.
+    log p(compose(s, t) | view t)). That consensus is far surer than one view, so the training
+    targets of sampled images are then re-derived from it: the images not sampled are scored by a
+    probe fitted on those targets, so the lake's own rotated images stop teaching it that rotated
+    means upright. ``rounds`` > 1 also refits the sampled images' out-of-fold probe on them.
     """
     n = len(stored)
     classes = tuple(ORIENTATION)

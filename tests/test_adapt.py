@@ -126,7 +126,7 @@ def test_each_probe_fits_its_space_once_and_never_on_labels(monkeypatch):
     sampled = np.arange(0, n, 2)
     turned = {t: rng.normal(size=(len(sampled), 16)).astype(np.float32) for t in adapt.TURNS}
     r = adapt.orientation_probe(stored, ["upright"] * n, [f"p{i}" for i in range(n)], sampled, turned)
-    assert fitted_on == [4 * len(sampled)]  # two rounds of five folds and the unsampled rows' fit share it
+    assert fitted_on == [4 * len(sampled)]  # the rounds of five folds and the unsampled rows' fit share it
     assert {adapt.LAKE_OOF, adapt.LAKE_FIT} == set(r.method)
 
 
@@ -524,3 +524,51 @@ print("sklearn" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_probes_of_tasks_a_turn_does_not_change_learn_from_the_turned_views(monkeypatch):
+    """Body part and projection (PA, AP and lateral stay so under a quarter turn) fit each sampled
+    image's turned views under its label; orientation reads them its own way."""
+    import duckdb
+
+    from tests.sql.test_findings import SHA, given, image, pred
+
+    con = duckdb.connect()
+    database.ensure_schema(con)
+    database.create_views(con)
+    imgs, preds = [], []
+    for i in range(40):
+        uri, proj = f"s3://b/{i}", ("PA", "LATERAL")[i % 2]
+        imgs.append(image(uri, body="chest", body_src="BodyPartExamined", bpe="CHEST", proj=proj,
+                          proj_src="ViewPosition", vp=proj))
+        preds += [pred(uri, "body_part", {"chest": 0.9, "other": 0.1}),
+                  pred(uri, "projection", {proj: 0.9, "AP": 0.1})]
+    given(con, imgs, preds)
+    x, _ = clusters(20, ("PA", "LATERAL"), dim=8)
+    for i in range(40):
+        vec = x[(i // 2) + (20 if i % 2 else 0)]
+        con.execute("insert into embeddings values (?, 'e1', ?, ?, 'r1')", [f"s3://b/{i}", SHA, vec.tolist()])
+        if i < 30:  # three quarters of the lake was sampled
+            for turn in TURNS:
+                con.execute("insert into orientation_samples values (?, 'e1', ?, ?, ?, 'r1')",
+                            [f"s3://b/{i}", SHA, turn, (vec + 0.01).tolist()])
+
+    class Entry:
+        sha256 = SHA
+        embedding = EmbeddingSpec("embedding", 8)
+        tasks = {"body_part": type("T", (), {"classes": BODY_PART})(),
+                 "projection": type("T", (), {"classes": ("PA", "AP", "LATERAL")})()}
+
+    views_of = {}
+    real = adapt.cross_fitted_probe
+
+    def spy(features, labels, groups, classes, views=None, **kw):
+        views_of[classes] = views or {}
+        return real(features, labels, groups, classes, views=views, **kw)
+
+    monkeypatch.setattr(adapt, "cross_fitted_probe", spy)
+    counts = adapt.adapt_lake(con, Entry(), "r1")
+    assert counts["projection"] == {"lake_oof": 40}
+    assert set(views_of) == {BODY_PART, ("PA", "AP", "LATERAL")}
+    assert {c: len(v) for c, v in views_of.items()} == {BODY_PART: 30, ("PA", "AP", "LATERAL"): 30}
+    assert all(v.shape[0] == len(TURNS) for views in views_of.values() for v in views.values())
