@@ -88,9 +88,10 @@ def _probs(task: str, top: str, p: float, rng: np.random.Generator) -> dict[str,
     return out
 
 
-def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
+def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True, systematic: bool = False) -> Path:
     """A small audit database written by hand: images (with some planted label errors), predictions,
-    thumbnails, thresholds, one run and a few skipped objects."""
+    thumbnails, thresholds, one run and a few skipped objects. ``systematic``: the fourth institution
+    labels every chest film abdomen (a protocol mapped wrong), a group for group_findings."""
     rng = np.random.default_rng(seed)
     con = duckdb_connect(path)
     database.ensure_schema(con)
@@ -125,13 +126,17 @@ def build_db(path: Path, n: int = 24, seed: int = 7, evil: bool = True) -> Path:
             bpe = EVIL
         stored = rotate_to_orientation(synthetic_radiograph(truth, rng), orientation)
         thumb = thumbnail_jpeg(stored)
-        inst = institutions[k % len(institutions)]
+        # systematic: sites and vendors drawn at random, so that only the planted group is one
+        inst = institutions[int(rng.integers(len(institutions))) if systematic else k % len(institutions)]
+        maker = manufacturers[int(rng.integers(len(manufacturers))) if systematic else k % len(manufacturers)]
+        if systematic and truth == "chest" and inst == institutions[3]:  # one site labels every chest abdomen
+            label_body, bpe = "abdomen", BPE["abdomen"]
         con.execute(
             'insert into images (uri, etag, size_bytes, sop_instance_uid, modality, body_part_examined, view_position, '
             "institution_name, manufacturer, \"rows\", \"columns\", study_month, label_body_part, label_body_part_source, "
             "label_projection, label_projection_source, audited_at, run_id) "
             "values (?, ?, ?, ?, 'CR', ?, ?, ?, ?, ?, ?, ?, ?, 'BodyPartExamined', ?, ?, ?, ?)",
-            [uri, etag, 1000 + k, f"1.2.3.{k}", bpe, vp, inst, manufacturers[k % 3], stored.shape[0], stored.shape[1],
+            [uri, etag, 1000 + k, f"1.2.3.{k}", bpe, vp, inst, maker, stored.shape[0], stored.shape[1],
              f"2026-{1 + (k * 7 // 10) % 6:02d}", label_body, proj_label, "ViewPosition" if proj_label else None,
              T0 + timedelta(seconds=k), run_id],
         )
@@ -401,8 +406,8 @@ def test_empty_report_in_headless_chromium(tmp_path):
 
 def make_readme_screenshot(png: Path, work: Path) -> Path:  # pragma: no cover - run by hand for docs/report.png
     """Render the report of a small realistic database and save a screenshot for the README
-    (docs/report.png): the summary and per-field counts, the confusion matrices and the first
-    rows of the gallery, stitched top to bottom."""
+    (docs/report.png): the summary, the groups to review first and per-field counts, the confusion
+    matrices and the first rows of the gallery, stitched top to bottom."""
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -410,12 +415,14 @@ def make_readme_screenshot(png: Path, work: Path) -> Path:  # pragma: no cover -
     db = work / "audit.duckdb"
     if db.exists():
         db.unlink()
-    build_db(db, n=60, seed=11, evil=False)
+    build_db(db, n=60, seed=11, evil=False, systematic=True)
     out = write_report(db, work / "report.html")
     boxes_js = """() => {
         const r = id => { const b = document.getElementById(id).getBoundingClientRect();
                           return [b.top + window.scrollY, b.bottom + window.scrollY]; };
-        return {fields: r('fields'), confusion: r('confusion'), suspects: r('suspects')};
+        const g = Array.from(document.querySelectorAll('#groups article.group')).slice(0, 2);
+        const gEnd = g.length ? g[g.length - 1].getBoundingClientRect().bottom + window.scrollY : r('groups')[1];
+        return {groups: [r('groups')[0], gEnd], fields: r('fields'), confusion: r('confusion'), suspects: r('suspects')};
     }"""
     with sync_playwright() as pw:
         browser, page, errors = open_report(pw, out, width=1180, height=900)
@@ -429,7 +436,8 @@ def make_readme_screenshot(png: Path, work: Path) -> Path:  # pragma: no cover -
     full = Image.open(work / "full.png").convert("RGB")
     pad = 8
     pieces = [
-        (0, int(boxes["fields"][1]) + pad),
+        (0, int(boxes["groups"][1]) + pad),
+        (int(boxes["fields"][0]) - pad, int(boxes["fields"][1]) + pad),
         (int(boxes["confusion"][0]) - pad, int(boxes["confusion"][1]) + pad),
         (int(boxes["suspects"][0]) - pad, min(int(boxes["suspects"][0]) + 760, full.height)),
     ]
