@@ -34,6 +34,12 @@ radiographs shown in all four quarter turns): about 2.5x faster on CPUs with int
 ``--no-turned`` writes no turned file and removes the entry's: the model itself then runs the
 turned views, as it must when a probe reads the model's own columns (v4's orientation probe). The
 entry's ``probe_features`` are kept when the embedding keeps its width.
+
+``--remove`` cuts the graft out again: ``embedding`` becomes the model's own pooled features, every
+probe reads them, and the class outputs and own columns are checked identical to the grafted
+file's. For a model fine-tuned from ImageNet weights (v4) its own features serve the probes as well
+as the graft's and cost no second network per image (docs/notes-2026-12-lake-adaptation.md,
+fourteenth round).
 """
 
 from __future__ import annotations
@@ -281,6 +287,35 @@ def ungraft(model):
     return base
 
 
+def remove(onnx_path: Path, input_name: str, input_size: int) -> int:
+    """Rewrite ``onnx_path`` without its graft; returns the width of the embedding left (the
+    model's own features). Class outputs and own columns are checked identical to the grafted file's."""
+    import onnx
+    import onnxruntime as ort
+
+    grafted = onnx.load(str(onnx_path))
+    if not is_grafted(grafted):
+        raise SystemExit(f"{onnx_path.name} has no grafted embedder")
+    base = ungraft(grafted)
+    onnx.checker.check_model(base)
+    probe = np.random.default_rng(0).uniform(-1, 1, (4, 1, input_size, input_size)).astype(np.float32)
+    outs = [o.name for o in base.graph.output]
+    before = ort.InferenceSession(grafted.SerializeToString(), providers=["CPUExecutionProvider"])
+    after = ort.InferenceSession(base.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = dict(zip(outs, before.run(outs, {input_name: probe})))
+    got = dict(zip(outs, after.run(outs, {input_name: probe})))
+    own_width = got[OUTPUT].shape[1]
+    for name in outs:
+        was = ref[name][:, :own_width] if name == OUTPUT else ref[name]
+        if not np.array_equal(was, got[name]):
+            raise SystemExit(f"output {name} changed by removing the graft (max diff {np.abs(was - got[name]).max():.3g})")
+    out_path = onnx_path.with_suffix(".ungrafted.onnx")
+    onnx.save(base, str(out_path))
+    out_path.replace(onnx_path)
+    print(f"class outputs and own features identical; {OUTPUT!r} is now the model's own [N, {own_width}]")
+    return own_width
+
+
 def is_grafted(model) -> bool:
     return any(node.name.startswith(PREFIX) for node in model.graph.node)
 
@@ -349,6 +384,8 @@ def probe_features(own_width: int, width: int) -> dict[str, tuple[int, int]]:
     """Columns of the embedding each lake probe reads. Body part and orientation: the ImageNet
     features; projection (PA vs AP, a distinction ImageNet has no reason to keep): the model's own,
     when it has them (docs/notes-2026-12-lake-adaptation.md)."""
+    if not width:  # no graft: the model's own features are all there is
+        return {task: (0, own_width) for task in ("body_part", "projection", "orientation")}
     general = (own_width, own_width + width)
     return {"body_part": general, "projection": (0, own_width) if own_width else general, "orientation": general}
 
@@ -424,6 +461,8 @@ def main(argv=None) -> int:
     ap.add_argument("--regraft", action="store_true", help="replace the embedder of a model that already has one")
     ap.add_argument("--no-turned", action="store_true",
                     help="no turned file: the model runs the orientation sample's turned views itself")
+    ap.add_argument("--remove", action="store_true",
+                    help="cut the graft out: the embedding becomes the model's own features, read by every probe")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="labelled radiograph folder for --int8's calibration (default: the training data)")
     ap.add_argument("--split-file", type=Path, default=SPLIT_FILE, help="patient split of --data (default: training's)")
@@ -436,6 +475,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"no model {args.name!r} in {args.registry}")
     path = args.registry.parent / entry["file"]
     input_name, input_size = entry["input"]["name"], int(entry["input"]["size"])
+    if args.remove:
+        own_width = remove(path, input_name, input_size)
+        turned_path(path).unlink(missing_ok=True)
+        register(args.registry, args.name, own_width, 0)
+        print(f"{args.name}: graft removed; registry updated")
+        return 0
     grafted = None
     if args.int8 or args.regraft or not is_grafted(onnx.load(str(path))):
         calibration = calibration_inputs(args.data, args.split_file, input_size) if args.int8 else None

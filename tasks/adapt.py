@@ -6,10 +6,11 @@ lake's embeddings against the lake's labels learns what this site's films look l
 out-of-fold, an image whose label disagrees with what its look-alikes are labelled stands out
 (confident learning, Northcutt et al., JAIR 2021).
 
-- features: the registry's ``embedding.probe_features`` columns of each image's embedding. The
-  shipped model's embedding is its own pooled features followed by ImageNet EfficientNet-Lite0
-  features (models/lake_embedder.py): a classifier's own features only separate what it was trained
-  to separate, so films it never saw land on top of classes it knows; ImageNet's keep them apart.
+- features: the registry's ``embedding.probe_features`` columns of each image's embedding. A
+  classifier trained from scratch separates only what it was trained to separate, so films it never
+  saw land on top of classes it knows; such a model gets ImageNet features grafted beside its own
+  (models/lake_embedder.py, v3). The shipped model, fine-tuned from ImageNet weights, keeps enough of
+  them: its own pooled features serve every probe.
 - every probe works in its own space: standardised features, their first PROBE_COMPONENTS
   principal components, fitted once per probe on all the rows it scores and never on a label
   (SPACE_FIT_ROWS); its folds and rounds refit only the classifier.

@@ -100,14 +100,15 @@ def _shipped_with(tmp_path: Path, change) -> Path:
 
 
 def _turned(**change) -> dict:
-    """A turned-file block (v3's file, the whole of v4's embedding declared), after ``change``."""
+    """A turned-file block (v3's file, the whole of the shipped embedding declared), after ``change``."""
     return dict({"file": str(infer.MODELS_DIR / "radlint-multihead-v3.turned.onnx"),
                  "sha256": infer.load_registry()[1].embedding.turned.sha256, "output": "embedding",
-                 "columns": [0, 2560]}, **change)
+                 "columns": [0, infer.default_model().embedding.size]}, **change)
 
 
 def test_turned_columns_must_hold_the_orientation_probes_columns(tmp_path):
-    path = _shipped_with(tmp_path, lambda emb: emb.update(turned=_turned(columns=[1280, 2560])))
+    size = infer.default_model().embedding.size
+    path = _shipped_with(tmp_path, lambda emb: emb.update(turned=_turned(columns=[size // 2, size])))
     with pytest.raises(infer.RegistryError, match="probe_features.orientation .* outside the columns the turned views get"):
         infer.default_model(path)
     path = _shipped_with(tmp_path, lambda emb: emb.update(turned=_turned(columns=[224, 4000])))

@@ -2,7 +2,7 @@
 -- uri: object URL, as in images.
 -- etag: object version, as in images.
 -- model_sha256: sha256 of the ONNX file that produced the vector.
--- vector: float32, length = the registry's embedding size; for radlint-multihead-v4 2,560 numbers (10 KB): the model's own 1,280 pooled features (its EfficientNet-Lite0 fine-tuned on radiographs), then 1,280 features of EfficientNet-Lite0 with its ImageNet weights unchanged (v3: 224 + 1,280) (embedding.probe_features says which columns each probe reads).
+-- vector: float32, length = the registry's embedding size; for radlint-multihead-v4 1,280 numbers (5 KB): the model's own pooled features (its EfficientNet-Lite0 fine-tuned on radiographs; 2,560 before 2026-12-07, when 1,280 features of a grafted ImageNet EfficientNet-Lite0 followed; v3: 224 + 1,280) (embedding.probe_features says which columns each probe reads).
 -- run_id: the audit run that computed the vector.
 create table if not exists embeddings (
     uri varchar not null,
