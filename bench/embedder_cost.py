@@ -1,23 +1,26 @@
 """What the lake embedder and the lake adaptation add to a full audit's wall time.
 
-    .venv/bin/python -m bench.embedder_cost [--n-per-syntax 48] [--repeats 2]
+    .venv/bin/python -m bench.embedder_cost [--n-per-syntax 48[,240]] [--repeats 2] [--audits ...]
 
-One lake of realistic CR DICOMs (bench/run.py's generator: about 2000x2500, five transfer syntaxes)
-is audited from scratch by two registries in alternation, each on a fresh database:
+A lake of realistic CR DICOMs (bench/run.py's generator: about 2000x2500, five transfer syntaxes),
+one per size given, is audited from scratch in up to three ways (``--audits``), in alternation,
+each on a fresh database:
 
 - **baseline**: the shipped classifier alone (its three class outputs cut out of the shipped ONNX
   graph with onnx.utils.extract_model, no ``embedding`` block): no embedder, no orientation
   sample, no lake adaptation, as radlint audited before issue 20;
-- **shipped**: the registered model as it is (classifier + ImageNet embedder, orientation sample,
-  lake probes after the load);
+- **shipped**: the registered model as it is (its ``embedding`` output, and for a model with a
+  grafted ImageNet embedder that second network, the orientation sample, the lake probes after the
+  load);
 - **shipped, large-lake sample**: the same, with the orientation sample cut to the share a
   ``--large-lake``-image lake gets (tasks.adapt's target over that many new objects, at least its
   minimum rate; set in this process, where the flow computes it). A lake this small is otherwise
   sampled whole, which a large one never is; the fits' cost at that size is bench.adapt_fit's.
 
-The difference is everything lake adaptation costs an audit: the embedder's forward pass per
-image, the three turned passes per sampled image, writing the embeddings, and the fits. Prints a
-table; wall times on a shared machine are noisy, so compare the ratio, and the median of repeats.
+The difference is everything lake adaptation costs an audit: a grafted embedder's forward pass per
+image where the model has one, the three turned passes per sampled image, writing the embeddings,
+and the fits. Prints a table; wall times on a shared machine are noisy, so compare the ratio, and
+the median of repeats.
 
 With two or more lake sizes (``--n-per-syntax 48,240``), each audit's wall time is split into a
 part that grows with the lake (the slope between the smallest and largest lake) and a part that
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
     large_rate = adapt.orientation_sample_rate(args.large_lake, 0)
     keys = [k for k, _, _ in SYNTAXES]
     rows = {}
+    target, min_rate = adapt.ORIENTATION_SAMPLE_TARGET, adapt.ORIENTATION_SAMPLE_MIN_RATE
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         registries = {"baseline": classifier_only_registry(tmp), "shipped": infer.REGISTRY_PATH,
@@ -102,7 +106,6 @@ def main(argv=None) -> int:
             if not rows:  # the process's first audit pays its imports: untimed
                 audit_seconds(lake, tmp / "warm-up.duckdb", registries["baseline"], args.workers)
             times: dict[str, list[float]] = {k: [] for k in audits}
-            target, min_rate = adapt.ORIENTATION_SAMPLE_TARGET, adapt.ORIENTATION_SAMPLE_MIN_RATE
             for r in range(args.repeats):
                 for name in audits:
                     if name == "large":
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
             rows[n] = {k: statistics.median(v) for k, v in times.items()}
     entry = infer.default_model()
     label = {"baseline": "baseline: classifier only, no lake adaptation",
-             "shipped": "shipped: classifier + embedder + lake adaptation",
+             "shipped": "shipped: the registered model + lake adaptation",
              "large": f"shipped, orientation sample of a {args.large_lake:,}-image lake ({large_rate:.1%})"}
     for n, med in rows.items():
         base = med["baseline"]
@@ -147,6 +150,7 @@ def main(argv=None) -> int:
             print(f"\nProjected to {big:,} images: baseline {base:.0f} s, lake adaptation adds {extra:.0f} s"
                   f"{fits}: **+{extra / base:.1%}**")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -301,4 +301,3 @@ def test_the_shipped_model_runs_no_second_network():
         [entry.embedding.output], {entry.input_name: x})[0]
     assert got.shape == (1, entry.embedding.size)
     assert all(b <= entry.embedding.size for _, b in entry.embedding.probe_features.values())
-
