@@ -8,7 +8,7 @@ from typing import Any
 
 TABLES = ("images", "predictions", "skipped", "runs", "labels", "thumbnails", "embeddings", "lake_predictions")
 SUMMARY_COLUMNS = ("uri", "field", "header_value", "header_class", "predicted_class", "predicted_prob", "severity",
-                   "suggested_correction", "is_mismatch")
+                   "suggested_correction", "flag_basis", "is_mismatch")
 
 
 def table_counts(con) -> dict[str, int]:
@@ -44,7 +44,7 @@ def top_suspects(con, limit: int = 10, field: str | None = None, source: str = "
     sql = f"""
         select uri, field, header_value, header_class, predicted_class,
                round(predicted_prob::double, 3) as predicted_prob, round(severity::double, 3) as severity,
-               suggested_correction
+               suggested_correction, flag_basis
         from {source}
         where is_mismatch and (? is null or field = ?)
         order by {SUSPECT_ORDER}
@@ -100,11 +100,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {t} | {n} |")
     top = summary.get("top_suspects") or []
     if top:
-        lines += ["", "## Top suspects", "", "| severity | field | label | predicted | p | uri |", "|---:|---|---|---|---:|---|"]
+        # The suggestion, not the generic model's class: where the lake probe decided the flag the
+        # two differ (an orientation the generic model calls upright, flagged as a half turn).
+        lines += ["", "## Top suspects", "", "| severity | field | label | suggested | basis | uri |",
+                  "|---:|---|---|---|---|---|"]
         for s in top:
             lines.append(
-                f"| {s['severity']} | {s['field']} | {s['header_class']} | {s['predicted_class']} | "
-                f"{s['predicted_prob']} | {s['uri']} |"
+                f"| {s['severity']} | {s['field']} | {s['header_class']} | "
+                f"{s.get('suggested_correction') or s.get('predicted_class')} | {s.get('flag_basis') or ''} | {s['uri']} |"
             )
     return "\n".join(lines) + "\n"
 

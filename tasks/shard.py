@@ -305,17 +305,15 @@ def audit_shard(
     pending_inputs: list[np.ndarray] = []
     pending_meta: list[dict] = []
 
-    def flush() -> None:
-        if not pending_inputs:
-            return
-        batch = np.stack(pending_inputs)
+    def classify(inputs: list[np.ndarray], meta: list[dict]) -> None:
+        batch = np.stack(inputs)
         probs, vectors = infer.predict_with_embedding(
             entry, batch, device=device, batch_size=batch_size, threads=threads
         )
-        predictions.extend(_prediction_rows(entry, pending_meta, probs, run_id, parts.utcnow()))
+        predictions.extend(_prediction_rows(entry, meta, probs, run_id, parts.utcnow()))
         if vectors is not None:
-            writers["embeddings"].extend(_embedding_rows(entry, pending_meta, vectors, run_id))
-            picked = [i for i, m in enumerate(pending_meta) if orientation_sampled(m["uri"], orientation_sample_rate)]
+            writers["embeddings"].extend(_embedding_rows(entry, meta, vectors, run_id))
+            picked = [i for i, m in enumerate(meta) if orientation_sampled(m["uri"], orientation_sample_rate)]
             if picked:
                 turned = np.stack([
                     preprocess.rotate_to_orientation(batch[i, 0], turn)[None] for i in picked for turn in TURNS
@@ -323,12 +321,28 @@ def audit_shard(
                 turned_vectors = infer.embed_turned(entry, turned, device=device, batch_size=batch_size,
                                                     threads=threads)
                 writers["orientation_samples"].extend(
-                    {"uri": pending_meta[i]["uri"], "etag": pending_meta[i]["etag"], "model_sha256": entry.sha256,
+                    {"uri": meta[i]["uri"], "etag": meta[i]["etag"], "model_sha256": entry.sha256,
                      "turn": turn, "vector": turned_vectors[j * len(TURNS) + t], "run_id": run_id}
                     for j, i in enumerate(picked) for t, turn in enumerate(TURNS)
                 )
-        pending_inputs.clear()
-        pending_meta.clear()
+
+    # One batch is classified while the next is decoded: ONNX Runtime releases the GIL, and the
+    # codecs that hold it (OpenJPEG, CharLS) then run beside the model instead of before it. Only
+    # this thread touches the predictions, embeddings and orientation_samples writers until it is done.
+    classifier = ThreadPoolExecutor(1, thread_name_prefix="radlint-infer")
+    classifying = None
+
+    def flush(wait: bool = False) -> None:
+        nonlocal classifying
+        if pending_inputs:
+            if classifying is not None:
+                classifying.result()  # at most two batches held; a failure surfaces here
+            classifying = classifier.submit(classify, list(pending_inputs), list(pending_meta))
+            pending_inputs.clear()
+            pending_meta.clear()
+        if wait and classifying is not None:
+            classifying, done = None, classifying
+            done.result()
 
     prepare = functools.partial(prepare_object, input_size=entry.input_size, salt=salt, max_pixels=max_pixels)
     decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="radlint-decode") if decode_threads > 1 else None
@@ -369,7 +383,7 @@ def audit_shard(
             payload = None
             payloads.clear()  # the generator's list too: these bytes go before the next fetch
             ahead.clear()
-        flush()
+        flush(wait=True)
         for kind, writer in writers.items():
             path = writer.close()
             if path is not None:
@@ -377,6 +391,7 @@ def audit_shard(
     finally:
         if decoders is not None:
             decoders.shutdown(cancel_futures=True)
+        classifier.shutdown(wait=True)  # a batch still being classified writes before the abort
         for writer in writers.values():
             writer.abort()
     result.n_images = images.n_rows

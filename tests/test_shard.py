@@ -76,3 +76,29 @@ def test_a_worker_with_another_model_fails_its_shard_and_writes_nothing(tmp_path
         shard.audit_shard(discover.discover(str(tmp_path / "a.dcm")), out_dir=str(tmp_path / "out"), run_id="r",
                           shard_id="0", registry_path=str(tiny_registry), device="cpu", model_sha256="0" * 64)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_failure_while_the_next_batch_decodes_fails_the_shard_and_publishes_nothing(
+        tmp_path, make_dicom, tiny_registry, monkeypatch):
+    import pytest
+
+    from radlint.tasks import infer
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for i in range(7):
+        (lake / f"ok{i}.dcm").write_bytes(make_dicom(seed=i))
+    real, calls = infer.predict_with_embedding, []
+
+    def second_batch_fails(*args, **kwargs):  # ONNX Runtime failing mid-shard (out of memory, a bad device)
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("onnxruntime: failed to allocate")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infer, "predict_with_embedding", second_batch_fails)
+    with pytest.raises(RuntimeError, match="failed to allocate"):
+        shard.audit_shard(discover.discover(str(lake)), out_dir=str(tmp_path / "out"), run_id="r", shard_id="0",
+                          registry_path=str(tiny_registry), batch_size=2, device="cpu")
+    assert len(calls) == 2  # the failure stopped the shard before a third batch was classified
+    assert not list((tmp_path / "out").rglob("*.parquet")) and not list((tmp_path / "out").rglob("*.tmp"))
