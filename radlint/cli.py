@@ -151,7 +151,7 @@ def _add_audit_args(p: argparse.ArgumentParser) -> None:
                    help="local Dask worker processes (default: CPU count, at most 4)")
     p.add_argument("--executor", choices=EXECUTORS, default=d("executor"),
                    help="where shards run: on Dask, in this process (local), or auto (default: in this "
-                   "process when the new objects take only a few seconds, else Dask)")
+                   "process when decoding the new objects takes less than about 20 s on 2 cores, else Dask)")
     p.add_argument("--batch-size", type=_positive, default=d("batch_size"),
                    help=f"images per inference batch (default {d('batch_size')})")
     p.add_argument("--shard-size", type=_positive, default=d("shard_size"),
