@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -203,25 +202,6 @@ def _threads_help(payload) -> bool:
     return isinstance(payload, bytes) and dicom_io.transfer_syntax_of(payload[:4096]) in dicom_io.NATIVE_SYNTAXES
 
 
-OPENJPEG_THREADS_ENV = "OPJ_NUM_THREADS"
-_openjpeg_threads_set: str | None = None
-
-
-def use_openjpeg_threads(threads: int) -> None:
-    """Let OpenJPEG (under Pillow, which holds the GIL through a JPEG 2000 decode and offers no
-    thread option) decode each codestream on ``threads`` threads of its own. OpenJPEG reads
-    OPJ_NUM_THREADS when it makes each decoder; a value the user set is left alone. Set before the
-    shard decodes anything, and only when it changes, since setenv races getenv in other threads.
-    Two threads decoded the benchmark's J2K objects 1.4x as fast on 2 cores (bench/notes-2026.md).
-    """
-    global _openjpeg_threads_set
-    value = str(max(1, threads or os.cpu_count() or 1))
-    current = os.environ.get(OPENJPEG_THREADS_ENV)
-    if current == value or (current is not None and current != _openjpeg_threads_set):
-        return
-    os.environ[OPENJPEG_THREADS_ENV] = _openjpeg_threads_set = value
-
-
 def orientation_sampled(uri: str, rate: float) -> bool:
     """Whether ``uri`` is in the self-supervised orientation sample at ``rate`` (0-1).
 
@@ -364,7 +344,6 @@ def audit_shard(
             classifying, done = None, classifying
             done.result()
 
-    use_openjpeg_threads(threads)
     prepare = functools.partial(prepare_object, input_size=entry.input_size, salt=salt, max_pixels=max_pixels)
     decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="radlint-decode") if decode_threads > 1 else None
     try:

@@ -102,28 +102,3 @@ def test_a_model_failure_while_the_next_batch_decodes_fails_the_shard_and_publis
                           registry_path=str(tiny_registry), batch_size=2, device="cpu")
     assert len(calls) == 2  # the failure stopped the shard before a third batch was classified
     assert not list((tmp_path / "out").rglob("*.parquet")) and not list((tmp_path / "out").rglob("*.tmp"))
-
-
-def test_openjpeg_gets_the_shards_threads_unless_the_user_chose(tmp_path, make_dicom, tiny_registry, monkeypatch):
-    from pydicom.uid import JPEG2000Lossless
-
-    monkeypatch.setattr(shard, "_openjpeg_threads_set", None)
-    monkeypatch.delenv(shard.OPENJPEG_THREADS_ENV, raising=False)
-    (tmp_path / "lake").mkdir()
-    for i in range(3):
-        (tmp_path / "lake" / f"j{i}.dcm").write_bytes(make_dicom(JPEG2000Lossless, seed=i))
-    objects = discover.discover(str(tmp_path / "lake"))
-
-    def run(threads: int):
-        result = shard.audit_shard(objects, out_dir=str(tmp_path / f"out{threads}"), run_id="r", shard_id="0",
-                                   registry_path=str(tiny_registry), device="cpu", threads=threads)
-        return pq.read_table(result["parts"]["predictions"]).drop_columns(["predicted_at"])
-
-    one = run(1)
-    assert shard.os.environ[shard.OPENJPEG_THREADS_ENV] == "1"
-    two = run(2)
-    assert shard.os.environ[shard.OPENJPEG_THREADS_ENV] == "2"
-    assert one.num_rows == 9 and one.equals(two)  # lossless: the same pixels on any number of threads
-    monkeypatch.setenv(shard.OPENJPEG_THREADS_ENV, "3")  # the user's own setting
-    run(1)
-    assert shard.os.environ[shard.OPENJPEG_THREADS_ENV] == "3"
