@@ -511,38 +511,18 @@ def _run_radlint_audit_once(
     return res
 
 
-def wait_for_kept_runner(timeout: float = 60.0) -> float | None:
-    """Seconds until the kept runner for the `radlint` command's environment listens (None:
-    runners are off here, or none came within ``timeout``). The socket is asked of the command's
-    own interpreter: the runner's key includes it, and `python` and `python3` differ."""
-    import subprocess
-
-    exe = Path(sys.executable).with_name("radlint")
-    first = exe.read_text(errors="replace").splitlines()[0] if exe.exists() else ""
-    python = first[2:].strip() if first.startswith("#!") else sys.executable
-    ask = "from radlint import kept_client; p = kept_client.plan(['audit']); print(p.path if p else '')"
-    out = subprocess.run([python, "-c", ask], capture_output=True, text=True, check=False).stdout.strip()
-    if not out:
-        return None
-    path, t0 = Path(out), time.perf_counter()
-    while not path.exists():
-        if time.perf_counter() - t0 > timeout:
-            return None
-        time.sleep(0.1)
-    return time.perf_counter() - t0
-
-
-def run_cli_audit(lake: str, db: Path, registry: Path, logdir: Path, tag: str) -> dict:
+def run_cli_audit(lake: str, db: Path, registry: Path, logdir: Path, tag: str, env: dict[str, str]) -> dict:
     """``radlint audit LAKE --db DB`` in a new process, as a user types it; wall seconds from
     launch to exit. The Prefect server is whatever that command finds: radlint's kept server
     when one is up (the benchmark's own audits start it), else a temporary one."""
     import subprocess
 
-    exe = Path(sys.executable).with_name("radlint")
-    cmd = [str(exe) if exe.exists() else "radlint", "audit", lake, "--db", str(db), "--registry", str(registry)]
+    from bench.fixed_cost import RADLINT
+
+    cmd = [RADLINT, "audit", lake, "--db", str(db), "--registry", str(registry)]
     with open(logdir / f"cli-{tag}.log", "w") as out:
         t0 = time.perf_counter()
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode
         wall = time.perf_counter() - t0
     import duckdb
 
@@ -551,6 +531,34 @@ def run_cli_audit(lake: str, db: Path, registry: Path, logdir: Path, tag: str) -
         with duckdb.connect(str(db), read_only=True) as con:
             n = con.execute("select count(*) from images").fetchone()[0]
     return {"tag": tag, "rc": rc, "wall_s": wall, "n_images": n, "img_s": (n / wall) if n else None}
+
+
+def run_cli_audits(lakes: dict[str, Path], work: Path, registry: Path, logdir: Path) -> dict[str, list[dict]]:
+    """Each lake audited twice by the command. The first call of all leaves a kept runner, ready
+    ~4 s later; a user's next command comes later than this loop's, so the second waits for it.
+    The runners live in a folder of their own (TMPDIR), stopped at the end."""
+    from bench.fixed_cost import stop_runners, wait_for_runner
+
+    runner_tmp = Path(tempfile.mkdtemp(prefix="rlb", dir="/tmp"))  # short: a socket path holds 108 bytes
+    folder = runner_tmp / f"radlint-{os.getuid()}"
+    env = dict(os.environ, TMPDIR=str(runner_tmp))
+    out: dict[str, list[dict]] = {}
+    try:
+        for k, lake in lakes.items():
+            runs = out[k] = []
+            for i in (1, 2):
+                runs.append(run_cli_audit(str(lake), work / f"cli-{k}-{i}.duckdb", registry, logdir, f"{k}-{i}", env))
+                t0 = time.perf_counter()
+                try:
+                    wait_for_runner(folder, timeout=60)
+                    runs[-1]["runner_wait_s"] = time.perf_counter() - t0
+                except RuntimeError:  # runners off here: every call runs in its own process
+                    runs[-1]["runner_wait_s"] = None
+            say(f"radlint audit (command) {k}: " + ", ".join(f"{x['wall_s']:.1f} s (rc {x['rc']})" for x in runs))
+    finally:
+        stop_runners(folder)
+        shutil.rmtree(runner_tmp, ignore_errors=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -882,7 +890,7 @@ def targets(r: dict) -> list[dict]:
         s3 = s3row.get("img_s") / r["syntax"][key]["naive"]["img_s"] if s3row.get("img_s") and "naive" in r["syntax"][key] else None
         a_s3 = ((r["syntax"].get(key) or {}).get("naive_s3") or {}).get("img_s")
         s3_s3 = s3row.get("img_s") / a_s3 if s3row.get("img_s") and a_s3 else None
-        # The command as a user runs it again (its second call: the kept Prefect server is up).
+        # The command as a user runs it again (its second call: the kept runner is up).
         cli = [x for x in ((r["syntax"].get(key) or {}).get("cli") or []) if x["rc"] == 0]
         cmd = r["syntax"][key]["naive"]["wall_s"] / cli[-1]["wall_s"] if cli and "naive" in r["syntax"][key] else None
         ok = e2e is not None and e2e >= want and (cmd is None or cmd >= want)
@@ -1039,17 +1047,9 @@ def main(argv=None) -> int:
                 say(f"radlint local {k}: {res['img_s']:.2f} img/s end-to-end, {fmt(res['in_task_img_s'])} in-task "
                     f"({res['wall_s']:.1f} s, {res['n_images']} images, {res['n_skipped']} skipped, {res['status']})")
             # 2c. the radlint command, as a user runs it -----------------------------------------
-            for k in keys:
-                if "cli" in skip:
-                    break
-                runs = []
-                for i in (1, 2):
-                    runs.append(run_cli_audit(str(real / k), work / f"cli-{k}-{i}.duckdb", registry, logdir, f"{k}-{i}"))
-                    # A call that found no kept runner leaves one, which is ready ~4 s later; a user's
-                    # next command comes later than this loop's, so the second call waits for it.
-                    runs[-1]["runner_wait_s"] = wait_for_kept_runner()
-                results["syntax"][k]["cli"] = runs
-                say(f"radlint audit (command) {k}: " + ", ".join(f"{x['wall_s']:.1f} s (rc {x['rc']})" for x in runs))
+            if "cli" not in skip:
+                for k, runs in run_cli_audits({k: real / k for k in keys}, work, registry, logdir).items():
+                    results["syntax"][k]["cli"] = runs
             # 2b. radlint audit, loopback S3 ----------------------------------------------------
             if "s3" not in skip:
                 with Seaweed(work / "seaweed") as endpoint:

@@ -341,8 +341,7 @@ def audit_shard(
             pending_inputs.clear()
             pending_meta.clear()
         if wait and classifying is not None:
-            classifying, done = None, classifying
-            done.result()
+            classifying.result()
 
     prepare = functools.partial(prepare_object, input_size=entry.input_size, salt=salt, max_pixels=max_pixels)
     decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="radlint-decode") if decode_threads > 1 else None
